@@ -1,0 +1,263 @@
+//! The command line: one clap definition per flag, and the commands that call the library.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::model::IstatCode;
+use crate::query::{self, Format};
+use crate::registry::{self, Credential};
+use crate::server::Server;
+use crate::simulate::{FleetPlan, run_fleet};
+use crate::terminal::ServerTarget;
+
+#[derive(Debug, Parser)]
+#[command(name = "faccia", version, about = "Customer-satisfaction votes from emoticon terminals: QUIC ingest, Parquet storage, SQL indices.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct DataDir {
+    /// Directory holding the log, the Parquet dataset, the terminal directory and certificates.
+    #[arg(long, short = 'd', env = "FACCIA_DATA_DIR", default_value = "faccia-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the ingest server until Ctrl-C or SIGTERM.
+    Serve {
+        #[command(flatten)]
+        data: DataDir,
+        /// UDP address for terminal connections (QUIC) [default: 127.0.0.1:4747].
+        #[arg(long, short = 'l')]
+        listen: Option<SocketAddr>,
+        /// TOML configuration file (listen address, TLS certificate, limits, storage).
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
+    /// Run SQL over the dataset; without a query, open an interactive prompt.
+    Sql {
+        #[command(flatten)]
+        data: DataDir,
+        /// Output format.
+        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// The query, e.g. "SELECT * FROM service_index".
+        query: Option<String>,
+    },
+    /// Register, list and revoke terminals.
+    Terminals {
+        #[command(flatten)]
+        data: DataDir,
+        #[command(subcommand)]
+        action: TerminalsAction,
+    },
+    /// Send simulated votes from registered terminals to a server.
+    Terminal {
+        /// The server's QUIC address.
+        #[arg(long, short = 's', default_value = crate::config::DEFAULT_LISTEN)]
+        server: SocketAddr,
+        /// Name the server's certificate is checked against.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// CA certificate that signed the server's certificate (DATA_DIR/tls/ca.pem in development).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Credentials file written by `faccia terminals add --out`.
+        #[arg(long)]
+        credentials: PathBuf,
+        /// How long to send.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Largest batch; each batch holds 1..=N votes.
+        #[arg(long, default_value_t = 40)]
+        batch_votes: usize,
+        /// Mean pause between a terminal's batches, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        think_ms: u64,
+    },
+    /// Start a server on a temporary directory, run simulated terminals across small
+    /// municipalities, stop the server and print the per-service satisfaction index.
+    Demo {
+        /// Keep the data here instead of a temporary directory.
+        #[arg(long, short = 'd')]
+        data_dir: Option<PathBuf>,
+        /// How long the terminals send votes.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Number of simulated terminals.
+        #[arg(long, default_value_t = 300)]
+        terminals: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TerminalsAction {
+    /// Register terminals for a municipality and print their credentials (shown only once).
+    Add {
+        /// ISTAT code of the municipality, e.g. 001003.
+        #[arg(long, short = 'm')]
+        municipality: String,
+        /// How many terminals to add.
+        #[arg(long, short = 'n', default_value_t = 1)]
+        count: u32,
+        /// Free text kept with the terminal (office, room).
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Also write the credentials to this CSV file (for `faccia terminal --credentials`).
+        #[arg(long, short = 'o')]
+        out: Option<PathBuf>,
+    },
+    /// List registered terminals.
+    List,
+    /// Revoke a terminal: its connections are refused from now on.
+    Revoke {
+        /// Terminal id.
+        id: u32,
+    },
+}
+
+/// Runs a parsed command.
+///
+/// # Errors
+/// Whatever the command fails with; `main` prints the chain.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { data, listen, config } => serve(&data.data_dir, listen, config.as_deref()).await,
+        Command::Sql { data, format, query } => sql(&data.data_dir, format, query.as_deref()).await,
+        Command::Terminals { data, action } => terminals(&data.data_dir, action),
+        Command::Terminal { server, server_name, ca, credentials, seconds, batch_votes, think_ms } => {
+            let credentials = Credential::read_csv(&credentials)?;
+            let target = ServerTarget::new(server, &server_name, &ca)?;
+            let plan = FleetPlan {
+                duration: Duration::from_secs(seconds),
+                batch_votes_max: batch_votes,
+                think_time: Duration::from_millis(think_ms),
+                ..FleetPlan::default()
+            };
+            let report = run_fleet(credentials, target, plan).await?;
+            println!(
+                "{} terminals: {} votes in {} batches acknowledged ({} duplicates), {} batches rejected, {} undelivered",
+                report.terminals,
+                report.votes(),
+                report.batches_acknowledged.load(std::sync::atomic::Ordering::Relaxed),
+                report.batches_duplicate.load(std::sync::atomic::Ordering::Relaxed),
+                report.batches_rejected.load(std::sync::atomic::Ordering::Relaxed),
+                report.batches_undelivered.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            Ok(())
+        }
+        Command::Demo { data_dir, seconds, terminals } => crate::demo::run(data_dir, seconds, terminals).await,
+    }
+}
+
+async fn serve(data_dir: &Path, listen: Option<SocketAddr>, config_path: Option<&Path>) -> anyhow::Result<()> {
+    let mut config = match config_path {
+        Some(path) => Config::read(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    let server = Server::start(data_dir.to_path_buf(), config).await?;
+    if let Some(ca) = &server.ca_path {
+        tracing::info!(ca = %ca.display(), "development CA (give it to terminals with --ca)");
+    }
+    server.run_until_signal().await
+}
+
+async fn sql(data_dir: &Path, format: Format, query: Option<&str>) -> anyhow::Result<()> {
+    if !data_dir.is_dir() {
+        bail!("data directory {} does not exist (give one with --data-dir)", data_dir.display());
+    }
+    let ctx = query::context(data_dir).await.context("opening the dataset")?;
+    let mut stdout = std::io::stdout().lock();
+    match query {
+        Some(sql) => {
+            // DataFusion's message already holds its causes: print it once.
+            let batches = query::run(&ctx, sql).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            query::write_results(&batches, format, &mut stdout)?;
+        }
+        None => repl(&ctx, format, &mut stdout).await?,
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+async fn repl(ctx: &datafusion::prelude::SessionContext, format: Format, out: &mut impl Write) -> anyhow::Result<()> {
+    let mut editor = rustyline::DefaultEditor::new()?;
+    println!("faccia SQL — tables: votes, municipalities, services, faces, channels, reasons; view: service_index. End statements with ';', quit with \\q.");
+    let mut statement = String::new();
+    loop {
+        let prompt = if statement.is_empty() { "faccia> " } else { "   ...> " };
+        let line = match editor.readline(prompt) {
+            Ok(line) => line,
+            Err(rustyline::error::ReadlineError::Interrupted) => {
+                statement.clear();
+                continue;
+            }
+            Err(rustyline::error::ReadlineError::Eof) => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        if statement.is_empty() && matches!(line.trim(), "\\q" | "quit" | "exit") {
+            return Ok(());
+        }
+        statement.push_str(&line);
+        statement.push('\n');
+        if !line.trim_end().ends_with(';') {
+            continue;
+        }
+        let _ = editor.add_history_entry(statement.trim());
+        let started = Instant::now();
+        match query::run(ctx, statement.trim().trim_end_matches(';')).await {
+            Ok(batches) => {
+                query::write_results(&batches, format, out)?;
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                println!("{rows} rows in {:.3} s", started.elapsed().as_secs_f64());
+            }
+            Err(error) => eprintln!("error: {error}"),
+        }
+        statement.clear();
+    }
+}
+
+fn terminals(data_dir: &Path, action: TerminalsAction) -> anyhow::Result<()> {
+    match action {
+        TerminalsAction::Add { municipality, count, label, out } => {
+            let code = IstatCode::parse(&municipality)
+                .with_context(|| format!("--municipality {municipality:?} is not an ISTAT code (six digits, e.g. 001003)"))?;
+            let credentials = registry::add_terminals(data_dir, code, count, &label)?;
+            let name = registry::Catalog::builtin().municipality(code).map(|m| m.name.as_str()).unwrap_or("?");
+            eprintln!("added {} terminal(s) for {code} {name}; the secrets are shown only now", credentials.len());
+            registry::write_credentials_csv(std::io::stdout().lock(), &credentials)?;
+            if let Some(path) = out {
+                let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                registry::write_credentials_csv(file, &credentials)?;
+            }
+            Ok(())
+        }
+        TerminalsAction::List => {
+            let catalog = registry::Catalog::builtin();
+            println!("{:>8}  {:<6}  {:<28}  {:<8}  label", "terminal", "istat", "municipality", "status");
+            for t in registry::list_terminals(data_dir)? {
+                let name = IstatCode::parse(&t.municipality).and_then(|c| catalog.municipality(c)).map_or("?", |m| m.name.as_str());
+                let status = if t.revoked_ms.is_some() { "revoked" } else { "active" };
+                println!("{:>8}  {:<6}  {:<28}  {:<8}  {}", t.id, t.municipality, name, status, t.label);
+            }
+            Ok(())
+        }
+        TerminalsAction::Revoke { id } => {
+            registry::revoke_terminal(data_dir, id)?;
+            eprintln!("terminal {id} revoked");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! The engine: everything between a validated batch and durable Parquet.
+//!
+//! Owns the threads that the network never waits on directly — the log writer (`wal`), the
+//! store thread that appends durable records to the Arrow buffer, and the flusher that writes
+//! Parquet and commits checkpoints — plus start-up recovery and orderly shutdown.
+//!
+//! ```text
+//! ingest tasks ──(crossbeam, bounded by the byte budget)──▶ log writer: write + fdatasync
+//!     ▲  acknowledgement (oneshot) after the fsync            │ durable records, LSN order
+//!     └───────────────────────────────────────────────────────┤
+//!                                                             ▼
+//!                                       store thread: Arrow buffer, sealed every 100 ms
+//!                                                             │ a generation of rows
+//!                                                             ▼
+//!                         flusher: Parquet files → checkpoint (commit) → remove old segments
+//! ```
+//!
+//! Recovery (in `Engine::open`): read the checkpoint (watermark W, sequence windows); remove
+//! files of this node from flushes after W (written but never committed); replay every log
+//! record after W into the buffer. Nothing acknowledged is lost (it is in the log or in a
+//! committed file), nothing is doubled (a record is either ≤ W, in Parquet, or > W, replayed).
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::dedup::Sequences;
+use crate::limits::StorageLimits;
+use crate::metrics::Metrics;
+use crate::store::{self, Dataset, StoreError, VoteBuffer};
+use crate::wal::{self, AppendRequest, DurableRecord, ReplayReport, WalError, error_chain};
+use crate::wire::BatchView;
+
+/// How often buffered rows are sealed into an immutable Arrow batch that SQL can see.
+const SEAL_INTERVAL: Duration = Duration::from_millis(100);
+/// Attempts at the last flush during shutdown before leaving the rows to the log.
+const SHUTDOWN_FLUSH_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("preparing the data directory {path}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+}
+
+/// What start-up found and repaired.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub watermark: u64,
+    pub uncommitted_files_removed: usize,
+    pub replay: ReplayReport,
+    /// Votes put back into the buffer from the log.
+    pub votes_replayed: u64,
+    /// Log records that held a batch already replayed (never expected; counted, not stored).
+    pub duplicate_records_skipped: u64,
+    /// Log records whose archive failed validation (never expected after the checksum).
+    pub invalid_records_skipped: u64,
+}
+
+/// The rows not yet in committed Parquet, as SQL sees them.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySnapshot {
+    /// Every log record with an LSN at or below this is in committed Parquet files.
+    pub watermark: u64,
+    /// Rows of records above the watermark, in generations: (last LSN, batches).
+    pub generations: Vec<(u64, Vec<RecordBatch>)>,
+}
+
+impl MemorySnapshot {
+    pub fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
+        self.generations.iter().flat_map(|(_, b)| b.iter())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Generation {
+    id: u64,
+    lsn_first: u64,
+    lsn_last: u64,
+    batches: Vec<RecordBatch>,
+}
+
+/// Buffered rows, published for readers: generations being flushed, then the one being filled.
+#[derive(Debug, Default)]
+struct MemoryView {
+    inner: RwLock<(u64, VecDeque<Generation>)>,
+}
+
+impl MemoryView {
+    fn publish(&self, id: u64, lsn_first: u64, lsn_last: u64, batch: RecordBatch) {
+        let mut inner = self.inner.write().expect("memory view lock");
+        if inner.1.back().is_none_or(|g| g.id != id) {
+            inner.1.push_back(Generation { id, lsn_first, ..Generation::default() });
+        }
+        let generation = inner.1.back_mut().expect("just ensured");
+        generation.lsn_last = lsn_last;
+        generation.batches.push(batch);
+    }
+
+    fn generation(&self, id: u64) -> Option<(u64, u64, Vec<RecordBatch>)> {
+        let inner = self.inner.read().expect("memory view lock");
+        inner.1.iter().find(|g| g.id == id).map(|g| (g.lsn_first, g.lsn_last, g.batches.clone()))
+    }
+
+    /// A flush committed: its rows are now in Parquet.
+    fn commit(&self, id: u64, watermark: u64) {
+        let mut inner = self.inner.write().expect("memory view lock");
+        inner.0 = watermark;
+        inner.1.retain(|g| g.id != id);
+    }
+
+    fn snapshot(&self) -> MemorySnapshot {
+        let inner = self.inner.read().expect("memory view lock");
+        MemorySnapshot {
+            watermark: inner.0,
+            generations: inner.1.iter().map(|g| (g.lsn_last, g.batches.clone())).collect(),
+        }
+    }
+}
+
+/// Configuration of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub storage: StorageLimits,
+}
+
+/// The running engine. Shared by the ingest tasks; `shutdown` stops it.
+pub struct Engine {
+    requests: RwLock<Option<Sender<AppendRequest>>>,
+    pub sequences: Arc<Sequences>,
+    pub metrics: Arc<Metrics>,
+    pub dataset: Dataset,
+    pub recovery: RecoveryReport,
+    memory: Arc<MemoryView>,
+    stopping: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    flush_requests: Sender<()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("node", &self.dataset.node).finish_non_exhaustive()
+    }
+}
+
+/// The data directory's node id: names this node's Parquet files. Created on first start.
+///
+/// # Errors
+/// When the file cannot be read or created.
+pub fn node_id(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = format!("{:08x}", rand::random::<u32>());
+    crate::fsutil::write_atomic(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
+}
+
+impl Engine {
+    /// Recovers the data directory and starts the engine's threads.
+    ///
+    /// # Errors
+    /// When the data directory cannot be prepared, the checkpoint is damaged, or the log or the
+    /// dataset cannot be read. A torn log tail is repaired, not an error.
+    pub async fn open(config: EngineConfig, metrics: Arc<Metrics>) -> Result<Arc<Engine>, EngineError> {
+        let data_dir = &config.data_dir;
+        let dir_error = |source| EngineError::DataDir { path: data_dir.clone(), source };
+        crate::fsutil::create_dir_durable(data_dir).map_err(dir_error)?;
+        let node = node_id(data_dir).map_err(dir_error)?;
+        let checkpoint = Checkpoint::read(data_dir)?;
+        let sequences = Arc::new(Sequences::default());
+        sequences.restore(checkpoint.windows.iter().copied());
+        let dataset = Dataset::local(data_dir, &node)?;
+        let mut recovery = RecoveryReport {
+            watermark: checkpoint.watermark,
+            uncommitted_files_removed: dataset.remove_uncommitted(checkpoint.watermark).await?,
+            ..RecoveryReport::default()
+        };
+        let wal_dir = data_dir.join("wal");
+        let replayed = replay(&wal_dir, checkpoint.watermark, &sequences, &mut recovery)?;
+        let next_lsn = recovery.replay.last_lsn.max(checkpoint.watermark) + 1;
+        if recovery.replay.records_replayed > 0 || recovery.replay.torn_tail_bytes > 0 {
+            tracing::info!(?recovery, "recovered from the log");
+        }
+
+        let memory = Arc::new(MemoryView::default());
+        memory.inner.write().expect("memory view lock").0 = checkpoint.watermark;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (requests, request_rx) = crossbeam_channel::unbounded();
+        let (durable_tx, durable_rx) = crossbeam_channel::unbounded();
+        let (flush_tx, flush_rx) = crossbeam_channel::unbounded();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let (flush_requests, flush_request_rx) = crossbeam_channel::unbounded();
+        let writer = wal::WriterConfig {
+            dir: wal_dir.clone(),
+            next_lsn,
+            segment_bytes: config.storage.wal_segment_bytes,
+            group_bytes_max: config.storage.wal_group_bytes_max,
+        };
+        let wal_thread = wal::start_writer(writer, request_rx, durable_tx, Arc::clone(&sequences), Arc::clone(&metrics))?;
+        let store = StoreThread {
+            limits: config.storage.clone(),
+            memory: Arc::clone(&memory),
+            metrics: Arc::clone(&metrics),
+            flusher: flush_tx,
+            done: done_rx,
+            flush_requests: flush_request_rx,
+            next_generation: 1,
+            flushes_in_flight: 0,
+        };
+        let store_thread = spawn("faccia-store", move || store.run(durable_rx, replayed));
+        let flusher = Flusher {
+            data_dir: data_dir.clone(),
+            wal_dir,
+            dataset: dataset.clone(),
+            sequences: Arc::clone(&sequences),
+            memory: Arc::clone(&memory),
+            metrics: Arc::clone(&metrics),
+            stopping: Arc::clone(&stopping),
+            done: done_tx,
+        };
+        let flusher_thread = spawn("faccia-flush", move || flusher.run(flush_rx));
+        Ok(Arc::new(Engine {
+            requests: RwLock::new(Some(requests)),
+            sequences,
+            metrics,
+            dataset,
+            recovery,
+            memory,
+            stopping,
+            threads: Mutex::new(vec![wal_thread, store_thread, flusher_thread]),
+            flush_requests,
+        }))
+    }
+
+    /// Hands a batch to the log writer; its `durable` channel is completed after the fsync.
+    ///
+    /// # Errors
+    /// Gives the request back when the engine is shutting down.
+    pub fn submit_durable(&self, request: AppendRequest) -> Result<(), AppendRequest> {
+        let requests = self.requests.read().expect("engine lock");
+        match requests.as_ref() {
+            Some(sender) => sender.send(request).map_err(|e| e.into_inner()),
+            None => Err(request),
+        }
+    }
+
+    /// The rows not yet in committed Parquet.
+    pub fn memory_snapshot(&self) -> MemorySnapshot {
+        self.memory.snapshot()
+    }
+
+    /// Asks the store to flush its buffer now (used by tests and operators).
+    pub fn request_flush(&self) {
+        let _ = self.flush_requests.send(());
+    }
+
+    /// Stops accepting batches, makes every batch already accepted durable and answered,
+    /// flushes the buffer to Parquet and waits for the threads. Idempotent.
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Dropping the only sender lets the log writer drain its queue and stop, which stops
+        // the store thread, which hands its last generation to the flusher and stops it.
+        drop(self.requests.write().expect("engine lock").take());
+        let threads: Vec<_> = self.threads.lock().expect("engine lock").drain(..).collect();
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                if thread.join().is_err() {
+                    tracing::error!("an engine thread panicked; the log keeps its records for the next start");
+                }
+            }
+        });
+        let _ = joined.await;
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new().name(name.into()).spawn(f).expect("spawning an engine thread")
+}
+
+/// Replays the log after `watermark` into a buffer and the sequence windows.
+fn replay(
+    wal_dir: &Path,
+    watermark: u64,
+    sequences: &Sequences,
+    recovery: &mut RecoveryReport,
+) -> Result<Option<(u64, u64, RecordBatch)>, EngineError> {
+    let mut buffer = VoteBuffer::default();
+    let mut seen = HashSet::new();
+    let (mut first, mut last) = (0, 0);
+    let mut duplicates = 0;
+    let mut invalid = 0;
+    let report = wal::replay(wal_dir, watermark, |record| {
+        if !seen.insert((record.terminal, record.seq)) {
+            tracing::error!(terminal = record.terminal, seq = record.seq, lsn = record.lsn, "log holds a batch twice; skipped");
+            duplicates += 1;
+            return;
+        }
+        let view = match BatchView::access(&record.archive) {
+            Ok(view) => view,
+            Err(rejection) => {
+                tracing::error!(lsn = record.lsn, %rejection, "log record with a valid checksum but an invalid batch; skipped");
+                invalid += 1;
+                return;
+            }
+        };
+        sequences.mark_stored(record.terminal, record.seq);
+        buffer.append(&view, record.municipality, record.terminal);
+        if first == 0 {
+            first = record.lsn;
+        }
+        last = record.lsn;
+    })?;
+    recovery.votes_replayed = buffer.len() as u64;
+    recovery.duplicate_records_skipped = duplicates;
+    recovery.invalid_records_skipped = invalid;
+    recovery.replay = report;
+    Ok((first > 0).then(|| (first, last, buffer.finish())))
+}
+
+/// Appends durable records to the Arrow buffer and decides when to flush.
+struct StoreThread {
+    limits: StorageLimits,
+    memory: Arc<MemoryView>,
+    metrics: Arc<Metrics>,
+    flusher: Sender<u64>,
+    done: Receiver<()>,
+    flush_requests: Receiver<()>,
+    next_generation: u64,
+    flushes_in_flight: usize,
+}
+
+/// The generation being filled.
+#[derive(Default)]
+struct Filling {
+    id: u64,
+    lsn_first: u64,
+    lsn_last: u64,
+    sealed_rows: usize,
+    started: Option<Instant>,
+}
+
+impl StoreThread {
+    fn run(mut self, records: Receiver<Vec<DurableRecord>>, replayed: Option<(u64, u64, RecordBatch)>) {
+        let mut buffer = VoteBuffer::with_capacity(64 * 1024);
+        let mut filling = self.new_generation();
+        if let Some((first, last, batch)) = replayed {
+            filling.lsn_first = first;
+            filling.lsn_last = last;
+            filling.sealed_rows = batch.num_rows();
+            filling.started = Some(Instant::now());
+            self.memory.publish(filling.id, first, last, batch);
+        }
+        let mut last_seal = Instant::now();
+        loop {
+            match records.recv_timeout(SEAL_INTERVAL) {
+                Ok(durable) => self.append(&mut buffer, &mut filling, durable),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.flushes_in_flight -= self.done.try_iter().count();
+            let flush_asked = self.flush_requests.try_iter().count() > 0;
+            if !buffer.is_empty() && (last_seal.elapsed() >= SEAL_INTERVAL || flush_asked) {
+                self.seal(&mut buffer, &mut filling);
+                last_seal = Instant::now();
+            }
+            let rows = filling.sealed_rows + buffer.len();
+            self.metrics.buffer_rows.set(rows as i64);
+            let due = rows >= self.limits.flush_rows
+                || filling.started.is_some_and(|s| s.elapsed() >= Duration::from_millis(self.limits.flush_interval_ms))
+                || flush_asked;
+            if due && rows > 0 && (self.flushes_in_flight == 0 || rows >= self.limits.buffer_rows_max) {
+                if self.flushes_in_flight > 0 {
+                    // Ingest is faster than Parquet: wait for the running flush, which stops the
+                    // log writer's hand-off and, through it, acknowledgements (backpressure).
+                    let _ = self.done.recv();
+                    self.flushes_in_flight -= 1;
+                }
+                self.seal(&mut buffer, &mut filling);
+                filling = self.hand_off(filling);
+            }
+        }
+        self.seal(&mut buffer, &mut filling);
+        if filling.sealed_rows > 0 {
+            self.hand_off(filling);
+        }
+    }
+
+    fn new_generation(&mut self) -> Filling {
+        let id = self.next_generation;
+        self.next_generation += 1;
+        Filling { id, ..Filling::default() }
+    }
+
+    fn append(&self, buffer: &mut VoteBuffer, filling: &mut Filling, durable: Vec<DurableRecord>) {
+        for record in durable {
+            // The archive was validated at ingest and the record never left memory.
+            let view = BatchView::access(&record.archive).expect("a durable record holds a validated batch");
+            buffer.append(&view, record.municipality, record.terminal);
+            if filling.lsn_first == 0 {
+                filling.lsn_first = record.lsn;
+                filling.started = Some(Instant::now());
+            }
+            debug_assert!(record.lsn > filling.lsn_last, "records arrive in LSN order");
+            filling.lsn_last = record.lsn;
+        }
+    }
+
+    fn seal(&self, buffer: &mut VoteBuffer, filling: &mut Filling) {
+        if buffer.is_empty() {
+            return;
+        }
+        let batch = buffer.finish();
+        filling.sealed_rows += batch.num_rows();
+        self.memory.publish(filling.id, filling.lsn_first, filling.lsn_last, batch);
+    }
+
+    fn hand_off(&mut self, filling: Filling) -> Filling {
+        if self.flusher.send(filling.id).is_ok() {
+            self.flushes_in_flight += 1;
+        }
+        self.new_generation()
+    }
+}
+
+/// Writes generations to Parquet and commits them.
+struct Flusher {
+    data_dir: PathBuf,
+    wal_dir: PathBuf,
+    dataset: Dataset,
+    sequences: Arc<Sequences>,
+    memory: Arc<MemoryView>,
+    metrics: Arc<Metrics>,
+    stopping: Arc<AtomicBool>,
+    done: Sender<()>,
+}
+
+impl Flusher {
+    fn run(self, jobs: Receiver<u64>) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("flusher runtime");
+        // Generations commit in order: once one is abandoned (only during shutdown), no later
+        // one may commit, or its watermark would cover rows that are only in the log.
+        let mut abandoned = false;
+        for id in jobs {
+            let Some((lsn_first, lsn_last, batches)) = self.memory.generation(id) else { continue };
+            let mut attempt = 0u32;
+            while !abandoned {
+                attempt += 1;
+                match runtime.block_on(self.flush(&batches, lsn_first, lsn_last)) {
+                    Ok(()) => break,
+                    Err(error) => {
+                        self.metrics.parquet_flush_errors.inc();
+                        tracing::error!(error = %error_chain(&error), attempt, lsn_first, lsn_last, "flush failed; rows stay in the log and the buffer");
+                        if self.stopping.load(Ordering::SeqCst) && attempt >= SHUTDOWN_FLUSH_ATTEMPTS {
+                            tracing::error!("giving up the last flush; the log replays these rows at the next start");
+                            abandoned = true;
+                        } else {
+                            std::thread::sleep(Duration::from_millis(250 * u64::from(attempt.min(40))));
+                        }
+                    }
+                }
+            }
+            let _ = self.done.send(());
+        }
+    }
+
+    async fn flush(&self, batches: &[RecordBatch], lsn_first: u64, lsn_last: u64) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let files = self.dataset.write_flush(batches, lsn_first, lsn_last).await?;
+        // The commit point: after this the rows are in Parquet and the log below is garbage.
+        let checkpoint = Checkpoint { watermark: lsn_last, windows: self.sequences.snapshot() };
+        checkpoint
+            .write(&self.data_dir)
+            .map_err(|source| EngineError::DataDir { path: self.data_dir.join("checkpoint"), source })?;
+        let id_rows = store::rows(batches);
+        self.memory.commit_through(lsn_last);
+        let bytes: usize = files.iter().map(|(_, len)| len).sum();
+        self.metrics.parquet_flushes.inc();
+        self.metrics.parquet_flush_rows.inc_by(id_rows as u64);
+        self.metrics.parquet_flush_bytes.inc_by(bytes as u64);
+        self.metrics.parquet_flush_seconds.observe(started.elapsed().as_secs_f64());
+        tracing::info!(rows = id_rows, files = files.len(), bytes, lsn_last, ms = started.elapsed().as_millis() as u64, "flushed to Parquet");
+        if let Err(error) = wal::remove_flushed_segments(&self.wal_dir, lsn_last) {
+            tracing::warn!(error = %error_chain(&error), "removing flushed log segments; retried after the next flush");
+        }
+        Ok(())
+    }
+}
+
+impl MemoryView {
+    /// Removes every generation whose rows are all at or below `watermark`.
+    fn commit_through(&self, watermark: u64) {
+        let ids: Vec<u64> = {
+            let inner = self.inner.read().expect("memory view lock");
+            inner.1.iter().filter(|g| g.lsn_last <= watermark).map(|g| g.id).collect()
+        };
+        for id in ids {
+            self.commit(id, watermark);
+        }
+        self.inner.write().expect("memory view lock").0 = watermark;
+    }
+}

@@ -1,0 +1,25 @@
+//! faccia: customer-satisfaction votes from emoticon terminals, ingested over QUIC, kept
+//! durably as Parquet, and queried with SQL. `ARCHITECTURE.md` is the map; each module's own
+//! documentation says what it owns and what it must not do.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod dedup;
+pub mod demo;
+pub mod engine;
+pub mod fsutil;
+pub mod ingest;
+pub mod limits;
+pub mod metrics;
+pub mod model;
+pub mod query;
+pub mod registry;
+pub mod server;
+pub mod simulate;
+pub mod store;
+pub mod terminal;
+pub mod tls;
+pub mod wal;
+pub mod wire;

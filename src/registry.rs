@@ -1,0 +1,525 @@
+//! The registry: who may vote and what they vote on.
+//!
+//! Owns the municipality list (`data/comuni.csv`, ISTAT), the service catalog
+//! (`schemas/services.csv`) and the terminal directory (`DATA_DIR/terminals.json`: terminal id →
+//! municipality and credential). Both catalogs are compiled into the binary so that faccia runs
+//! from any directory; the terminal directory is the only registry state that changes at run
+//! time, written by `faccia terminals` and read (and re-read when it changes) by the server.
+//!
+//! Architecture invariant: the registry never sees the network. It answers "who is terminal 42
+//! and is this its secret", and the municipality of a vote always comes from here.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{IstatCode, TerminalId};
+
+/// The municipality registry as shipped: ISTAT 2020 codes with the 2011 census population.
+const COMUNI_CSV: &str = include_str!("../data/comuni.csv");
+/// The service catalog; ids are stable and appear on the wire and in the data.
+const SERVICES_CSV: &str = include_str!("../schemas/services.csv");
+
+/// Municipalities under this many inhabitants are the "piccoli Comuni" the program targets.
+pub const ELIGIBLE_POPULATION_BELOW: u32 = 5_000;
+
+/// Length of a terminal secret in bytes (256 bits: guessing is not an attack).
+pub const SECRET_BYTES: usize = 32;
+
+/// Version of `terminals.json`; bumped on any incompatible change.
+const TERMINALS_FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("reading {path}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a faccia terminal directory")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("{path} has format version {found}; this faccia reads version {TERMINALS_FORMAT_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("municipality {0} is not in the registry (data/comuni.csv)")]
+    UnknownMunicipality(String),
+    #[error("terminal {0} is not registered")]
+    UnknownTerminal(TerminalId),
+    #[error("a terminal secret is {expected} hexadecimal characters; got {found}")]
+    SecretFormat { expected: usize, found: usize },
+}
+
+/// One comune of the registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Municipality {
+    pub code: IstatCode,
+    pub name: String,
+    pub province: String,
+    pub region_code: u8,
+    pub region: String,
+    pub area: String,
+    pub population: u32,
+}
+
+impl Municipality {
+    /// Whether the 2009 program covers it (fewer than 5,000 inhabitants).
+    pub fn eligible(&self) -> bool {
+        self.population < ELIGIBLE_POPULATION_BELOW
+    }
+}
+
+/// One service of the catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub id: u16,
+    pub code: String,
+    pub name_it: String,
+    pub name_en: String,
+    /// Typical share of all votes; used by simulated terminals, not by any index.
+    pub share: f64,
+}
+
+/// The catalogs compiled into the binary: municipalities and services.
+#[derive(Debug)]
+pub struct Catalog {
+    pub municipalities: Vec<Municipality>,
+    pub services: Vec<Service>,
+    by_code: HashMap<IstatCode, usize>,
+}
+
+impl Catalog {
+    /// The shipped catalog, parsed once per process.
+    pub fn builtin() -> &'static Catalog {
+        static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+        CATALOG.get_or_init(|| {
+            Catalog::parse(COMUNI_CSV, SERVICES_CSV).expect("the built-in catalogs are valid")
+        })
+    }
+
+    fn parse(comuni_csv: &str, services_csv: &str) -> Result<Catalog, csv::Error> {
+        let mut municipalities = Vec::new();
+        for record in csv::Reader::from_reader(comuni_csv.as_bytes()).records() {
+            let record = record?;
+            let field = |i: usize| record.get(i).unwrap_or_default().to_string();
+            municipalities.push(Municipality {
+                code: IstatCode::parse(&field(0)).expect("ISTAT codes in comuni.csv are numeric"),
+                name: field(1),
+                province: field(2),
+                region_code: field(3).parse().expect("region codes in comuni.csv are numeric"),
+                region: field(4),
+                area: field(5),
+                population: field(6).parse().expect("populations in comuni.csv are numeric"),
+            });
+        }
+        let mut services = Vec::new();
+        for record in csv::Reader::from_reader(services_csv.as_bytes()).records() {
+            let record = record?;
+            let field = |i: usize| record.get(i).unwrap_or_default().to_string();
+            services.push(Service {
+                id: field(0).parse().expect("service ids are numeric"),
+                code: field(1),
+                name_it: field(2),
+                name_en: field(3),
+                share: field(4).parse().expect("service shares are numeric"),
+            });
+        }
+        let by_code = municipalities.iter().enumerate().map(|(i, m)| (m.code, i)).collect();
+        Ok(Catalog { municipalities, services, by_code })
+    }
+
+    pub fn municipality(&self, code: IstatCode) -> Option<&Municipality> {
+        self.by_code.get(&code).map(|&i| &self.municipalities[i])
+    }
+
+    /// The municipalities the program targets, in registry order.
+    pub fn eligible(&self) -> impl Iterator<Item = &Municipality> {
+        self.municipalities.iter().filter(|m| m.eligible())
+    }
+
+    /// Whether `id` names a service of the catalog.
+    pub fn has_service(&self, id: u16) -> bool {
+        self.services.iter().any(|s| s.id == id)
+    }
+
+    /// The highest service id; the wire check rejects anything outside `1..=max`.
+    pub fn service_id_max(&self) -> u16 {
+        self.services.iter().map(|s| s.id).max().unwrap_or(0)
+    }
+}
+
+/// A terminal's secret: 32 random bytes, written as 64 hexadecimal characters.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub [u8; SECRET_BYTES]);
+
+impl Secret {
+    pub fn generate() -> Secret {
+        let mut bytes = [0u8; SECRET_BYTES];
+        rand::rng().fill_bytes(&mut bytes);
+        Secret(bytes)
+    }
+
+    /// # Errors
+    /// When `text` is not 64 hexadecimal characters.
+    pub fn from_hex(text: &str) -> Result<Secret, RegistryError> {
+        let text = text.trim();
+        let mut bytes = [0u8; SECRET_BYTES];
+        hex::decode_to_slice(text, &mut bytes).map_err(|_| RegistryError::SecretFormat {
+            expected: SECRET_BYTES * 2,
+            found: text.len(),
+        })?;
+        Ok(Secret(bytes))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.0).into()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// One registered terminal, as kept in `terminals.json`. Only the SHA-256 of the secret is
+/// stored: the secret itself is printed once, when the terminal is added.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TerminalRecord {
+    pub id: TerminalId,
+    /// Six-digit ISTAT code.
+    pub municipality: String,
+    pub secret_sha256: String,
+    pub added_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub label: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TerminalsFile {
+    version: u32,
+    next_id: TerminalId,
+    terminals: Vec<TerminalRecord>,
+}
+
+/// Why a terminal was not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    UnknownTerminal,
+    BadCredential,
+    Revoked,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    municipality: IstatCode,
+    digest: [u8; 32],
+    revoked: bool,
+}
+
+/// The terminal directory as the server reads it: an in-memory index of `terminals.json`,
+/// re-read when the file changes so that `faccia terminals add` and `revoke` take effect on a
+/// running server.
+#[derive(Debug)]
+pub struct TerminalDirectory {
+    path: PathBuf,
+    state: RwLock<(Option<SystemTime>, Arc<HashMap<TerminalId, Entry>>)>,
+}
+
+impl TerminalDirectory {
+    /// Opens the directory in `data_dir` (an absent file is an empty directory).
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read or parsed.
+    pub fn open(data_dir: &Path) -> Result<TerminalDirectory, RegistryError> {
+        let directory = TerminalDirectory {
+            path: terminals_path(data_dir),
+            state: RwLock::new((None, Arc::new(HashMap::new()))),
+        };
+        directory.reload()?;
+        Ok(directory)
+    }
+
+    /// Re-reads the file if its modification time changed. Returns whether it did.
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed; the previous directory stays in force.
+    pub fn reload(&self) -> Result<bool, RegistryError> {
+        let modified = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        if modified.is_some() && self.state.read().expect("lock").0 == modified {
+            return Ok(false);
+        }
+        let file = read_terminals(&self.path)?;
+        let index = file
+            .terminals
+            .iter()
+            .map(|t| {
+                let mut digest = [0u8; 32];
+                // A record with a damaged digest matches no secret.
+                let _ = hex::decode_to_slice(&t.secret_sha256, &mut digest);
+                let municipality = IstatCode::parse(&t.municipality).unwrap_or(IstatCode(0));
+                (t.id, Entry { municipality, digest, revoked: t.revoked_ms.is_some() })
+            })
+            .collect();
+        *self.state.write().expect("lock") = (modified, Arc::new(index));
+        Ok(true)
+    }
+
+    /// Checks a terminal's credential and returns its registered municipality.
+    ///
+    /// # Errors
+    /// Unknown id, wrong secret (compared in constant time) or revoked terminal.
+    pub fn authenticate(&self, id: TerminalId, secret: &Secret) -> Result<IstatCode, AuthError> {
+        let index = Arc::clone(&self.state.read().expect("lock").1);
+        let entry = index.get(&id).ok_or(AuthError::UnknownTerminal)?;
+        let digest = secret.digest();
+        let difference = entry.digest.iter().zip(digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if difference != 0 {
+            return Err(AuthError::BadCredential);
+        }
+        if entry.revoked {
+            return Err(AuthError::Revoked);
+        }
+        Ok(entry.municipality)
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.read().expect("lock").1.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A credential as handed to a terminal: what `faccia terminals add` prints.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub id: TerminalId,
+    pub municipality: IstatCode,
+    pub secret: Secret,
+}
+
+impl Credential {
+    /// The header of a credentials CSV file.
+    pub const CSV_HEADER: &'static str = "terminal,municipality,secret";
+
+    pub fn to_csv_line(&self) -> String {
+        format!("{},{},{}", self.id, self.municipality, self.secret.to_hex())
+    }
+
+    /// Reads a credentials file written by `faccia terminals add --out`.
+    ///
+    /// # Errors
+    /// When the file cannot be read or a line is not `terminal,municipality,secret`.
+    pub fn read_csv(path: &Path) -> anyhow::Result<Vec<Credential>> {
+        use anyhow::Context;
+        let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut credentials = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            if number == 0 && line.trim() == Self::CSV_HEADER || line.trim().is_empty() {
+                continue;
+            }
+            let parse = || -> Option<Credential> {
+                let mut fields = line.split(',');
+                let id = fields.next()?.trim().parse().ok()?;
+                let municipality = IstatCode::parse(fields.next()?)?;
+                let secret = Secret::from_hex(fields.next()?).ok()?;
+                Some(Credential { id, municipality, secret })
+            };
+            let credential = parse().with_context(|| {
+                format!("{}:{}: expected `{}`", path.display(), number + 1, Self::CSV_HEADER)
+            })?;
+            credentials.push(credential);
+        }
+        Ok(credentials)
+    }
+}
+
+/// Registers `count` new terminals for `municipality` in `data_dir` and returns their
+/// credentials (the only time the secrets are seen).
+///
+/// # Errors
+/// Unknown municipality, or the directory file cannot be read or written.
+pub fn add_terminals(
+    data_dir: &Path,
+    municipality: IstatCode,
+    count: u32,
+    label: &str,
+) -> Result<Vec<Credential>, RegistryError> {
+    add_terminals_bulk(data_dir, &vec![municipality; count as usize], label)
+}
+
+/// Registers one terminal per entry of `municipalities`, in one rewrite of the directory.
+///
+/// # Errors
+/// Unknown municipality, or the directory file cannot be read or written.
+pub fn add_terminals_bulk(
+    data_dir: &Path,
+    municipalities: &[IstatCode],
+    label: &str,
+) -> Result<Vec<Credential>, RegistryError> {
+    let catalog = Catalog::builtin();
+    if let Some(unknown) = municipalities.iter().find(|m| catalog.municipality(**m).is_none()) {
+        return Err(RegistryError::UnknownMunicipality(unknown.to_string()));
+    }
+    update_terminals(data_dir, |file| {
+        let now = now_ms();
+        municipalities
+            .iter()
+            .map(|&municipality| {
+                let id = file.next_id.max(1);
+                file.next_id = id + 1;
+                let secret = Secret::generate();
+                file.terminals.push(TerminalRecord {
+                    id,
+                    municipality: municipality.to_string(),
+                    secret_sha256: hex::encode(secret.digest()),
+                    added_ms: now,
+                    revoked_ms: None,
+                    label: label.to_string(),
+                });
+                Credential { id, municipality, secret }
+            })
+            .collect()
+    })
+}
+
+/// Revokes a terminal: its next connection is refused, and so are the open ones once the server
+/// notices the change.
+///
+/// # Errors
+/// Unknown terminal, or the directory file cannot be read or written.
+pub fn revoke_terminal(data_dir: &Path, id: TerminalId) -> Result<(), RegistryError> {
+    update_terminals(data_dir, |file| {
+        let record = file.terminals.iter_mut().find(|t| t.id == id);
+        match record {
+            Some(record) => {
+                record.revoked_ms.get_or_insert(now_ms());
+                Ok(())
+            }
+            None => Err(RegistryError::UnknownTerminal(id)),
+        }
+    })?
+}
+
+/// The registered terminals, in id order.
+///
+/// # Errors
+/// When the directory file cannot be read.
+pub fn list_terminals(data_dir: &Path) -> Result<Vec<TerminalRecord>, RegistryError> {
+    Ok(read_terminals(&terminals_path(data_dir))?.terminals)
+}
+
+fn terminals_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("terminals.json")
+}
+
+fn read_terminals(path: &Path) -> Result<TerminalsFile, RegistryError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(TerminalsFile { version: TERMINALS_FORMAT_VERSION, next_id: 1, terminals: vec![] });
+        }
+        Err(source) => return Err(RegistryError::Io { path: path.to_path_buf(), source }),
+    };
+    let file: TerminalsFile = serde_json::from_str(&text)
+        .map_err(|source| RegistryError::Parse { path: path.to_path_buf(), source })?;
+    if file.version != TERMINALS_FORMAT_VERSION {
+        return Err(RegistryError::Version { path: path.to_path_buf(), found: file.version });
+    }
+    Ok(file)
+}
+
+/// Read-modify-write of `terminals.json` under an exclusive lock, replaced atomically.
+fn update_terminals<T>(
+    data_dir: &Path,
+    change: impl FnOnce(&mut TerminalsFile) -> T,
+) -> Result<T, RegistryError> {
+    let path = terminals_path(data_dir);
+    let io = |source| RegistryError::Io { path: path.clone(), source };
+    fs::create_dir_all(data_dir).map_err(io)?;
+    let lock = File::create(data_dir.join("terminals.lock")).map_err(io)?;
+    lock.lock().map_err(io)?;
+    let mut file = read_terminals(&path)?;
+    let result = change(&mut file);
+    let text = serde_json::to_string_pretty(&file).expect("the terminal directory serialises");
+    crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(io)?;
+    Ok(result)
+}
+
+fn now_ms() -> i64 {
+    crate::clock::now_ms()
+}
+
+/// Writes credentials as CSV, the format `Credential::read_csv` reads.
+///
+/// # Errors
+/// When the writer fails.
+pub fn write_credentials_csv(mut out: impl Write, credentials: &[Credential]) -> std::io::Result<()> {
+    writeln!(out, "{}", Credential::CSV_HEADER)?;
+    for credential in credentials {
+        writeln!(out, "{}", credential.to_csv_line())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_holds_the_registry() {
+        let catalog = Catalog::builtin();
+        assert_eq!(catalog.municipalities.len(), 7904);
+        assert_eq!(catalog.eligible().count(), 5490);
+        let aglie = catalog.municipality(IstatCode(1001)).expect("Agliè");
+        assert_eq!(aglie.name, "Agliè");
+        assert_eq!(aglie.province, "TO");
+        assert!(aglie.eligible());
+        assert_eq!(catalog.services[0].id, 1);
+        assert!(catalog.has_service(1) && !catalog.has_service(0));
+        let share: f64 = catalog.services.iter().map(|s| s.share).sum();
+        assert!((share - 1.0).abs() < 1e-9, "service shares sum to 1, got {share}");
+    }
+
+    #[test]
+    fn terminals_add_authenticate_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let added = add_terminals(dir.path(), IstatCode(1003), 2, "test").unwrap();
+        assert_eq!(added.iter().map(|c| c.id).collect::<Vec<_>>(), vec![1, 2]);
+        let directory = TerminalDirectory::open(dir.path()).unwrap();
+        assert_eq!(directory.authenticate(1, &added[0].secret), Ok(IstatCode(1003)));
+        assert_eq!(directory.authenticate(1, &added[1].secret), Err(AuthError::BadCredential));
+        assert_eq!(directory.authenticate(9, &added[0].secret), Err(AuthError::UnknownTerminal));
+        revoke_terminal(dir.path(), 1).unwrap();
+        // The modification time may not move within the filesystem's granularity: force it.
+        directory.state.write().unwrap().0 = None;
+        directory.reload().unwrap();
+        assert_eq!(directory.authenticate(1, &added[0].secret), Err(AuthError::Revoked));
+        assert!(matches!(
+            add_terminals(dir.path(), IstatCode(999_999), 1, ""),
+            Err(RegistryError::UnknownMunicipality(_))
+        ));
+    }
+
+    #[test]
+    fn credentials_csv_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let added = add_terminals(dir.path(), IstatCode(1003), 3, "").unwrap();
+        let path = dir.path().join("creds.csv");
+        write_credentials_csv(File::create(&path).unwrap(), &added).unwrap();
+        let read = Credential::read_csv(&path).unwrap();
+        assert_eq!(read.len(), 3);
+        assert_eq!(read[2].secret, added[2].secret);
+        assert_eq!(read[2].municipality, IstatCode(1003));
+    }
+}

@@ -1,0 +1,241 @@
+//! Simulated citizens and terminal fleets, for the demo and `faccia terminal`.
+//!
+//! Votes follow the shape of the real program: most votes at the counter, the registry office
+//! busiest (service shares from `schemas/services.csv`), satisfaction that differs by service
+//! and by municipality, and a reason on most red faces. Deterministic for a given seed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::model::{Channel, Face, IstatCode, Reason};
+use crate::registry::{Catalog, Credential};
+use crate::terminal::{Event, ServerTarget, Terminal, TerminalVote};
+
+/// Share of each channel: counter, phone, web.
+const CHANNEL_SHARES: [f64; 3] = [0.82, 0.10, 0.08];
+/// Share of each reason among red faces that give one: waiting time, service, came back, other.
+const REASON_SHARES: [f64; 4] = [0.42, 0.28, 0.18, 0.12];
+/// Share of red faces where the citizen skips the reason question.
+const REASON_SKIPPED: f64 = 0.10;
+
+fn pick(rng: &mut StdRng, shares: &[f64]) -> usize {
+    let mut x = rng.random::<f64>() * shares.iter().sum::<f64>();
+    for (i, share) in shares.iter().enumerate() {
+        if x < *share {
+            return i;
+        }
+        x -= share;
+    }
+    shares.len() - 1
+}
+
+/// A stable pseudo-random number in [0, 1) for a key (satisfaction levels).
+fn unit_hash(key: u64) -> f64 {
+    let mut x = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The citizens of one municipality, voting.
+pub struct VoteSimulator {
+    rng: StdRng,
+    shift: f64,
+    services: Vec<(u16, f64, f64)>,
+}
+
+impl VoteSimulator {
+    pub fn new(seed: u64, municipality: IstatCode) -> VoteSimulator {
+        let services = Catalog::builtin()
+            .services
+            .iter()
+            .map(|s| (s.id, s.share, 0.50 + 0.30 * unit_hash(u64::from(s.id))))
+            .collect();
+        VoteSimulator {
+            rng: StdRng::seed_from_u64(seed ^ u64::from(municipality.0) << 20),
+            shift: 0.30 * unit_hash(u64::from(municipality.0) + 7919) - 0.15,
+            services,
+        }
+    }
+
+    /// One vote at `at_ms`.
+    pub fn vote(&mut self, at_ms: i64) -> TerminalVote {
+        let shares: Vec<f64> = self.services.iter().map(|s| s.1).collect();
+        let (service, _, satisfaction) = self.services[pick(&mut self.rng, &shares)];
+        let positive = (satisfaction + self.shift).clamp(0.05, 0.95);
+        let negative = (1.0 - positive) * 0.45;
+        let face = match self.rng.random::<f64>() {
+            x if x < positive => Face::Positive,
+            x if x < positive + negative => Face::Negative,
+            _ => Face::Neutral,
+        };
+        let reason = (face == Face::Negative && !self.rng.random_bool(REASON_SKIPPED))
+            .then(|| Reason::ALL[pick(&mut self.rng, &REASON_SHARES)]);
+        let channel = Channel::ALL[pick(&mut self.rng, &CHANNEL_SHARES)];
+        TerminalVote { at_ms, service, face, channel, reason }
+    }
+
+    /// `count` votes spread over the `span_ms` before `now_ms`, oldest first.
+    pub fn votes(&mut self, now_ms: i64, span_ms: i64, count: usize) -> Vec<TerminalVote> {
+        let mut times: Vec<i64> = (0..count).map(|_| now_ms - self.rng.random_range(0..span_ms.max(1))).collect();
+        times.sort_unstable();
+        times.into_iter().map(|t| self.vote(t)).collect()
+    }
+
+    pub fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
+    }
+}
+
+/// How a simulated fleet behaves.
+#[derive(Debug, Clone)]
+pub struct FleetPlan {
+    pub duration: Duration,
+    /// Votes per batch are drawn from 1..=batch_votes_max.
+    pub batch_votes_max: usize,
+    /// Mean pause between a terminal's batches.
+    pub think_time: Duration,
+    pub in_flight_max: usize,
+    /// Client UDP sockets the terminals share.
+    pub endpoints: usize,
+    /// How long to keep delivering the backlog after `duration`.
+    pub drain_timeout: Duration,
+    pub seed: u64,
+}
+
+impl Default for FleetPlan {
+    fn default() -> Self {
+        FleetPlan {
+            duration: Duration::from_secs(5),
+            batch_votes_max: 40,
+            think_time: Duration::from_millis(50),
+            in_flight_max: 4,
+            endpoints: 4,
+            drain_timeout: Duration::from_secs(30),
+            seed: 1,
+        }
+    }
+}
+
+/// What a fleet saw. Votes count once per batch acknowledged, however often it was resent.
+#[derive(Debug, Default)]
+pub struct FleetReport {
+    pub terminals: usize,
+    pub votes_acknowledged: AtomicU64,
+    pub batches_acknowledged: AtomicU64,
+    pub batches_duplicate: AtomicU64,
+    pub votes_rejected: AtomicU64,
+    pub batches_rejected: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub retries: AtomicU64,
+    /// Batches still unacknowledged when the drain timed out.
+    pub batches_undelivered: AtomicU64,
+    pub fatal: AtomicU64,
+}
+
+impl FleetReport {
+    pub fn votes(&self) -> u64 {
+        self.votes_acknowledged.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs one terminal per credential against `target` for `plan.duration`, then delivers what is
+/// left. Returns when every terminal is done.
+///
+/// # Errors
+/// When no client socket can be bound.
+pub async fn run_fleet(credentials: Vec<Credential>, target: ServerTarget, plan: FleetPlan) -> anyhow::Result<Arc<FleetReport>> {
+    let endpoints: Vec<quinn::Endpoint> =
+        (0..plan.endpoints.max(1)).map(|_| crate::terminal::client_endpoint(target.addr)).collect::<Result<_, _>>()?;
+    let report = Arc::new(FleetReport { terminals: credentials.len(), ..FleetReport::default() });
+    let deadline = tokio::time::Instant::now() + plan.duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, credential) in credentials.into_iter().enumerate() {
+        let terminal = Terminal::new(credential, endpoints[i % endpoints.len()].clone(), target.clone(), plan.in_flight_max);
+        let report = Arc::clone(&report);
+        let plan = plan.clone();
+        tasks.spawn(run_terminal(terminal, plan, deadline, report, i as u64));
+    }
+    while tasks.join_next().await.is_some() {}
+    for endpoint in endpoints {
+        endpoint.close(quinn::VarInt::from_u32(0), b"done");
+        endpoint.wait_idle().await;
+    }
+    Ok(report)
+}
+
+async fn run_terminal(mut terminal: Terminal, plan: FleetPlan, deadline: tokio::time::Instant, report: Arc<FleetReport>, index: u64) {
+    let mut citizens = VoteSimulator::new(plan.seed.wrapping_add(index), terminal.credential.municipality);
+    // Stagger the start so that the fleet does not connect in one burst.
+    let stagger = citizens.rng().random_range(0..plan.think_time.as_millis().max(1) as u64 * 4);
+    tokio::time::sleep(Duration::from_millis(stagger)).await;
+    while tokio::time::Instant::now() < deadline {
+        if terminal.unacknowledged() < plan.in_flight_max {
+            let count = citizens.rng().random_range(1..=plan.batch_votes_max.max(1));
+            let votes = citizens.votes(crate::clock::now_ms(), 2_000, count);
+            if terminal.enqueue(&votes).is_err() {
+                break;
+            }
+        }
+        let think = Duration::from_millis(citizens.rng().random_range(0..=plan.think_time.as_millis() as u64 * 2));
+        let pause = tokio::time::sleep(think);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                event = terminal.next_event() => match event {
+                    Event::Idle => {
+                        (&mut pause).await;
+                        break;
+                    }
+                    event => if !record(&report, event) { return },
+                },
+            }
+        }
+    }
+    let drain = tokio::time::Instant::now() + plan.drain_timeout;
+    while terminal.unacknowledged() > 0 {
+        tokio::select! {
+            _ = tokio::time::sleep_until(drain) => break,
+            event = terminal.next_event() => if !record(&report, event) { return },
+        }
+    }
+    report.batches_undelivered.fetch_add(terminal.unacknowledged() as u64, Ordering::Relaxed);
+    terminal.close();
+}
+
+/// Counts an event; `false` when the terminal must stop.
+fn record(report: &FleetReport, event: Event) -> bool {
+    match event {
+        Event::Acknowledged { votes, duplicate, .. } => {
+            report.votes_acknowledged.fetch_add(votes as u64, Ordering::Relaxed);
+            report.batches_acknowledged.fetch_add(1, Ordering::Relaxed);
+            if duplicate {
+                report.batches_duplicate.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Event::Rejected { votes, rejection, seq } => {
+            tracing::warn!(seq, %rejection, "batch rejected");
+            report.votes_rejected.fetch_add(votes as u64, Ordering::Relaxed);
+            report.batches_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        Event::Disconnected { .. } => {
+            report.disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        Event::RetryLater { .. } => {
+            report.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        Event::Fatal(error) => {
+            tracing::error!(error = %crate::wal::error_chain(&error), "terminal stopped");
+            report.fatal.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        Event::Connected { .. } | Event::Idle => {}
+    }
+    true
+}

@@ -1,0 +1,451 @@
+//! The Arrow buffer and the Parquet dataset.
+//!
+//! Owns the stored schema (`schemas/storage.md`), the conversion of validated batches into
+//! Arrow columns (`VoteBuffer`, no I/O), the storage sort order, and the dataset layout on an
+//! `object_store` (local directory by default):
+//!
+//! ```text
+//! votes/date=YYYY-MM-DD/part-{node}-{first_lsn:016x}-{last_lsn:016x}.parquet
+//! ```
+//!
+//! The date is the vote's day in Italy (Europe/Rome). The node id and the log range in the name
+//! let several ingest nodes write one dataset without coordination, and let a restarted node
+//! recognise files of a flush that never committed (see `engine`).
+//!
+//! Architecture invariant: the store never decides what is durable; it writes what the engine
+//! hands it, and a file is published only complete (object stores publish a `put` atomically;
+//! locally the file is renamed into place and then fsync'd with its directory).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, AsArray, Int8Builder, RecordBatch, TimestampMillisecondArray, TimestampMillisecondBuilder,
+    UInt8Builder, UInt16Builder, UInt32Builder,
+};
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{Datelike, NaiveDate, Offset, TimeZone};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use crate::model::{IstatCode, TerminalId};
+use crate::wire::BatchView;
+
+/// The time zone of vote timestamps and of the `date=` partitions.
+pub const TIME_ZONE: &str = "Europe/Rome";
+/// Top-level directory of the vote dataset inside the data location.
+pub const VOTES_DIR: &str = "votes";
+/// Version of the stored layout, written into every file's key-value metadata.
+pub const STORAGE_FORMAT_VERSION: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("building Arrow data")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("writing Parquet")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("object store")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("making {path} durable")]
+    Sync { path: String, source: std::io::Error },
+}
+
+/// Column positions in the stored schema.
+pub mod col {
+    pub const MUNICIPALITY: usize = 0;
+    pub const SERVICE: usize = 1;
+    pub const TS: usize = 2;
+    pub const FACE: usize = 3;
+    pub const CHANNEL: usize = 4;
+    pub const REASON: usize = 5;
+    pub const TERMINAL: usize = 6;
+}
+
+/// The schema of a vote as stored (the `date` partition column is added by readers).
+pub fn schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("municipality", DataType::UInt32, false),
+            Field::new("service", DataType::UInt16, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, Some(TIME_ZONE.into())), false),
+            Field::new("face", DataType::Int8, false),
+            Field::new("channel", DataType::UInt8, false),
+            Field::new("reason", DataType::UInt8, true),
+            Field::new("terminal", DataType::UInt32, false),
+        ]))
+    }))
+}
+
+/// Column builders for votes on their way to Parquet. Appending reads the archive in place and
+/// allocates nothing per vote.
+pub struct VoteBuffer {
+    municipality: UInt32Builder,
+    service: UInt16Builder,
+    ts: TimestampMillisecondBuilder,
+    face: Int8Builder,
+    channel: UInt8Builder,
+    reason: UInt8Builder,
+    terminal: UInt32Builder,
+}
+
+impl Default for VoteBuffer {
+    fn default() -> Self {
+        VoteBuffer::with_capacity(0)
+    }
+}
+
+impl VoteBuffer {
+    pub fn with_capacity(rows: usize) -> VoteBuffer {
+        VoteBuffer {
+            municipality: UInt32Builder::with_capacity(rows),
+            service: UInt16Builder::with_capacity(rows),
+            ts: TimestampMillisecondBuilder::with_capacity(rows).with_timezone(TIME_ZONE),
+            face: Int8Builder::with_capacity(rows),
+            channel: UInt8Builder::with_capacity(rows),
+            reason: UInt8Builder::with_capacity(rows),
+            terminal: UInt32Builder::with_capacity(rows),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.municipality.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends every vote of a validated batch.
+    pub fn append(&mut self, batch: &BatchView<'_>, municipality: IstatCode, terminal: TerminalId) {
+        for vote in batch.votes(municipality, terminal) {
+            self.municipality.append_value(vote.municipality.0);
+            self.service.append_value(vote.service);
+            self.ts.append_value(vote.at_ms);
+            self.face.append_value(vote.face.score());
+            self.channel.append_value(vote.channel.code());
+            self.reason.append_option(vote.reason.map(|r| r.code()));
+            self.terminal.append_value(vote.terminal);
+        }
+    }
+
+    /// Takes the buffered rows as a record batch and leaves the buffer empty.
+    pub fn finish(&mut self) -> RecordBatch {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.municipality.finish()),
+            Arc::new(self.service.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.face.finish()),
+            Arc::new(self.channel.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.terminal.finish()),
+        ];
+        RecordBatch::try_new(schema(), columns).expect("buffer columns match the schema")
+    }
+}
+
+/// The day in Italy of a timestamp, as days since 1970-01-01.
+fn local_day(at_ms: i64, cache: &mut (i64, i64, i64)) -> i32 {
+    // Offsets change twice a year: cache the offset of the current hour.
+    let hour = at_ms.div_euclid(3_600_000);
+    if cache.0 != hour || cache.2 == 0 {
+        let tz: chrono_tz::Tz = TIME_ZONE.parse().expect("valid time zone");
+        let utc = chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_default().naive_utc();
+        let offset_ms = i64::from(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc()) * 1000;
+        *cache = (hour, offset_ms, 1);
+    }
+    (at_ms + cache.1).div_euclid(86_400_000) as i32
+}
+
+/// Sorts rows into storage order — municipality, service, time, terminal — and splits them by
+/// day. Each part is one file's content.
+///
+/// # Errors
+/// Arrow errors (none expected for well-formed batches).
+pub fn partition_by_day(batches: &[RecordBatch]) -> Result<BTreeMap<NaiveDate, RecordBatch>, StoreError> {
+    let all = concat_batches(&schema(), batches)?;
+    if all.num_rows() == 0 {
+        return Ok(BTreeMap::new());
+    }
+    let ts: &TimestampMillisecondArray = all.column(col::TS).as_primitive();
+    let mut cache = (0, 0, 0);
+    let days: arrow::array::Int32Array = ts.values().iter().map(|&t| local_day(t, &mut cache)).collect();
+    let sort = |values: ArrayRef| SortColumn { values, options: None };
+    let columns = [
+        sort(Arc::new(days.clone())),
+        sort(Arc::clone(all.column(col::MUNICIPALITY))),
+        sort(Arc::clone(all.column(col::SERVICE))),
+        sort(Arc::clone(all.column(col::TS))),
+        sort(Arc::clone(all.column(col::TERMINAL))),
+    ];
+    let order = lexsort_to_indices(&columns, None)?;
+    let sorted = take_record_batch(&all, &order)?;
+    let sorted_days = arrow::compute::take(&days, &order, None)?;
+    let sorted_days = sorted_days.as_primitive::<arrow::datatypes::Int32Type>();
+    let mut parts = BTreeMap::new();
+    let mut start = 0;
+    while start < sorted.num_rows() {
+        let day = sorted_days.value(start);
+        let end = (start..sorted.num_rows()).find(|&i| sorted_days.value(i) != day).unwrap_or(sorted.num_rows());
+        let date = NaiveDate::from_num_days_from_ce_opt(day + 719_163).expect("a day within chrono's range");
+        parts.insert(date, sorted.slice(start, end - start));
+        start = end;
+    }
+    Ok(parts)
+}
+
+/// Parquet settings for vote files: zstd, statistics and page index on, sort order declared.
+pub fn writer_properties(node: &str, lsn_first: u64, lsn_last: u64) -> WriterProperties {
+    let sorting = [col::MUNICIPALITY, col::SERVICE, col::TS, col::TERMINAL]
+        .into_iter()
+        .map(|c| SortingColumn { column_idx: c as i32, descending: false, nulls_first: false })
+        .collect();
+    let metadata = vec![
+        KeyValue::new("faccia.format_version".into(), STORAGE_FORMAT_VERSION.to_string()),
+        KeyValue::new("faccia.node".into(), node.to_string()),
+        KeyValue::new("faccia.lsn_first".into(), lsn_first.to_string()),
+        KeyValue::new("faccia.lsn_last".into(), lsn_last.to_string()),
+    ];
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(1 << 20))
+        .set_data_page_row_count_limit(20_000)
+        .set_sorting_columns(Some(sorting))
+        .set_key_value_metadata(Some(metadata))
+        .build()
+}
+
+/// Encodes one file's rows as Parquet bytes.
+///
+/// # Errors
+/// Parquet encoding errors.
+pub fn encode_parquet(batch: &RecordBatch, properties: WriterProperties) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = Vec::with_capacity(batch.num_rows() * 4 + 4096);
+    let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(properties))?;
+    writer.write(batch)?;
+    writer.close()?;
+    Ok(bytes)
+}
+
+/// A vote file's place in the dataset, parsed from its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartFile {
+    pub path: ObjectPath,
+    pub date: NaiveDate,
+    pub node: String,
+    pub lsn_first: u64,
+    pub lsn_last: u64,
+}
+
+impl PartFile {
+    pub fn new(date: NaiveDate, node: &str, lsn_first: u64, lsn_last: u64) -> PartFile {
+        let path = ObjectPath::from(format!(
+            "{VOTES_DIR}/date={date}/part-{node}-{lsn_first:016x}-{lsn_last:016x}.parquet"
+        ));
+        PartFile { path, date, node: node.to_string(), lsn_first, lsn_last }
+    }
+
+    /// Parses a dataset path; `None` for anything that is not a vote file.
+    pub fn parse(path: &ObjectPath) -> Option<PartFile> {
+        let mut parts = path.parts();
+        if parts.next()?.as_ref() != VOTES_DIR {
+            return None;
+        }
+        let date = parts.next()?.as_ref().strip_prefix("date=")?.parse().ok()?;
+        let name = parts.next()?;
+        let stem = name.as_ref().strip_prefix("part-")?.strip_suffix(".parquet")?;
+        let mut fields = stem.rsplitn(3, '-');
+        let lsn_last = u64::from_str_radix(fields.next()?, 16).ok()?;
+        let lsn_first = u64::from_str_radix(fields.next()?, 16).ok()?;
+        let node = fields.next()?.to_string();
+        Some(PartFile { path: path.clone(), date, node, lsn_first, lsn_last })
+    }
+}
+
+/// Lists every vote file of the dataset.
+///
+/// # Errors
+/// Object store listing errors.
+pub async fn list_parts(store: &dyn ObjectStore) -> Result<Vec<PartFile>, StoreError> {
+    let prefix = ObjectPath::from(VOTES_DIR);
+    let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+    let mut parts: Vec<PartFile> = metas.iter().filter_map(|m| PartFile::parse(&m.location)).collect();
+    parts.sort_by(|a, b| (a.date, &a.node, a.lsn_first).cmp(&(b.date, &b.node, b.lsn_first)));
+    Ok(parts)
+}
+
+/// Where vote files go: an object store, plus the local directory behind it when there is one
+/// (local files are fsync'd after they are published).
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub store: Arc<dyn ObjectStore>,
+    pub local_root: Option<std::path::PathBuf>,
+    pub node: String,
+}
+
+impl Dataset {
+    /// A dataset in a local directory.
+    ///
+    /// # Errors
+    /// When the directory cannot be created.
+    pub fn local(root: &std::path::Path, node: &str) -> Result<Dataset, StoreError> {
+        std::fs::create_dir_all(root.join(VOTES_DIR))
+            .map_err(|source| StoreError::Sync { path: root.display().to_string(), source })?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(root)?;
+        Ok(Dataset { store: Arc::new(store), local_root: Some(root.to_path_buf()), node: node.to_string() })
+    }
+
+    /// Writes the rows of one flush — log records `lsn_first..=lsn_last` — as one file per day,
+    /// and returns the files with their sizes. When it returns, every file is durable.
+    ///
+    /// # Errors
+    /// Encoding or storage errors; files already written by this call stay and are cleaned up
+    /// by `remove_uncommitted` (they are not yet committed).
+    pub async fn write_flush(
+        &self,
+        batches: &[RecordBatch],
+        lsn_first: u64,
+        lsn_last: u64,
+    ) -> Result<Vec<(PartFile, usize)>, StoreError> {
+        let mut written = Vec::new();
+        for (date, rows) in partition_by_day(batches)? {
+            let part = PartFile::new(date, &self.node, lsn_first, lsn_last);
+            let bytes = encode_parquet(&rows, writer_properties(&self.node, lsn_first, lsn_last))?;
+            let len = bytes.len();
+            self.store.put(&part.path, PutPayload::from(bytes)).await?;
+            self.make_durable(&part.path)?;
+            written.push((part, len));
+        }
+        Ok(written)
+    }
+
+    fn make_durable(&self, path: &ObjectPath) -> Result<(), StoreError> {
+        let Some(root) = &self.local_root else { return Ok(()) };
+        let file = root.join(path.as_ref());
+        let sync = |p: &std::path::Path| -> std::io::Result<()> { std::fs::File::open(p)?.sync_all() };
+        let result = sync(&file)
+            .and_then(|()| sync(file.parent().expect("a file has a directory")))
+            .and_then(|()| sync(&root.join(VOTES_DIR)));
+        result.map_err(|source| StoreError::Sync { path: file.display().to_string(), source })
+    }
+
+    /// Removes this node's files from flushes after `watermark` that never committed (a crash
+    /// between writing them and the checkpoint): their rows are still in the log and will be
+    /// written again. Returns how many were removed.
+    ///
+    /// # Errors
+    /// Listing or deleting errors.
+    pub async fn remove_uncommitted(&self, watermark: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for part in list_parts(self.store.as_ref()).await? {
+            if part.node == self.node && part.lsn_last > watermark {
+                tracing::warn!(file = %part.path, watermark, "removing a file of a flush that did not commit");
+                self.store.delete(&part.path).await?;
+                removed += 1;
+            }
+        }
+        if removed > 0
+            && let Some(root) = &self.local_root
+        {
+            crate::fsutil::sync_dir(&root.join(VOTES_DIR))
+                .map_err(|source| StoreError::Sync { path: root.display().to_string(), source })?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Total rows of some record batches.
+pub fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+/// The `date` of a timestamp as it would be partitioned.
+pub fn partition_date(at_ms: i64) -> NaiveDate {
+    let day = local_day(at_ms, &mut (0, 0, 0));
+    NaiveDate::from_num_days_from_ce_opt(day + 719_163).expect("a day within chrono's range")
+}
+
+/// Days since the epoch of a date (for partition filters).
+pub fn epoch_day(date: NaiveDate) -> i32 {
+    date.num_days_from_ce() - 719_163
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{BatchV1, VoteV1, encode_batch};
+
+    fn buffer_with(votes: &[(u32, u16, i64)]) -> RecordBatch {
+        let mut buffer = VoteBuffer::default();
+        for &(municipality, service, at_ms) in votes {
+            let batch = BatchV1 {
+                seq: 1,
+                base_ms: at_ms,
+                municipality,
+                votes: vec![VoteV1 { offset_ms: 0, service, face: 0, channel: 1, reason: 2 }],
+            };
+            let bytes = encode_batch(&batch);
+            buffer.append(&BatchView::access(&bytes).unwrap(), IstatCode(municipality), 5);
+        }
+        buffer.finish()
+    }
+
+    #[test]
+    fn days_follow_italian_time() {
+        // 2026-11-26 23:30 UTC is 00:30 on the 27th in Rome (UTC+1 in winter).
+        let at = chrono::NaiveDate::from_ymd_opt(2026, 11, 26).unwrap().and_hms_opt(23, 30, 0).unwrap().and_utc();
+        assert_eq!(partition_date(at.timestamp_millis()).to_string(), "2026-11-27");
+        // In summer Rome is UTC+2: 22:30 UTC on 2026-07-01 is already the 2nd.
+        let at = chrono::NaiveDate::from_ymd_opt(2026, 7, 1).unwrap().and_hms_opt(22, 30, 0).unwrap().and_utc();
+        assert_eq!(partition_date(at.timestamp_millis()).to_string(), "2026-07-02");
+    }
+
+    #[test]
+    fn partitions_are_sorted_and_split_by_day() {
+        let day = 86_400_000;
+        let t0 = 1_790_000_000_000;
+        let rows = buffer_with(&[(1003, 2, t0 + 5), (1001, 9, t0 + 1), (1003, 1, t0 + day), (1001, 9, t0)]);
+        let parts = partition_by_day(&[rows]).unwrap();
+        assert_eq!(parts.len(), 2);
+        let first = parts.values().next().unwrap();
+        let municipalities: Vec<u32> = first.column(col::MUNICIPALITY).as_primitive::<arrow::datatypes::UInt32Type>().values().to_vec();
+        let ts: Vec<i64> = first.column(col::TS).as_primitive::<arrow::datatypes::TimestampMillisecondType>().values().to_vec();
+        assert_eq!(municipalities, vec![1001, 1001, 1003]);
+        assert_eq!(ts, vec![t0, t0 + 1, t0 + 5]);
+    }
+
+    #[test]
+    fn part_file_names_round_trip() {
+        let date = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        let part = PartFile::new(date, "a1b2c3d4", 17, 4096);
+        assert_eq!(part.path.as_ref(), "votes/date=2026-11-27/part-a1b2c3d4-0000000000000011-0000000000001000.parquet");
+        assert_eq!(PartFile::parse(&part.path), Some(part));
+        assert_eq!(PartFile::parse(&ObjectPath::from("votes/date=2026-11-27/other.parquet")), None);
+    }
+
+    #[tokio::test]
+    async fn flush_writes_readable_parquet_and_cleans_uncommitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let dataset = Dataset::local(dir.path(), "n1").unwrap();
+        let batch = buffer_with(&[(1003, 2, 1_790_000_000_000), (1001, 9, 1_790_000_000_001)]);
+        let written = dataset.write_flush(&[batch], 1, 2).await.unwrap();
+        assert_eq!(written.len(), 1);
+        let file = std::fs::File::open(dir.path().join(written[0].0.path.as_ref())).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let metadata = reader.metadata().clone();
+        let kv = metadata.file_metadata().key_value_metadata().unwrap();
+        assert!(kv.iter().any(|k| k.key == "faccia.lsn_last" && k.value.as_deref() == Some("2")));
+        let read: Vec<RecordBatch> = reader.build().unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(rows(&read), 2);
+        assert_eq!(dataset.remove_uncommitted(2).await.unwrap(), 0);
+        assert_eq!(dataset.remove_uncommitted(1).await.unwrap(), 1);
+        assert!(list_parts(dataset.store.as_ref()).await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,518 @@
+//! The terminal client: what runs in a town hall's emoticon terminal (and in the simulators).
+//!
+//! A `Terminal` numbers its batches, keeps every unacknowledged batch in its outbox (in memory,
+//! or on disk so that a power cut loses nothing), sends up to `in_flight_max` of them at once,
+//! reconnects with exponential backoff and jitter when the link drops, and resends until each
+//! batch is answered `stored` or `duplicate` — or `rejected`, which is final. A batch is never
+//! renumbered, so a retransmission is recognised by the server and never counted twice.
+//!
+//! The driver calls `next_event`, which is cancel-safe: in-flight sends and a connection being
+//! set up live in the `Terminal`, not in the future, so it can sit in a `select!` beside a timer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use quinn::crypto::rustls::QuicClientConfig;
+use rand::Rng;
+
+use crate::model::{Channel, Face, IstatCode, Reason};
+use crate::registry::Credential;
+use crate::wire::{
+    self, ArchiveBuf, BatchReplyV1, BatchV1, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES, HelloV1, Rejection,
+    Status, VoteV1,
+};
+
+/// Longest reply frame a terminal reads.
+const REPLY_BYTES_MAX: usize = 64 * 1024;
+/// First reconnection delay; doubled after each failure up to `BACKOFF_MAX`, with full jitter.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The client software name sent in the hello.
+pub const CLIENT_NAME: &str = concat!("faccia-terminal/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {addr}")]
+    Connect { addr: SocketAddr, source: quinn::ConnectError },
+    #[error("connection lost")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream failed: {0}")]
+    Stream(String),
+    #[error("server refused the terminal: {0}")]
+    Refused(Rejection),
+    #[error("server sent an invalid reply: {0}")]
+    Protocol(Rejection),
+    #[error("outbox {path}")]
+    Outbox { path: PathBuf, source: std::io::Error },
+    #[error("TLS configuration")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+impl ClientError {
+    /// Whether trying again later cannot help (the credential or the protocol is wrong).
+    pub fn is_final(&self) -> bool {
+        match self {
+            ClientError::Refused(rejection) => !rejection.code.is_transient(),
+            ClientError::Protocol(_) | ClientError::Tls(_) | ClientError::Outbox { .. } => true,
+            ClientError::Connection(quinn::ConnectionError::TransportError(_))
+            | ClientError::Connection(quinn::ConnectionError::VersionMismatch) => true,
+            ClientError::Connection(quinn::ConnectionError::ConnectionClosed(close)) => {
+                // QUIC carries TLS alerts as transport errors 0x100..=0x1ff (RFC 9001 §4.8): a
+                // failed handshake (no_application_protocol, bad certificate) will fail again.
+                (0x100..0x200).contains(&u64::from(close.error_code))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Where terminals connect and what they trust.
+#[derive(Clone)]
+pub struct ServerTarget {
+    pub addr: SocketAddr,
+    pub server_name: String,
+    pub client_config: quinn::ClientConfig,
+}
+
+impl ServerTarget {
+    /// Verifies the server against the CA certificate(s) in `ca_path`.
+    ///
+    /// # Errors
+    /// When the CA file is unusable.
+    pub fn new(addr: SocketAddr, server_name: &str, ca_path: &Path) -> Result<ServerTarget, ClientError> {
+        ServerTarget::with_tls(addr, server_name, crate::tls::client_config(ca_path)?)
+    }
+
+    /// With an explicit TLS configuration (tests use it to offer a wrong ALPN).
+    ///
+    /// # Errors
+    /// When the TLS configuration cannot carry QUIC.
+    pub fn with_tls(addr: SocketAddr, server_name: &str, tls: rustls::ClientConfig) -> Result<ServerTarget, ClientError> {
+        let quic = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Stream(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(15)));
+        client_config.transport_config(Arc::new(transport));
+        Ok(ServerTarget { addr, server_name: server_name.to_string(), client_config })
+    }
+}
+
+/// A client endpoint (one UDP socket) that many terminals can share.
+///
+/// # Errors
+/// When no UDP socket can be bound.
+pub fn client_endpoint(server: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if server.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("valid address");
+    quinn::Endpoint::client(bind)
+}
+
+/// An authenticated connection.
+#[derive(Clone)]
+pub struct Session {
+    pub connection: quinn::Connection,
+    pub municipality: IstatCode,
+    /// Highest batch the server had stored for this terminal when the session opened.
+    pub last_seq: u64,
+    pub batch_votes_max: u32,
+}
+
+impl Session {
+    /// Connects and presents the credential.
+    ///
+    /// # Errors
+    /// Connection errors, or `Refused` with the server's error code.
+    pub async fn connect(endpoint: &quinn::Endpoint, target: &ServerTarget, credential: &Credential) -> Result<Session, ClientError> {
+        let connection = endpoint
+            .connect_with(target.client_config.clone(), target.addr, &target.server_name)
+            .map_err(|source| ClientError::Connect { addr: target.addr, source })?
+            .await?;
+        let hello = HelloV1 { terminal: credential.id, secret: credential.secret.0, client: CLIENT_NAME.as_bytes().to_vec() };
+        let payload = exchange(&connection, &wire::encode_hello(&hello), FrameKind::HelloReply).await?;
+        let reply = wire::read_hello_reply(&payload).map_err(ClientError::Protocol)?;
+        if reply.status != Status::Stored as u8 {
+            let code = ErrorCode::from_u16(reply.code).unwrap_or(ErrorCode::Internal);
+            return Err(ClientError::Refused(Rejection::new(code, reply.message_text())));
+        }
+        Ok(Session {
+            connection,
+            municipality: IstatCode(reply.municipality),
+            last_seq: reply.last_seq,
+            batch_votes_max: reply.batch_votes_max,
+        })
+    }
+
+    /// Sends one complete frame on a new stream and returns the server's reply.
+    ///
+    /// # Errors
+    /// Transport errors, or a reply that is not a valid batch reply.
+    pub async fn send_frame(&self, frame: &[u8]) -> Result<BatchReplyV1, ClientError> {
+        let payload = exchange(&self.connection, frame, FrameKind::BatchReply).await?;
+        wire::read_batch_reply(&payload).map_err(ClientError::Protocol)
+    }
+}
+
+/// Writes a frame on a new bidirectional stream and reads the reply frame of `kind`.
+async fn exchange(connection: &quinn::Connection, frame: &[u8], kind: FrameKind) -> Result<ArchiveBuf, ClientError> {
+    let (mut send, mut recv) = connection.open_bi().await?;
+    // A server that refuses early stops the stream; its reply is still worth reading.
+    let _ = send.write_all(frame).await;
+    let _ = send.finish();
+    let bytes = recv.read_to_end(REPLY_BYTES_MAX).await.map_err(|e| match e {
+        quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(lost)) => ClientError::Connection(lost),
+        other => ClientError::Stream(other.to_string()),
+    })?;
+    let header: &[u8; HEADER_BYTES] = bytes
+        .get(..HEADER_BYTES)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| ClientError::Stream(format!("reply of {} bytes has no frame header", bytes.len())))?;
+    let header = FrameHeader::decode(header, REPLY_BYTES_MAX as u32).map_err(ClientError::Protocol)?;
+    if header.kind != kind || bytes.len() != HEADER_BYTES + header.payload_bytes as usize {
+        return Err(ClientError::Protocol(Rejection::new(ErrorCode::MalformedFrame, "unexpected reply frame")));
+    }
+    let mut payload = ArchiveBuf::with_capacity(bytes.len() - HEADER_BYTES);
+    payload.extend_from_slice(&bytes[HEADER_BYTES..]);
+    Ok(payload)
+}
+
+/// One vote as a terminal records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalVote {
+    pub at_ms: i64,
+    pub service: u16,
+    pub face: Face,
+    pub channel: Channel,
+    pub reason: Option<Reason>,
+}
+
+/// Encodes votes as a batch frame. Votes are laid out relative to the earliest one.
+pub fn batch_frame(seq: u64, municipality: IstatCode, votes: &[TerminalVote]) -> Vec<u8> {
+    let base_ms = votes.iter().map(|v| v.at_ms).min().unwrap_or(0);
+    let batch = BatchV1 {
+        seq,
+        base_ms,
+        municipality: municipality.0,
+        votes: votes
+            .iter()
+            .map(|v| VoteV1 {
+                offset_ms: u32::try_from(v.at_ms - base_ms).unwrap_or(u32::MAX),
+                service: v.service,
+                face: v.face.code(),
+                channel: v.channel.code(),
+                reason: v.reason.map_or(0, Reason::code),
+            })
+            .collect(),
+    };
+    wire::frame(FrameKind::Batch, &wire::encode_batch(&batch))
+}
+
+/// A batch waiting for its acknowledgement.
+#[derive(Debug, Clone)]
+struct Pending {
+    votes: usize,
+    frame: Arc<Vec<u8>>,
+    enqueued: Instant,
+    in_flight: bool,
+}
+
+/// Unacknowledged batches, oldest first; optionally mirrored on disk, one file per batch.
+#[derive(Debug, Default)]
+struct Outbox {
+    dir: Option<PathBuf>,
+    batches: BTreeMap<u64, Pending>,
+}
+
+impl Outbox {
+    fn file(dir: &Path, seq: u64) -> PathBuf {
+        dir.join(format!("{seq:020}.batch"))
+    }
+
+    /// Loads the batches a previous run left on disk; returns the highest sequence number ever
+    /// assigned (from the batches and the `seq` file).
+    fn open(dir: &Path) -> Result<(Outbox, u64), ClientError> {
+        let io = |source| ClientError::Outbox { path: dir.to_path_buf(), source };
+        crate::fsutil::create_dir_durable(dir).map_err(io)?;
+        let mut batches = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            let seq = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".batch")).and_then(|n| n.parse().ok());
+            let Some(seq) = seq else { continue };
+            let frame = std::fs::read(&path).map_err(io)?;
+            let votes = frame_votes(&frame);
+            batches.insert(seq, Pending { votes, frame: Arc::new(frame), enqueued: Instant::now(), in_flight: false });
+        }
+        let recorded: u64 = std::fs::read_to_string(dir.join("seq")).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+        let high = batches.keys().next_back().copied().unwrap_or(0).max(recorded);
+        Ok((Outbox { dir: Some(dir.to_path_buf()), batches }, high))
+    }
+
+    fn push(&mut self, seq: u64, votes: usize, frame: Vec<u8>) -> Result<(), ClientError> {
+        if let Some(dir) = &self.dir {
+            let io = |source| ClientError::Outbox { path: dir.clone(), source };
+            crate::fsutil::write_atomic(&Outbox::file(dir, seq), &frame).map_err(io)?;
+            crate::fsutil::write_atomic(&dir.join("seq"), seq.to_string().as_bytes()).map_err(io)?;
+        }
+        self.batches.insert(seq, Pending { votes, frame: Arc::new(frame), enqueued: Instant::now(), in_flight: false });
+        Ok(())
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Pending> {
+        let pending = self.batches.remove(&seq)?;
+        if let Some(dir) = &self.dir
+            && let Err(error) = std::fs::remove_file(Outbox::file(dir, seq))
+        {
+            // Harmless: the batch is resent after a restart and answered "duplicate".
+            tracing::warn!(%error, seq, "removing an acknowledged batch from the outbox");
+        }
+        Some(pending)
+    }
+}
+
+/// Number of votes in a batch frame written by this client (for reporting only).
+fn frame_votes(frame: &[u8]) -> usize {
+    let mut payload = ArchiveBuf::new();
+    payload.extend_from_slice(frame.get(HEADER_BYTES..).unwrap_or_default());
+    wire::BatchView::access(&payload).map_or(0, |v| v.len())
+}
+
+/// What happened to the terminal.
+#[derive(Debug)]
+pub enum Event {
+    Connected { last_seq: u64 },
+    /// A batch was answered `stored` (or `duplicate`: stored by an earlier copy).
+    Acknowledged { seq: u64, votes: usize, duplicate: bool, enqueued: Instant },
+    /// A batch was refused for good and dropped from the outbox.
+    Rejected { seq: u64, votes: usize, rejection: Rejection },
+    /// The link failed; the terminal reconnects after a backoff and resends.
+    Disconnected { error: String },
+    /// The server told us to retry a batch later.
+    RetryLater { seq: u64, rejection: Rejection },
+    /// Nothing to send and nothing in flight.
+    Idle,
+    /// Refused for good (bad credential, revoked, wrong protocol): stop this terminal.
+    Fatal(ClientError),
+}
+
+type SendFuture = Pin<Box<dyn Future<Output = (u64, Result<BatchReplyV1, ClientError>)> + Send>>;
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Session, ClientError>> + Send>>;
+
+/// One terminal: credential, numbering, outbox and connection.
+pub struct Terminal {
+    pub credential: Credential,
+    endpoint: quinn::Endpoint,
+    target: ServerTarget,
+    outbox: Outbox,
+    next_seq: u64,
+    in_flight_max: usize,
+    session: Option<Session>,
+    connecting: Option<ConnectFuture>,
+    in_flight: FuturesUnordered<SendFuture>,
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Terminal {
+    /// A terminal with an in-memory outbox (simulators, benchmarks).
+    pub fn new(credential: Credential, endpoint: quinn::Endpoint, target: ServerTarget, in_flight_max: usize) -> Terminal {
+        Terminal {
+            credential,
+            endpoint,
+            target,
+            outbox: Outbox::default(),
+            next_seq: 1,
+            in_flight_max: in_flight_max.clamp(1, (wire::SEQ_WINDOW / 2) as usize),
+            session: None,
+            connecting: None,
+            in_flight: FuturesUnordered::new(),
+            failures: 0,
+            retry_at: None,
+        }
+    }
+
+    /// A terminal whose outbox lives in `dir`: batches survive a restart of the terminal.
+    ///
+    /// # Errors
+    /// When the outbox directory cannot be read or created.
+    pub fn with_outbox(
+        credential: Credential,
+        endpoint: quinn::Endpoint,
+        target: ServerTarget,
+        in_flight_max: usize,
+        dir: &Path,
+    ) -> Result<Terminal, ClientError> {
+        let mut terminal = Terminal::new(credential, endpoint, target, in_flight_max);
+        let (outbox, high) = Outbox::open(dir)?;
+        terminal.outbox = outbox;
+        terminal.next_seq = high + 1;
+        Ok(terminal)
+    }
+
+    /// Numbers a batch of votes and puts it in the outbox. Returns its sequence number.
+    ///
+    /// # Errors
+    /// When the outbox is on disk and cannot be written.
+    pub fn enqueue(&mut self, votes: &[TerminalVote]) -> Result<u64, ClientError> {
+        let seq = self.next_seq;
+        let frame = batch_frame(seq, self.credential.municipality, votes);
+        self.outbox.push(seq, votes.len(), frame)?;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Batches not yet acknowledged.
+    pub fn unacknowledged(&self) -> usize {
+        self.outbox.batches.len()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Drives the terminal until something happens. Cancel-safe.
+    pub async fn next_event(&mut self) -> Event {
+        loop {
+            if self.session.is_none() {
+                if self.outbox.batches.is_empty() && self.connecting.is_none() {
+                    return Event::Idle;
+                }
+                match self.connect_step().await {
+                    Some(event) => return event,
+                    None => continue,
+                }
+            }
+            if self.retry_at.is_none_or(|at| at <= tokio::time::Instant::now()) {
+                self.retry_at = None;
+                self.fill_pipeline();
+            }
+            if self.in_flight.is_empty() {
+                match self.retry_at {
+                    Some(at) => {
+                        tokio::time::sleep_until(at).await;
+                        continue;
+                    }
+                    None => return Event::Idle,
+                }
+            }
+            let (seq, result) = self.in_flight.next().await.expect("in_flight is not empty");
+            return self.settle(seq, result);
+        }
+    }
+
+    /// Opens a connection (waiting out the backoff first). `None`: keep going.
+    async fn connect_step(&mut self) -> Option<Event> {
+        if let Some(at) = self.retry_at {
+            tokio::time::sleep_until(at).await;
+            self.retry_at = None;
+        }
+        let connecting = self.connecting.get_or_insert_with(|| {
+            let (endpoint, target, credential) = (self.endpoint.clone(), self.target.clone(), self.credential.clone());
+            Box::pin(async move { Session::connect(&endpoint, &target, &credential).await })
+        });
+        let result = connecting.await;
+        self.connecting = None;
+        match result {
+            Ok(session) => {
+                self.failures = 0;
+                let last_seq = session.last_seq;
+                if self.outbox.batches.is_empty() && self.next_seq <= last_seq {
+                    // Our numbering was lost (new device, wiped storage): resume above the server's.
+                    self.next_seq = last_seq + 1;
+                }
+                self.session = Some(session);
+                Some(Event::Connected { last_seq })
+            }
+            Err(error) if error.is_final() => Some(Event::Fatal(error)),
+            Err(error) => {
+                self.back_off();
+                Some(Event::Disconnected { error: crate::wal::error_chain(&error) })
+            }
+        }
+    }
+
+    fn back_off(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let ceiling = BACKOFF_MIN.saturating_mul(1 << self.failures.min(16)).min(BACKOFF_MAX);
+        let delay = rand::rng().random_range(BACKOFF_MIN.as_millis() as u64..=ceiling.as_millis() as u64);
+        self.retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(delay));
+    }
+
+    fn fill_pipeline(&mut self) {
+        let Some(session) = &self.session else { return };
+        let free = self.in_flight_max.saturating_sub(self.in_flight.len());
+        for (&seq, pending) in self.outbox.batches.iter_mut().filter(|(_, p)| !p.in_flight).take(free) {
+            pending.in_flight = true;
+            let session = session.clone();
+            let frame = Arc::clone(&pending.frame);
+            self.in_flight.push(Box::pin(async move { (seq, session.send_frame(&frame).await) }));
+        }
+    }
+
+    fn settle(&mut self, seq: u64, result: Result<BatchReplyV1, ClientError>) -> Event {
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(error) => return self.link_failed(seq, &error),
+        };
+        let status = Status::from_u8(reply.status);
+        let code = ErrorCode::from_u16(reply.code).unwrap_or(ErrorCode::Internal);
+        match status {
+            Some(Status::Stored | Status::Duplicate) => {
+                self.failures = 0;
+                let pending = self.outbox.remove(seq).expect("an in-flight batch is in the outbox");
+                Event::Acknowledged {
+                    seq,
+                    votes: pending.votes,
+                    duplicate: status == Some(Status::Duplicate),
+                    enqueued: pending.enqueued,
+                }
+            }
+            Some(Status::Rejected) if !code.is_transient() => {
+                let votes = self.outbox.remove(seq).map_or(0, |p| p.votes);
+                Event::Rejected { seq, votes, rejection: Rejection::new(code, reply.message_text()) }
+            }
+            _ => {
+                // Retry later: keep the batch; pause this connection's sending briefly.
+                if let Some(pending) = self.outbox.batches.get_mut(&seq) {
+                    pending.in_flight = false;
+                }
+                if code == ErrorCode::ShuttingDown {
+                    self.drop_session();
+                }
+                self.back_off();
+                Event::RetryLater { seq, rejection: Rejection::new(code, reply.message_text()) }
+            }
+        }
+    }
+
+    fn link_failed(&mut self, seq: u64, error: &ClientError) -> Event {
+        if let Some(pending) = self.outbox.batches.get_mut(&seq) {
+            pending.in_flight = false;
+        }
+        if self.session.is_some() {
+            self.drop_session();
+            self.back_off();
+        }
+        Event::Disconnected { error: crate::wal::error_chain(error) }
+    }
+
+    /// Forgets the connection; batches in flight on it are resent on the next one.
+    fn drop_session(&mut self) {
+        self.session = None;
+        // The futures of the old connection fail promptly once it is gone; their batches are
+        // marked for resending now so that the next connection sends them right away.
+        self.in_flight = FuturesUnordered::new();
+        for pending in self.outbox.batches.values_mut() {
+            pending.in_flight = false;
+        }
+    }
+
+    /// Closes the connection politely.
+    pub fn close(&mut self) {
+        if let Some(session) = self.session.take() {
+            session.connection.close(quinn::VarInt::from_u32(0), b"bye");
+        }
+    }
+}

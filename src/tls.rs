@@ -1,0 +1,149 @@
+//! TLS identities for the QUIC endpoints: the server's certificate and what terminals trust.
+//!
+//! A configured certificate and key (PEM) are used as they are. Without one, the server makes
+//! a development identity on first start and keeps it in `DATA_DIR/tls/`: a private CA
+//! (`ca.pem`; its key is discarded once it has signed) and a server certificate for
+//! `localhost`, `127.0.0.1` and `::1` signed by it. Terminals verify the server against a CA
+//! they are given — the development `ca.pem` or a production CA — never "accept anything".
+//! Only TLS 1.3 is offered, with ALPN `faccia/1`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::wire::ALPN;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} holds no usable PEM {what}")]
+    Pem { path: PathBuf, what: &'static str },
+    #[error("generating the development certificate")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Paths of the development identity inside a data directory.
+pub fn dev_paths(data_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = data_dir.join("tls");
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+/// Loads the development identity of `data_dir`, creating it on first use. Returns the
+/// identity and the path of the CA certificate that terminals must trust.
+///
+/// # Errors
+/// I/O or generation errors.
+pub fn dev_identity(data_dir: &Path) -> Result<(Identity, PathBuf), TlsError> {
+    let (ca_path, cert_path, key_path) = dev_paths(data_dir);
+    if !(ca_path.exists() && cert_path.exists() && key_path.exists()) {
+        generate_dev_identity(&ca_path, &cert_path, &key_path)?;
+    }
+    Ok((load_identity(&cert_path, &key_path)?, ca_path))
+}
+
+fn generate_dev_identity(ca_path: &Path, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.distinguished_name.push(DnType::CommonName, "faccia development CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut params = CertificateParams::new(names)?;
+    params.distinguished_name.push(DnType::CommonName, "faccia development server");
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+
+    let dir = ca_path.parent().expect("tls directory");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Io { path, source }
+    };
+    crate::fsutil::create_dir_durable(dir).map_err(io(dir))?;
+    crate::fsutil::write_atomic(key_path, key.serialize_pem().as_bytes()).map_err(io(key_path))?;
+    crate::fsutil::write_atomic(cert_path, cert.pem().as_bytes()).map_err(io(cert_path))?;
+    crate::fsutil::write_atomic(ca_path, ca_cert.pem().as_bytes()).map_err(io(ca_path))?;
+    tracing::info!(ca = %ca_path.display(), "generated a development certificate; terminals must trust this CA");
+    Ok(())
+}
+
+/// Loads a PEM certificate chain and private key.
+///
+/// # Errors
+/// Unreadable files or no certificate / key in them.
+pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<Identity, TlsError> {
+    Ok(Identity { chain: load_certs(cert_path)?, key: load_key(key_path)? })
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes).filter_map(Result::ok).collect();
+    if certs.is_empty() {
+        return Err(TlsError::Pem { path: path.to_path_buf(), what: "certificate" });
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| TlsError::Pem { path: path.to_path_buf(), what: "private key" })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server's TLS 1.3 configuration with ALPN `faccia/1`.
+///
+/// # Errors
+/// When the key does not match the certificate.
+pub fn server_config(identity: Identity) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+/// A terminal's TLS 1.3 configuration trusting the CA certificates in `ca_path`.
+///
+/// # Errors
+/// When the file holds no certificate.
+pub fn client_config(ca_path: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    client_config_with_alpn(ca_path, ALPN)
+}
+
+/// As `client_config`, offering another application protocol (tests of ALPN refusal).
+///
+/// # Errors
+/// When the file holds no certificate.
+pub fn client_config_with_alpn(ca_path: &Path, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(ca_path)? {
+        roots.add(cert)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}

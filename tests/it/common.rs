@@ -1,0 +1,98 @@
+//! Helpers shared by the integration tests: a server on a temporary directory, registered
+//! terminals, and SQL counts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use faccia::config::Config;
+use faccia::model::{Channel, Face, IstatCode, Reason};
+use faccia::registry::{self, Credential};
+use faccia::server::Server;
+use faccia::terminal::{Event, ServerTarget, Session, Terminal, TerminalVote};
+
+/// Agliè (TO), 2,644 inhabitants.
+pub const AGLIE: IstatCode = IstatCode(1001);
+/// Ala di Stura (TO), 462 inhabitants.
+pub const ALA_DI_STURA: IstatCode = IstatCode(1003);
+
+/// A configuration listening on an ephemeral loopback port.
+pub fn loopback_config() -> Config {
+    Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() }
+}
+
+pub async fn start(dir: &Path) -> Server {
+    Server::start(dir.to_path_buf(), loopback_config()).await.expect("server starts")
+}
+
+pub fn target(server: &Server) -> ServerTarget {
+    ServerTarget::new(server.ingest_addr, "localhost", server.ca_path.as_ref().unwrap()).unwrap()
+}
+
+pub fn add(dir: &Path, municipality: IstatCode, count: u32) -> Vec<Credential> {
+    registry::add_terminals(dir, municipality, count, "test").unwrap()
+}
+
+/// `count` distinct votes starting at `at_ms`, one millisecond apart.
+pub fn votes(at_ms: i64, count: usize) -> Vec<TerminalVote> {
+    (0..count)
+        .map(|i| {
+            let face = Face::ALL[i % 3];
+            TerminalVote {
+                at_ms: at_ms + i as i64,
+                service: (i % 15) as u16 + 1,
+                face,
+                channel: Channel::ALL[i % 3],
+                reason: (face == Face::Negative).then_some(Reason::ALL[i % 4]),
+            }
+        })
+        .collect()
+}
+
+pub async fn session(server: &Server, credential: &Credential) -> Session {
+    let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+    Session::connect(&endpoint, &target(server), credential).await.expect("terminal connects")
+}
+
+/// Drives a terminal until its outbox is empty; returns (votes acknowledged, duplicates).
+pub async fn deliver(terminal: &mut Terminal) -> (usize, usize) {
+    let (mut votes, mut duplicates) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while terminal.unacknowledged() > 0 {
+        let event = tokio::time::timeout_at(deadline, terminal.next_event()).await.expect("delivery within 30 s");
+        match event {
+            Event::Acknowledged { votes: v, duplicate, .. } => {
+                votes += v;
+                duplicates += usize::from(duplicate);
+            }
+            Event::Fatal(error) => panic!("terminal refused: {error}"),
+            Event::Rejected { rejection, .. } => panic!("batch rejected: {rejection}"),
+            _ => {}
+        }
+    }
+    (votes, duplicates)
+}
+
+pub async fn count(dir: &Path, sql: &str) -> i64 {
+    let ctx = faccia::query::context(dir).await.unwrap();
+    let batches = faccia::query::run(&ctx, sql).await.unwrap();
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.join("votes")];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}

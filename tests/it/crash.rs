@@ -1,0 +1,108 @@
+//! An unclean stop: the server process is killed with SIGKILL and restarted on the same data.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use faccia::terminal::{Terminal, batch_frame};
+use faccia::wire::Status;
+
+use crate::common::*;
+
+/// A `faccia serve` child process.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub ca: std::path::PathBuf,
+}
+
+/// A free UDP port on loopback (the kernel's pick; released before the server binds it).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl ServerProcess {
+    /// Starts `faccia serve` and waits until it reports that it is serving.
+    pub fn start(dir: &Path, port: u16) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_faccia"))
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("faccia serve starts");
+        let stderr = child.stderr.take().unwrap();
+        let (ready, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("faccia serving") {
+                    let _ = ready.send(());
+                }
+                if std::env::var_os("FACCIA_TEST_VERBOSE").is_some() {
+                    eprintln!("[server] {line}");
+                }
+            }
+        });
+        wait.recv_timeout(Duration::from_secs(60)).expect("server ready within 60 s");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        ServerProcess { child, addr, ca: dir.join("tls/ca.pem") }
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and the exit status of the clean shutdown.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        self.child.wait().unwrap()
+    }
+
+    pub fn target(&self) -> faccia::terminal::ServerTarget {
+        faccia::terminal::ServerTarget::new(self.addr, "localhost", &self.ca).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn killed_server_replays_its_log_and_loses_nothing() {
+    // Proves: after SIGKILL, a restart replays the log: every acknowledged vote is counted once,
+    // and a batch acknowledged before the kill is recognised as a duplicate after it.
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = add(dir.path(), AGLIE, 3);
+    let port = free_port();
+    let server = ServerProcess::start(dir.path(), port);
+    let now = faccia::clock::now_ms();
+    let mut acknowledged = 0;
+    let endpoint = faccia::terminal::client_endpoint(server.addr).unwrap();
+    for (t, credential) in credentials.iter().enumerate() {
+        let mut terminal = Terminal::new(credential.clone(), endpoint.clone(), server.target(), 8);
+        for b in 0..20 {
+            terminal.enqueue(&votes(now - 600_000 + (t as i64) * 100_000 + b * 1_000, 25)).unwrap();
+        }
+        acknowledged += deliver(&mut terminal).await.0;
+        terminal.close();
+    }
+    server.kill();
+    assert!(parquet_files(dir.path()).is_empty(), "nothing was flushed before the kill");
+
+    let server = ServerProcess::start(dir.path(), port);
+    let endpoint = faccia::terminal::client_endpoint(server.addr).unwrap();
+    let session = faccia::terminal::Session::connect(&endpoint, &server.target(), &credentials[0]).await.unwrap();
+    assert_eq!(session.last_seq, 20, "the sequence state survived the kill");
+    let resent = batch_frame(3, AGLIE, &votes(now - 600_000 + 2_000, 25));
+    assert_eq!(session.send_frame(&resent).await.unwrap().status, Status::Duplicate as u8);
+    let fresh = batch_frame(21, AGLIE, &votes(now - 1_000, 25));
+    assert_eq!(session.send_frame(&fresh).await.unwrap().status, Status::Stored as u8);
+    acknowledged += 25;
+    session.connection.close(0u32.into(), b"");
+    assert!(server.terminate().success(), "clean shutdown on SIGTERM");
+
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM votes").await, acknowledged as i64);
+    assert_eq!(count(dir.path(), "SELECT count(DISTINCT (terminal, ts)) FROM votes").await, acknowledged as i64);
+}
