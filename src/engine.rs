@@ -322,7 +322,7 @@ fn replay(
             }
         };
         sequences.mark_stored(record.terminal, record.seq);
-        buffer.append(&view, record.municipality, record.terminal);
+        buffer.append(&view, record.municipality, record.terminal, &record.misuse);
         if first == 0 {
             first = record.lsn;
         }
@@ -413,7 +413,7 @@ impl StoreThread {
         for record in durable {
             // The archive was validated at ingest and the record never left memory.
             let view = BatchView::access(&record.archive).expect("a durable record holds a validated batch");
-            buffer.append(&view, record.municipality, record.terminal);
+            buffer.append(&view, record.municipality, record.terminal, &record.misuse);
             if filling.lsn_first == 0 {
                 filling.lsn_first = record.lsn;
                 filling.started = Some(Instant::now());

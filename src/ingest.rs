@@ -318,7 +318,8 @@ async fn store_batch(
     };
     let Payload(archive, _permit) = payload;
     let (durable, acknowledged) = tokio::sync::oneshot::channel();
-    let request = AppendRequest { terminal, municipality, seq, received_ms: rules.now_ms, archive, guard, durable };
+    let misuse = Vec::new();
+    let request = AppendRequest { terminal, municipality, seq, received_ms: rules.now_ms, archive, misuse, guard, durable };
     if let Err(mut request) = shared.engine.submit_durable(request) {
         shared.engine.sequences.abort(&mut request.guard);
         return retry(ErrorCode::ShuttingDown, "server is shutting down; nothing was stored");

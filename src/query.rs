@@ -191,6 +191,7 @@ WITH counts AS (
            sum(CASE WHEN face = 0 THEN 1 ELSE 0 END) AS neutral,
            sum(CASE WHEN face = -1 THEN 1 ELSE 0 END) AS negative
     FROM votes
+    WHERE misuse = 0
     GROUP BY service)
 SELECT c.service,
        s.name,

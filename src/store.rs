@@ -65,6 +65,9 @@ pub mod col {
     pub const CHANNEL: usize = 4;
     pub const REASON: usize = 5;
     pub const TERMINAL: usize = 6;
+    /// 0: a counted vote; otherwise the id of the misuse rule that flagged it. Flagged votes
+    /// are kept and left out of every index by default.
+    pub const MISUSE: usize = 7;
 }
 
 /// The schema of a vote as stored (the `date` partition column is added by readers).
@@ -79,6 +82,7 @@ pub fn schema() -> SchemaRef {
             Field::new("channel", DataType::UInt8, false),
             Field::new("reason", DataType::UInt8, true),
             Field::new("terminal", DataType::UInt32, false),
+            Field::new("misuse", DataType::UInt8, false),
         ]))
     }))
 }
@@ -93,6 +97,7 @@ pub struct VoteBuffer {
     channel: UInt8Builder,
     reason: UInt8Builder,
     terminal: UInt32Builder,
+    misuse: UInt8Builder,
 }
 
 impl Default for VoteBuffer {
@@ -111,6 +116,7 @@ impl VoteBuffer {
             channel: UInt8Builder::with_capacity(rows),
             reason: UInt8Builder::with_capacity(rows),
             terminal: UInt32Builder::with_capacity(rows),
+            misuse: UInt8Builder::with_capacity(rows),
         }
     }
 
@@ -122,8 +128,15 @@ impl VoteBuffer {
         self.len() == 0
     }
 
-    /// Appends every vote of a validated batch.
-    pub fn append(&mut self, batch: &BatchView<'_>, municipality: IstatCode, terminal: TerminalId) {
+    /// Appends every vote of a validated batch with its misuse flags (`misuse` holds one flag
+    /// per vote, or is empty when none is flagged).
+    pub fn append(&mut self, batch: &BatchView<'_>, municipality: IstatCode, terminal: TerminalId, misuse: &[u8]) {
+        debug_assert!(misuse.is_empty() || misuse.len() == batch.len(), "one misuse flag per vote");
+        if misuse.is_empty() {
+            self.misuse.append_value_n(0, batch.len());
+        } else {
+            self.misuse.append_slice(misuse);
+        }
         for vote in batch.votes(municipality, terminal) {
             self.municipality.append_value(vote.municipality.0);
             self.service.append_value(vote.service);
@@ -145,6 +158,7 @@ impl VoteBuffer {
             Arc::new(self.channel.finish()),
             Arc::new(self.reason.finish()),
             Arc::new(self.terminal.finish()),
+            Arc::new(self.misuse.finish()),
         ];
         RecordBatch::try_new(schema(), columns).expect("buffer columns match the schema")
     }
@@ -392,7 +406,7 @@ mod tests {
                 votes: vec![VoteV1 { offset_ms: 0, service, face: 0, channel: 1, reason: 2 }],
             };
             let bytes = encode_batch(&batch);
-            buffer.append(&BatchView::access(&bytes).unwrap(), IstatCode(municipality), 5);
+            buffer.append(&BatchView::access(&bytes).unwrap(), IstatCode(municipality), 5, &[]);
         }
         buffer.finish()
     }

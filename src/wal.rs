@@ -6,7 +6,9 @@
 //!
 //! ```text
 //! u32 body length   u32 CRC32C(body)   body: u64 lsn, u32 terminal, u32 municipality,
-//!                                            u64 seq, i64 received_ms, batch archive bytes
+//!                                            u64 seq, i64 received_ms, u32 archive length,
+//!                                            u32 flag count, archive, one misuse flag per vote
+//!                                            (flag count 0: no vote flagged)
 //! ```
 //!
 //! One writer thread owns the active segment. It takes every append request waiting in its
@@ -43,7 +45,7 @@ const SEGMENT_VERSION: u16 = 1;
 const SEGMENT_HEADER_BYTES: usize = 24;
 const RECORD_HEADER_BYTES: usize = 8;
 /// Fixed part of a record body before the archive.
-const RECORD_FIXED_BYTES: usize = 32;
+const RECORD_FIXED_BYTES: usize = 40;
 /// Longest record body the reader accepts; anything longer is corruption.
 const RECORD_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// How far ahead of the expected LSN a resynchronising reader accepts a record.
@@ -70,6 +72,8 @@ pub struct WalRecord {
     pub seq: u64,
     pub received_ms: i64,
     pub archive: ArchiveBuf,
+    /// Misuse flag of each vote (0: counted; see `store::col::MISUSE`); empty when none is flagged.
+    pub misuse: Vec<u8>,
 }
 
 /// What recovery found.
@@ -90,7 +94,7 @@ pub struct ReplayReport {
 }
 
 fn encode_record(buf: &mut Vec<u8>, record: &AppendRequest, lsn: u64) {
-    let body_len = RECORD_FIXED_BYTES + record.archive.len();
+    let body_len = RECORD_FIXED_BYTES + record.archive.len() + record.misuse.len();
     let start = buf.len();
     buf.extend_from_slice(&(body_len as u32).to_le_bytes());
     buf.extend_from_slice(&[0; 4]);
@@ -99,7 +103,10 @@ fn encode_record(buf: &mut Vec<u8>, record: &AppendRequest, lsn: u64) {
     buf.extend_from_slice(&record.municipality.0.to_le_bytes());
     buf.extend_from_slice(&record.seq.to_le_bytes());
     buf.extend_from_slice(&record.received_ms.to_le_bytes());
+    buf.extend_from_slice(&(record.archive.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&(record.misuse.len() as u32).to_le_bytes());
     buf.extend_from_slice(&record.archive);
+    buf.extend_from_slice(&record.misuse);
     let crc = crc32c::crc32c(&buf[start + RECORD_HEADER_BYTES..]);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
@@ -117,8 +124,14 @@ fn decode_record(bytes: &[u8]) -> Option<(WalRecord, usize)> {
     }
     let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().expect("8 bytes"));
     let u32_at = |i: usize| u32::from_le_bytes(body[i..i + 4].try_into().expect("4 bytes"));
-    let mut archive = ArchiveBuf::with_capacity(body_len - RECORD_FIXED_BYTES);
-    archive.extend_from_slice(&body[RECORD_FIXED_BYTES..]);
+    let archive_len = u32_at(32) as usize;
+    let misuse_len = u32_at(36) as usize;
+    if RECORD_FIXED_BYTES + archive_len + misuse_len != body_len {
+        return None;
+    }
+    let (archive_bytes, misuse) = body[RECORD_FIXED_BYTES..].split_at(archive_len);
+    let mut archive = ArchiveBuf::with_capacity(archive_len);
+    archive.extend_from_slice(archive_bytes);
     let record = WalRecord {
         lsn: u64_at(0),
         terminal: u32_at(8),
@@ -126,6 +139,7 @@ fn decode_record(bytes: &[u8]) -> Option<(WalRecord, usize)> {
         seq: u64_at(16),
         received_ms: u64_at(24) as i64,
         archive,
+        misuse: misuse.to_vec(),
     };
     Some((record, RECORD_HEADER_BYTES + body_len))
 }
@@ -297,6 +311,8 @@ pub struct AppendRequest {
     pub seq: u64,
     pub received_ms: i64,
     pub archive: ArchiveBuf,
+    /// Misuse flag of each vote, or empty when no vote is flagged.
+    pub misuse: Vec<u8>,
     pub guard: PendingGuard,
     /// Completed after the fsync with the record's LSN, or with the reason it was not written.
     pub durable: oneshot::Sender<Result<u64, WalUnavailable>>,
@@ -317,6 +333,7 @@ pub struct DurableRecord {
     pub terminal: TerminalId,
     pub municipality: IstatCode,
     pub archive: ArchiveBuf,
+    pub misuse: Vec<u8>,
 }
 
 /// The open log, owned by its writer thread.
@@ -396,7 +413,7 @@ impl Writer {
             while bytes < self.group_bytes_max {
                 match requests.try_recv() {
                     Ok(request) => {
-                        bytes += request.archive.len() + RECORD_HEADER_BYTES + RECORD_FIXED_BYTES;
+                        bytes += request.archive.len() + request.misuse.len() + RECORD_HEADER_BYTES + RECORD_FIXED_BYTES;
                         group.push(request);
                     }
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
@@ -452,6 +469,7 @@ impl Writer {
                 terminal: request.terminal,
                 municipality: request.municipality,
                 archive: request.archive,
+                misuse: request.misuse,
             });
         }
         if self.store.send(durable).is_err() {
@@ -545,7 +563,8 @@ mod tests {
         let mut archive = ArchiveBuf::new();
         archive.extend_from_slice(payload);
         let (durable, receiver) = oneshot::channel();
-        let request = AppendRequest { terminal, municipality: IstatCode(1003), seq, received_ms: 5, archive, guard, durable };
+        let misuse = if seq % 2 == 0 { vec![0, 1, 0] } else { Vec::new() };
+        let request = AppendRequest { terminal, municipality: IstatCode(1003), seq, received_ms: 5, archive, misuse, guard, durable };
         (request, receiver)
     }
 
@@ -590,6 +609,7 @@ mod tests {
             let seq = i as u64 + 1;
             assert_eq!((record.lsn, record.seq, record.terminal), (seq, seq, 9));
             assert_eq!(&record.archive[..], &seq.to_le_bytes().repeat(3)[..]);
+            assert_eq!(record.misuse, if seq % 2 == 0 { vec![0, 1, 0] } else { vec![] });
         }
         let (_, after) = {
             let mut n = 0;
@@ -625,8 +645,13 @@ mod tests {
         write_log(dir.path(), 3, 1 << 20);
         let segment = list_segments(dir.path()).unwrap().pop().unwrap().1;
         let whole = fs::read(&segment).unwrap();
-        let record_len = (whole.len() - SEGMENT_HEADER_BYTES) / 3;
-        let last_start = whole.len() - record_len;
+        let mut last_start = SEGMENT_HEADER_BYTES;
+        while let Some((_, len)) = decode_record(&whole[last_start..]).filter(|_| last_start + 1 < whole.len()) {
+            if last_start + len == whole.len() {
+                break;
+            }
+            last_start += len;
+        }
         for cut in last_start..whole.len() {
             fs::write(&segment, &whole[..cut]).unwrap();
             let (records, report) = replay_all(dir.path());
@@ -644,7 +669,7 @@ mod tests {
         write_log(dir.path(), 5, 1 << 20);
         let segment = list_segments(dir.path()).unwrap().pop().unwrap().1;
         let mut bytes = fs::read(&segment).unwrap();
-        let record_len = (bytes.len() - SEGMENT_HEADER_BYTES) / 5;
+        let record_len = decode_record(&bytes[SEGMENT_HEADER_BYTES..]).unwrap().1;
         // Flip a byte inside the second record's payload, then (separately) its length field.
         bytes[SEGMENT_HEADER_BYTES + record_len + 40] ^= 0xff;
         fs::write(&segment, &bytes).unwrap();
