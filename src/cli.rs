@@ -84,6 +84,28 @@ pub enum Command {
         #[arg(long, default_value_t = 500)]
         think_ms: u64,
     },
+    /// Kill a live server with SIGKILL at random moments while terminals send, restart it, and
+    /// check with SQL that every acknowledged vote is stored exactly once.
+    Crashtest {
+        /// Keep the data here instead of a temporary directory.
+        #[arg(long, short = 'd')]
+        data_dir: Option<PathBuf>,
+        /// Kill/restart rounds.
+        #[arg(long, default_value_t = 50)]
+        rounds: u32,
+        /// Simulated terminals sending throughout.
+        #[arg(long, default_value_t = 20)]
+        terminals: usize,
+        /// Shortest time the server runs before it is killed, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        min_ms: u64,
+        /// Longest time the server runs before it is killed, in milliseconds.
+        #[arg(long, default_value_t = 1500)]
+        max_ms: u64,
+        /// Seed of the random kill times and votes (printed; a run is replayed with it).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Start a server on a temporary directory, run simulated terminals across small
     /// municipalities, stop the server and print the per-service satisfaction index.
     Demo {
@@ -156,6 +178,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { data_dir, seconds, terminals } => crate::demo::run(data_dir, seconds, terminals).await,
+        Command::Crashtest { data_dir, rounds, terminals, min_ms, max_ms, seed } => {
+            crashtest(data_dir, rounds, terminals, (min_ms, max_ms), seed).await
+        }
     }
 }
 
@@ -260,4 +285,35 @@ fn terminals(data_dir: &Path, action: TerminalsAction) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn crashtest(data_dir: Option<PathBuf>, rounds: u32, terminals: usize, run_ms: (u64, u64), seed: Option<u64>) -> anyhow::Result<()> {
+    let temporary = tempfile::Builder::new().prefix("faccia-crashtest-").tempdir()?;
+    let data_dir = data_dir.unwrap_or_else(|| temporary.path().to_path_buf());
+    let seed = seed.unwrap_or_else(rand::random);
+    let plan = crate::crashtest::Plan {
+        server_exe: std::env::current_exe().context("locating the faccia executable")?,
+        data_dir,
+        rounds,
+        terminals,
+        run_ms,
+        batch_votes_max: 50,
+        in_flight_max: 4,
+        seed,
+    };
+    eprintln!("crash test: {rounds} rounds of kill -9, {terminals} terminals, seed {seed}");
+    let started = Instant::now();
+    let report = crate::crashtest::run(&plan).await?;
+    println!("rounds                 {:>12}", report.rounds);
+    println!("votes acknowledged     {:>12}", report.votes_acknowledged);
+    println!("batches acknowledged   {:>12}  ({} as duplicates of a stored copy)", report.batches_acknowledged, report.batches_duplicate);
+    println!("votes found by SQL     {:>12}", report.votes_found);
+    println!("lost                   {:>12}", report.lost);
+    println!("duplicated             {:>12}", report.duplicated);
+    println!("unexpected             {:>12}", report.unexpected);
+    println!("seed {seed}, {:.0} s", started.elapsed().as_secs_f64());
+    if !report.is_clean() {
+        bail!("acknowledged votes were lost or doubled (seed {seed})");
+    }
+    Ok(())
 }

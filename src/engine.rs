@@ -32,6 +32,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::dedup::Sequences;
+use crate::faults::{Fault, Faults, crash_point};
 use crate::limits::StorageLimits;
 use crate::metrics::Metrics;
 use crate::store::{self, Dataset, StoreError, VoteBuffer};
@@ -42,6 +43,10 @@ use crate::wire::BatchView;
 const SEAL_INTERVAL: Duration = Duration::from_millis(100);
 /// Attempts at the last flush during shutdown before leaving the rows to the log.
 const SHUTDOWN_FLUSH_ATTEMPTS: u32 = 3;
+/// Groups of durable records queued between the log writer and the store thread. When the
+/// store falls behind (a flush that cannot finish), the log writer waits here and stops
+/// acknowledging, instead of piling records up in memory.
+const DURABLE_GROUPS_QUEUED_MAX: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -135,6 +140,14 @@ impl MemoryView {
 pub struct EngineConfig {
     pub data_dir: PathBuf,
     pub storage: StorageLimits,
+    /// Injected I/O errors (tests and the crash-test tool); all off by default.
+    pub faults: Arc<Faults>,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: PathBuf, storage: StorageLimits) -> EngineConfig {
+        EngineConfig { data_dir, storage, faults: Arc::default() }
+    }
 }
 
 /// The running engine. Shared by the ingest tasks; `shutdown` stops it.
@@ -144,6 +157,7 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     pub dataset: Dataset,
     pub recovery: RecoveryReport,
+    pub faults: Arc<Faults>,
     memory: Arc<MemoryView>,
     stopping: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -204,7 +218,7 @@ impl Engine {
         memory.inner.write().expect("memory view lock").0 = checkpoint.watermark;
         let stopping = Arc::new(AtomicBool::new(false));
         let (requests, request_rx) = crossbeam_channel::unbounded();
-        let (durable_tx, durable_rx) = crossbeam_channel::unbounded();
+        let (durable_tx, durable_rx) = crossbeam_channel::bounded(DURABLE_GROUPS_QUEUED_MAX);
         let (flush_tx, flush_rx) = crossbeam_channel::unbounded();
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let (flush_requests, flush_request_rx) = crossbeam_channel::unbounded();
@@ -213,6 +227,7 @@ impl Engine {
             next_lsn,
             segment_bytes: config.storage.wal_segment_bytes,
             group_bytes_max: config.storage.wal_group_bytes_max,
+            faults: Arc::clone(&config.faults),
         };
         let wal_thread = wal::start_writer(writer, request_rx, durable_tx, Arc::clone(&sequences), Arc::clone(&metrics))?;
         let store = StoreThread {
@@ -233,6 +248,7 @@ impl Engine {
             sequences: Arc::clone(&sequences),
             memory: Arc::clone(&memory),
             metrics: Arc::clone(&metrics),
+            faults: Arc::clone(&config.faults),
             stopping: Arc::clone(&stopping),
             done: done_tx,
         };
@@ -243,6 +259,7 @@ impl Engine {
             metrics,
             dataset,
             recovery,
+            faults: config.faults,
             memory,
             stopping,
             threads: Mutex::new(vec![wal_thread, store_thread, flusher_thread]),
@@ -448,6 +465,7 @@ struct Flusher {
     sequences: Arc<Sequences>,
     memory: Arc<MemoryView>,
     metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
     stopping: Arc<AtomicBool>,
     done: Sender<()>,
 }
@@ -483,12 +501,16 @@ impl Flusher {
 
     async fn flush(&self, batches: &[RecordBatch], lsn_first: u64, lsn_last: u64) -> Result<(), EngineError> {
         let started = Instant::now();
+        let parquet_fault = |source| StoreError::Sync { path: "injected".into(), source };
+        self.faults.check(Fault::ParquetWrite).map_err(parquet_fault)?;
         let files = self.dataset.write_flush(batches, lsn_first, lsn_last).await?;
+        crash_point("flush.after_parquet");
         // The commit point: after this the rows are in Parquet and the log below is garbage.
         let checkpoint = Checkpoint { watermark: lsn_last, windows: self.sequences.snapshot() };
-        checkpoint
-            .write(&self.data_dir)
-            .map_err(|source| EngineError::DataDir { path: self.data_dir.join("checkpoint"), source })?;
+        let checkpoint_error = |source| EngineError::DataDir { path: self.data_dir.join("checkpoint"), source };
+        self.faults.check(Fault::CheckpointWrite).map_err(checkpoint_error)?;
+        checkpoint.write(&self.data_dir).map_err(checkpoint_error)?;
+        crash_point("flush.after_checkpoint");
         let id_rows = store::rows(batches);
         self.memory.commit_through(lsn_last);
         let bytes: usize = files.iter().map(|(_, len)| len).sum();

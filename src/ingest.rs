@@ -337,10 +337,18 @@ async fn store_batch(
     }
 }
 
-/// Binds a QUIC endpoint for the ingest server.
+/// Binds a QUIC endpoint for the ingest server. `reset_key` signs stateless resets: kept
+/// across restarts (see `tls::reset_key`), it lets a restarted server tell the terminals of the
+/// previous process at once that their connections are gone, instead of leaving them to time
+/// out.
 ///
 /// # Errors
 /// When the address cannot be bound.
-pub fn bind(listen: SocketAddr, config: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
-    quinn::Endpoint::server(config, listen)
+pub fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &[u8]) -> std::io::Result<quinn::Endpoint> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
+    let endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
+    let socket = std::net::UdpSocket::bind(listen)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("the ingest endpoint needs a tokio runtime"))?;
+    quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)
 }

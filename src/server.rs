@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
+use crate::faults::Faults;
 use crate::ingest::{self, Shared};
 use crate::metrics::Metrics;
 use crate::registry::TerminalDirectory;
@@ -23,6 +24,18 @@ use crate::tls;
 
 /// How often the terminal directory file is checked for changes.
 const DIRECTORY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What tests can inject into a server.
+pub struct Hooks {
+    pub clock: Arc<dyn Clock>,
+    pub faults: Arc<Faults>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks { clock: Arc::new(SystemClock), faults: Arc::default() }
+    }
+}
 
 /// A running server. Dropping it without `stop` leaves the data as a crash would: safe, but
 /// the next start replays the log.
@@ -45,16 +58,17 @@ impl Server {
     /// # Errors
     /// Data directory, TLS or socket errors, each naming what failed.
     pub async fn start(data_dir: PathBuf, config: Config) -> anyhow::Result<Server> {
-        Server::start_with_clock(data_dir, config, Arc::new(SystemClock)).await
+        Server::start_with(data_dir, config, Hooks::default()).await
     }
 
-    /// As `start`, with an injected clock (tests of time rules).
+    /// As `start`, with test hooks (an injected clock, injected I/O faults).
     ///
     /// # Errors
     /// As `start`.
-    pub async fn start_with_clock(data_dir: PathBuf, config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Server> {
+    pub async fn start_with(data_dir: PathBuf, config: Config, hooks: Hooks) -> anyhow::Result<Server> {
+        let Hooks { clock, faults } = hooks;
         let metrics = Arc::new(Metrics::new());
-        let engine_config = EngineConfig { data_dir: data_dir.clone(), storage: config.storage.clone() };
+        let engine_config = EngineConfig { faults, ..EngineConfig::new(data_dir.clone(), config.storage.clone()) };
         let engine = Engine::open(engine_config, metrics).await.context("opening the data directory")?;
         let directory = Arc::new(TerminalDirectory::open(&data_dir).context("reading the terminal directory")?);
         let (identity, ca_path) = match (&config.tls_cert, &config.tls_key) {
@@ -66,7 +80,9 @@ impl Server {
             _ => anyhow::bail!("tls_cert and tls_key must be given together"),
         };
         let quic = ingest::server_config(tls::server_config(identity)?, &config.limits)?;
-        let endpoint = ingest::bind(config.listen, quic).with_context(|| format!("binding the ingest address {}", config.listen))?;
+        let reset_key = tls::reset_key(&data_dir)?;
+        let endpoint = ingest::bind(config.listen, quic, &reset_key)
+            .with_context(|| format!("binding the ingest address {}", config.listen))?;
         let ingest_addr = endpoint.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(Arc::clone(&engine), Arc::clone(&directory), config.limits.clone(), clock));

@@ -219,7 +219,7 @@ fn record(report: &FleetReport, event: Event) -> bool {
                 report.batches_duplicate.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Event::Rejected { votes, rejection, seq } => {
+        Event::Rejected { votes, rejection, seq, .. } => {
             tracing::warn!(seq, %rejection, "batch rejected");
             report.votes_rejected.fetch_add(votes as u64, Ordering::Relaxed);
             report.batches_rejected.fetch_add(1, Ordering::Relaxed);

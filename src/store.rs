@@ -43,6 +43,8 @@ pub const TIME_ZONE: &str = "Europe/Rome";
 pub const VOTES_DIR: &str = "votes";
 /// Version of the stored layout, written into every file's key-value metadata.
 pub const STORAGE_FORMAT_VERSION: &str = "1";
+/// Suffix of a file being written; readers ignore it (it does not end in `.parquet`).
+const TMP_SUFFIX: &str = ".tmp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -333,21 +335,36 @@ impl Dataset {
             let part = PartFile::new(date, &self.node, lsn_first, lsn_last);
             let bytes = encode_parquet(&rows, writer_properties(&self.node, lsn_first, lsn_last))?;
             let len = bytes.len();
-            self.store.put(&part.path, PutPayload::from(bytes)).await?;
-            self.make_durable(&part.path)?;
+            self.publish(&part.path, bytes).await?;
             written.push((part, len));
         }
         Ok(written)
     }
 
-    fn make_durable(&self, path: &ObjectPath) -> Result<(), StoreError> {
-        let Some(root) = &self.local_root else { return Ok(()) };
-        let file = root.join(path.as_ref());
-        let sync = |p: &std::path::Path| -> std::io::Result<()> { std::fs::File::open(p)?.sync_all() };
-        let result = sync(&file)
-            .and_then(|()| sync(file.parent().expect("a file has a directory")))
-            .and_then(|()| sync(&root.join(VOTES_DIR)));
-        result.map_err(|source| StoreError::Sync { path: file.display().to_string(), source })
+    /// Makes `bytes` the object at `path`, complete or not at all. An object store publishes a
+    /// `put` atomically; on the local filesystem the bytes go to a temporary name (ignored by
+    /// readers: it does not end in `.parquet`), are fsync'd, renamed into place, and the
+    /// directories are fsync'd.
+    async fn publish(&self, path: &ObjectPath, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let Some(root) = &self.local_root else {
+            self.store.put(path, PutPayload::from(bytes)).await?;
+            return Ok(());
+        };
+        let name = path.filename().expect("a vote file has a name");
+        let dir = path.as_ref().strip_suffix(name).unwrap_or_default().trim_end_matches('/');
+        let tmp = ObjectPath::from(format!("{dir}/.{name}{TMP_SUFFIX}"));
+        self.store.put(&tmp, PutPayload::from(bytes)).await?;
+        let sync_error = |path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |source| StoreError::Sync { path, source }
+        };
+        let tmp_file = root.join(tmp.as_ref());
+        std::fs::File::open(&tmp_file).and_then(|f| f.sync_all()).map_err(sync_error(&tmp_file))?;
+        self.store.rename(&tmp, path).await?;
+        let day_dir = root.join(dir);
+        crate::fsutil::sync_dir(&day_dir).map_err(sync_error(&day_dir))?;
+        let votes_dir = root.join(VOTES_DIR);
+        crate::fsutil::sync_dir(&votes_dir).map_err(sync_error(&votes_dir))
     }
 
     /// Removes this node's files from flushes after `watermark` that never committed (a crash
@@ -358,6 +375,13 @@ impl Dataset {
     /// Listing or deleting errors.
     pub async fn remove_uncommitted(&self, watermark: u64) -> Result<usize, StoreError> {
         let mut removed = 0;
+        let prefix = ObjectPath::from(VOTES_DIR);
+        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        for meta in metas.iter().filter(|m| m.location.as_ref().ends_with(TMP_SUFFIX)) {
+            tracing::warn!(file = %meta.location, "removing a temporary file of an interrupted flush");
+            self.store.delete(&meta.location).await?;
+            removed += 1;
+        }
         for part in list_parts(self.store.as_ref()).await? {
             if part.node == self.node && part.lsn_last > watermark {
                 tracing::warn!(file = %part.path, watermark, "removing a file of a flush that did not commit");
@@ -458,7 +482,16 @@ mod tests {
         assert!(kv.iter().any(|k| k.key == "faccia.lsn_last" && k.value.as_deref() == Some("2")));
         let read: Vec<RecordBatch> = reader.build().unwrap().collect::<Result<_, _>>().unwrap();
         assert_eq!(rows(&read), 2);
-        assert_eq!(dataset.remove_uncommitted(2).await.unwrap(), 0);
+        let names: Vec<_> = std::fs::read_dir(dir.path().join(written[0].0.path.as_ref()).parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary file is left behind: {names:?}");
+        std::fs::write(dir.path().join("votes/date=2026-09-21/.part-x.parquet.tmp"), b"half").unwrap_or_else(|_| {
+            std::fs::create_dir_all(dir.path().join("votes/date=2026-09-21")).unwrap();
+            std::fs::write(dir.path().join("votes/date=2026-09-21/.part-x.parquet.tmp"), b"half").unwrap();
+        });
+        assert_eq!(dataset.remove_uncommitted(2).await.unwrap(), 1, "the interrupted temporary file");
         assert_eq!(dataset.remove_uncommitted(1).await.unwrap(), 1);
         assert!(list_parts(dataset.store.as_ref()).await.unwrap().is_empty());
     }

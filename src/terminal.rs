@@ -32,6 +32,9 @@ const REPLY_BYTES_MAX: usize = 64 * 1024;
 /// First reconnection delay; doubled after each failure up to `BACKOFF_MAX`, with full jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a terminal waits for a batch's reply before it considers the connection dead,
+/// reconnects and resends (the resent copy is answered "duplicate" if the first was stored).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 /// The client software name sent in the hello.
 pub const CLIENT_NAME: &str = concat!("faccia-terminal/", env!("CARGO_PKG_VERSION"));
 
@@ -94,11 +97,21 @@ impl ServerTarget {
     /// When the TLS configuration cannot carry QUIC.
     pub fn with_tls(addr: SocketAddr, server_name: &str, tls: rustls::ClientConfig) -> Result<ServerTarget, ClientError> {
         let quic = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Stream(e.to_string()))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
+        let mut target = ServerTarget {
+            addr,
+            server_name: server_name.to_string(),
+            client_config: quinn::ClientConfig::new(Arc::new(quic)),
+        };
+        target.set_idle_timeout(Duration::from_secs(30));
+        Ok(target)
+    }
+
+    /// Sets how long a silent connection lives (keep-alives go out at half of it).
+    pub fn set_idle_timeout(&mut self, idle: Duration) {
         let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(15)));
-        client_config.transport_config(Arc::new(transport));
-        Ok(ServerTarget { addr, server_name: server_name.to_string(), client_config })
+        transport.keep_alive_interval(Some(idle / 2));
+        transport.max_idle_timeout(Some(idle.try_into().expect("an idle timeout within QUIC's range")));
+        self.client_config.transport_config(Arc::new(transport));
     }
 }
 
@@ -210,73 +223,128 @@ pub fn batch_frame(seq: u64, municipality: IstatCode, votes: &[TerminalVote]) ->
     wire::frame(FrameKind::Batch, &wire::encode_batch(&batch))
 }
 
+/// Names a batch inside one terminal from `enqueue` to its answer. Not the wire sequence
+/// number, which a terminal that does not know its numbering yet assigns only after its first
+/// hello.
+pub type BatchId = u64;
+
 /// A batch waiting for its acknowledgement.
 #[derive(Debug, Clone)]
 struct Pending {
+    /// Wire sequence number; 0 while the terminal's numbering is not known yet.
+    seq: u64,
     votes: usize,
     frame: Arc<Vec<u8>>,
     enqueued: Instant,
     in_flight: bool,
 }
 
-/// Unacknowledged batches, oldest first; optionally mirrored on disk, one file per batch.
-#[derive(Debug, Default)]
+/// Unacknowledged batches, oldest first; optionally mirrored on disk, one file per batch (the
+/// frame as it will be sent) plus a `seq` file with the highest number ever assigned.
+#[derive(Debug)]
 struct Outbox {
     dir: Option<PathBuf>,
-    batches: BTreeMap<u64, Pending>,
+    batches: BTreeMap<BatchId, Pending>,
+    next_id: BatchId,
 }
 
 impl Outbox {
-    fn file(dir: &Path, seq: u64) -> PathBuf {
-        dir.join(format!("{seq:020}.batch"))
+    fn in_memory() -> Outbox {
+        Outbox { dir: None, batches: BTreeMap::new(), next_id: 1 }
     }
 
-    /// Loads the batches a previous run left on disk; returns the highest sequence number ever
-    /// assigned (from the batches and the `seq` file).
-    fn open(dir: &Path) -> Result<(Outbox, u64), ClientError> {
+    fn file(dir: &Path, id: BatchId) -> PathBuf {
+        dir.join(format!("{id:020}.batch"))
+    }
+
+    fn io_error(&self) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+        move |source| ClientError::Outbox { path: self.dir.clone().unwrap_or_default(), source }
+    }
+
+    /// Loads the batches a previous run left on disk. Returns the highest sequence number ever
+    /// assigned, or `None` if this outbox never numbered a batch.
+    fn open(dir: &Path) -> Result<(Outbox, Option<u64>), ClientError> {
         let io = |source| ClientError::Outbox { path: dir.to_path_buf(), source };
         crate::fsutil::create_dir_durable(dir).map_err(io)?;
         let mut batches = BTreeMap::new();
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let path = entry.map_err(io)?.path();
-            let seq = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".batch")).and_then(|n| n.parse().ok());
-            let Some(seq) = seq else { continue };
+            let id = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".batch")).and_then(|n| n.parse().ok());
+            let Some(id) = id else { continue };
             let frame = std::fs::read(&path).map_err(io)?;
-            let votes = frame_votes(&frame);
-            batches.insert(seq, Pending { votes, frame: Arc::new(frame), enqueued: Instant::now(), in_flight: false });
+            let Some((seq, votes)) = frame_batch(&frame) else {
+                tracing::error!(file = %path.display(), "outbox file is not a batch frame; left in place");
+                continue;
+            };
+            batches.insert(id, Pending { seq, votes, frame: Arc::new(frame), enqueued: Instant::now(), in_flight: false });
         }
-        let recorded: u64 = std::fs::read_to_string(dir.join("seq")).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
-        let high = batches.keys().next_back().copied().unwrap_or(0).max(recorded);
-        Ok((Outbox { dir: Some(dir.to_path_buf()), batches }, high))
+        let recorded: Option<u64> = std::fs::read_to_string(dir.join("seq")).ok().and_then(|t| t.trim().parse().ok());
+        let highest = batches.values().map(|p| p.seq).max().filter(|s| *s > 0);
+        let next_id = batches.keys().next_back().map_or(1, |id| id + 1);
+        Ok((Outbox { dir: Some(dir.to_path_buf()), batches, next_id }, recorded.max(highest)))
     }
 
-    fn push(&mut self, seq: u64, votes: usize, frame: Vec<u8>) -> Result<(), ClientError> {
+    fn persist(&self, id: BatchId, seq: u64, frame: &[u8]) -> Result<(), ClientError> {
         if let Some(dir) = &self.dir {
-            let io = |source| ClientError::Outbox { path: dir.clone(), source };
-            crate::fsutil::write_atomic(&Outbox::file(dir, seq), &frame).map_err(io)?;
-            crate::fsutil::write_atomic(&dir.join("seq"), seq.to_string().as_bytes()).map_err(io)?;
+            crate::fsutil::write_atomic(&Outbox::file(dir, id), frame).map_err(self.io_error())?;
+            if seq > 0 {
+                crate::fsutil::write_atomic(&dir.join("seq"), seq.to_string().as_bytes()).map_err(self.io_error())?;
+            }
         }
-        self.batches.insert(seq, Pending { votes, frame: Arc::new(frame), enqueued: Instant::now(), in_flight: false });
         Ok(())
     }
 
-    fn remove(&mut self, seq: u64) -> Option<Pending> {
-        let pending = self.batches.remove(&seq)?;
+    fn push(&mut self, seq: u64, votes: usize, frame: Vec<u8>) -> Result<BatchId, ClientError> {
+        let id = self.next_id;
+        self.persist(id, seq, &frame)?;
+        self.next_id += 1;
+        self.batches.insert(id, Pending { seq, votes, frame: Arc::new(frame), enqueued: Instant::now(), in_flight: false });
+        Ok(id)
+    }
+
+    /// Gives a batch that was enqueued before the numbering was known its sequence number.
+    fn number(&mut self, id: BatchId, seq: u64, municipality: IstatCode, terminal: crate::model::TerminalId) -> Result<(), ClientError> {
+        let pending = self.batches.get(&id).expect("numbering a batch of the outbox");
+        let votes = frame_votes(&pending.frame, municipality, terminal);
+        let frame = batch_frame(seq, municipality, &votes);
+        self.persist(id, seq, &frame)?;
+        let pending = self.batches.get_mut(&id).expect("numbering a batch of the outbox");
+        pending.seq = seq;
+        pending.frame = Arc::new(frame);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: BatchId) -> Option<Pending> {
+        let pending = self.batches.remove(&id)?;
         if let Some(dir) = &self.dir
-            && let Err(error) = std::fs::remove_file(Outbox::file(dir, seq))
+            && let Err(error) = std::fs::remove_file(Outbox::file(dir, id))
         {
             // Harmless: the batch is resent after a restart and answered "duplicate".
-            tracing::warn!(%error, seq, "removing an acknowledged batch from the outbox");
+            tracing::warn!(%error, seq = pending.seq, "removing an acknowledged batch from the outbox");
         }
         Some(pending)
     }
 }
 
-/// Number of votes in a batch frame written by this client (for reporting only).
-fn frame_votes(frame: &[u8]) -> usize {
+fn frame_archive(frame: &[u8]) -> ArchiveBuf {
     let mut payload = ArchiveBuf::new();
     payload.extend_from_slice(frame.get(HEADER_BYTES..).unwrap_or_default());
-    wire::BatchView::access(&payload).map_or(0, |v| v.len())
+    payload
+}
+
+/// The sequence number and vote count of a batch frame this client wrote.
+fn frame_batch(frame: &[u8]) -> Option<(u64, usize)> {
+    let payload = frame_archive(frame);
+    wire::BatchView::access(&payload).ok().map(|v| (v.seq(), v.len()))
+}
+
+/// The votes of a batch frame this client wrote.
+fn frame_votes(frame: &[u8], municipality: IstatCode, terminal: crate::model::TerminalId) -> Vec<TerminalVote> {
+    let payload = frame_archive(frame);
+    let view = wire::BatchView::access(&payload).expect("the outbox holds frames this client encoded");
+    view.votes(municipality, terminal)
+        .map(|v| TerminalVote { at_ms: v.at_ms, service: v.service, face: v.face, channel: v.channel, reason: v.reason })
+        .collect()
 }
 
 /// What happened to the terminal.
@@ -284,20 +352,20 @@ fn frame_votes(frame: &[u8]) -> usize {
 pub enum Event {
     Connected { last_seq: u64 },
     /// A batch was answered `stored` (or `duplicate`: stored by an earlier copy).
-    Acknowledged { seq: u64, votes: usize, duplicate: bool, enqueued: Instant },
+    Acknowledged { batch: BatchId, seq: u64, votes: usize, duplicate: bool, enqueued: Instant },
     /// A batch was refused for good and dropped from the outbox.
-    Rejected { seq: u64, votes: usize, rejection: Rejection },
+    Rejected { batch: BatchId, seq: u64, votes: usize, rejection: Rejection },
     /// The link failed; the terminal reconnects after a backoff and resends.
     Disconnected { error: String },
     /// The server told us to retry a batch later.
-    RetryLater { seq: u64, rejection: Rejection },
+    RetryLater { batch: BatchId, seq: u64, rejection: Rejection },
     /// Nothing to send and nothing in flight.
     Idle,
     /// Refused for good (bad credential, revoked, wrong protocol): stop this terminal.
     Fatal(ClientError),
 }
 
-type SendFuture = Pin<Box<dyn Future<Output = (u64, Result<BatchReplyV1, ClientError>)> + Send>>;
+type SendFuture = Pin<Box<dyn Future<Output = (BatchId, Result<BatchReplyV1, ClientError>)> + Send>>;
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<Session, ClientError>> + Send>>;
 
 /// One terminal: credential, numbering, outbox and connection.
@@ -306,8 +374,11 @@ pub struct Terminal {
     endpoint: quinn::Endpoint,
     target: ServerTarget,
     outbox: Outbox,
-    next_seq: u64,
+    /// The next sequence number; `None` until known (from the outbox on disk, or from the
+    /// server's `last_seq` at the first hello). Batches enqueued before are numbered then.
+    next_seq: Option<u64>,
     in_flight_max: usize,
+    ack_timeout: Duration,
     session: Option<Session>,
     connecting: Option<ConnectFuture>,
     in_flight: FuturesUnordered<SendFuture>,
@@ -316,15 +387,18 @@ pub struct Terminal {
 }
 
 impl Terminal {
-    /// A terminal with an in-memory outbox (simulators, benchmarks).
+    /// A terminal with an in-memory outbox (simulators, benchmarks). It learns its numbering
+    /// from the server at its first connection, so a second run with the same credential
+    /// continues above the batches the first one stored.
     pub fn new(credential: Credential, endpoint: quinn::Endpoint, target: ServerTarget, in_flight_max: usize) -> Terminal {
         Terminal {
             credential,
             endpoint,
             target,
-            outbox: Outbox::default(),
-            next_seq: 1,
+            outbox: Outbox::in_memory(),
+            next_seq: None,
             in_flight_max: in_flight_max.clamp(1, (wire::SEQ_WINDOW / 2) as usize),
+            ack_timeout: ACK_TIMEOUT,
             session: None,
             connecting: None,
             in_flight: FuturesUnordered::new(),
@@ -345,22 +419,30 @@ impl Terminal {
         dir: &Path,
     ) -> Result<Terminal, ClientError> {
         let mut terminal = Terminal::new(credential, endpoint, target, in_flight_max);
-        let (outbox, high) = Outbox::open(dir)?;
+        let (outbox, highest) = Outbox::open(dir)?;
         terminal.outbox = outbox;
-        terminal.next_seq = high + 1;
+        terminal.next_seq = highest.map(|h| h + 1);
         Ok(terminal)
     }
 
-    /// Numbers a batch of votes and puts it in the outbox. Returns its sequence number.
+    /// Changes how long a reply may take before the connection is considered dead.
+    pub fn set_ack_timeout(&mut self, timeout: Duration) {
+        self.ack_timeout = timeout;
+    }
+
+    /// Puts a batch of votes in the outbox (numbered now if the numbering is known, else at the
+    /// first connection). Returns the id its answer will carry.
     ///
     /// # Errors
     /// When the outbox is on disk and cannot be written.
-    pub fn enqueue(&mut self, votes: &[TerminalVote]) -> Result<u64, ClientError> {
-        let seq = self.next_seq;
+    pub fn enqueue(&mut self, votes: &[TerminalVote]) -> Result<BatchId, ClientError> {
+        let seq = self.next_seq.unwrap_or(0);
         let frame = batch_frame(seq, self.credential.municipality, votes);
-        self.outbox.push(seq, votes.len(), frame)?;
-        self.next_seq += 1;
-        Ok(seq)
+        let id = self.outbox.push(seq, votes.len(), frame)?;
+        if let Some(next) = &mut self.next_seq {
+            *next += 1;
+        }
+        Ok(id)
     }
 
     /// Batches not yet acknowledged.
@@ -370,6 +452,21 @@ impl Terminal {
 
     pub fn is_connected(&self) -> bool {
         self.session.is_some()
+    }
+
+    /// Connects now (one attempt, after any backoff in force) if not connected.
+    ///
+    /// # Errors
+    /// Why the attempt failed.
+    pub async fn connect(&mut self) -> Result<(), ClientError> {
+        while self.session.is_none() {
+            match self.connect_step().await {
+                Some(Event::Fatal(error)) => return Err(error),
+                Some(Event::Disconnected { error }) => return Err(ClientError::Stream(error)),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Drives the terminal until something happens. Cancel-safe.
@@ -397,8 +494,8 @@ impl Terminal {
                     None => return Event::Idle,
                 }
             }
-            let (seq, result) = self.in_flight.next().await.expect("in_flight is not empty");
-            return self.settle(seq, result);
+            let (id, result) = self.in_flight.next().await.expect("in_flight is not empty");
+            return self.settle(id, result);
         }
     }
 
@@ -418,9 +515,8 @@ impl Terminal {
             Ok(session) => {
                 self.failures = 0;
                 let last_seq = session.last_seq;
-                if self.outbox.batches.is_empty() && self.next_seq <= last_seq {
-                    // Our numbering was lost (new device, wiped storage): resume above the server's.
-                    self.next_seq = last_seq + 1;
+                if let Err(error) = self.learn_numbering(last_seq) {
+                    return Some(Event::Fatal(error));
                 }
                 self.session = Some(session);
                 Some(Event::Connected { last_seq })
@@ -433,6 +529,29 @@ impl Terminal {
         }
     }
 
+    /// Numbers the batches waiting for it once the server's `last_seq` is known, and never
+    /// reuses a number the server already stored.
+    fn learn_numbering(&mut self, last_seq: u64) -> Result<(), ClientError> {
+        match self.next_seq {
+            Some(next) if next > last_seq => return Ok(()),
+            Some(next) => tracing::warn!(
+                terminal = self.credential.id,
+                next,
+                last_seq,
+                "the server stored batches numbered beyond this terminal's numbering; new batches continue above them"
+            ),
+            None => {}
+        }
+        let mut next = last_seq + 1;
+        let unnumbered: Vec<BatchId> = self.outbox.batches.iter().filter(|(_, p)| p.seq == 0).map(|(id, _)| *id).collect();
+        for id in unnumbered {
+            self.outbox.number(id, next, self.credential.municipality, self.credential.id)?;
+            next += 1;
+        }
+        self.next_seq = Some(next);
+        Ok(())
+    }
+
     fn back_off(&mut self) {
         self.failures = self.failures.saturating_add(1);
         let ceiling = BACKOFF_MIN.saturating_mul(1 << self.failures.min(16)).min(BACKOFF_MAX);
@@ -443,26 +562,34 @@ impl Terminal {
     fn fill_pipeline(&mut self) {
         let Some(session) = &self.session else { return };
         let free = self.in_flight_max.saturating_sub(self.in_flight.len());
-        for (&seq, pending) in self.outbox.batches.iter_mut().filter(|(_, p)| !p.in_flight).take(free) {
+        let timeout = self.ack_timeout;
+        let ready = self.outbox.batches.iter_mut().filter(|(_, p)| !p.in_flight && p.seq > 0).take(free);
+        for (&id, pending) in ready {
             pending.in_flight = true;
             let session = session.clone();
             let frame = Arc::clone(&pending.frame);
-            self.in_flight.push(Box::pin(async move { (seq, session.send_frame(&frame).await) }));
+            self.in_flight.push(Box::pin(async move {
+                let reply = tokio::time::timeout(timeout, session.send_frame(&frame)).await;
+                let no_reply = || ClientError::Stream(format!("no reply within {} ms", timeout.as_millis()));
+                (id, reply.unwrap_or_else(|_| Err(no_reply())))
+            }));
         }
     }
 
-    fn settle(&mut self, seq: u64, result: Result<BatchReplyV1, ClientError>) -> Event {
+    fn settle(&mut self, id: BatchId, result: Result<BatchReplyV1, ClientError>) -> Event {
         let reply = match result {
             Ok(reply) => reply,
-            Err(error) => return self.link_failed(seq, &error),
+            Err(error) => return self.link_failed(id, &error),
         };
+        let seq = self.outbox.batches.get(&id).map_or(0, |p| p.seq);
         let status = Status::from_u8(reply.status);
         let code = ErrorCode::from_u16(reply.code).unwrap_or(ErrorCode::Internal);
         match status {
             Some(Status::Stored | Status::Duplicate) => {
                 self.failures = 0;
-                let pending = self.outbox.remove(seq).expect("an in-flight batch is in the outbox");
+                let pending = self.outbox.remove(id).expect("an in-flight batch is in the outbox");
                 Event::Acknowledged {
+                    batch: id,
                     seq,
                     votes: pending.votes,
                     duplicate: status == Some(Status::Duplicate),
@@ -470,25 +597,25 @@ impl Terminal {
                 }
             }
             Some(Status::Rejected) if !code.is_transient() => {
-                let votes = self.outbox.remove(seq).map_or(0, |p| p.votes);
-                Event::Rejected { seq, votes, rejection: Rejection::new(code, reply.message_text()) }
+                let votes = self.outbox.remove(id).map_or(0, |p| p.votes);
+                Event::Rejected { batch: id, seq, votes, rejection: Rejection::new(code, reply.message_text()) }
             }
             _ => {
-                // Retry later: keep the batch; pause this connection's sending briefly.
-                if let Some(pending) = self.outbox.batches.get_mut(&seq) {
+                // Retry later: keep the batch and pause sending for a backoff.
+                if let Some(pending) = self.outbox.batches.get_mut(&id) {
                     pending.in_flight = false;
                 }
                 if code == ErrorCode::ShuttingDown {
                     self.drop_session();
                 }
                 self.back_off();
-                Event::RetryLater { seq, rejection: Rejection::new(code, reply.message_text()) }
+                Event::RetryLater { batch: id, seq, rejection: Rejection::new(code, reply.message_text()) }
             }
         }
     }
 
-    fn link_failed(&mut self, seq: u64, error: &ClientError) -> Event {
-        if let Some(pending) = self.outbox.batches.get_mut(&seq) {
+    fn link_failed(&mut self, id: BatchId, error: &ClientError) -> Event {
+        if let Some(pending) = self.outbox.batches.get_mut(&id) {
             pending.in_flight = false;
         }
         if self.session.is_some() {
@@ -500,9 +627,11 @@ impl Terminal {
 
     /// Forgets the connection; batches in flight on it are resent on the next one.
     fn drop_session(&mut self) {
-        self.session = None;
-        // The futures of the old connection fail promptly once it is gone; their batches are
-        // marked for resending now so that the next connection sends them right away.
+        if let Some(session) = self.session.take() {
+            session.connection.close(quinn::VarInt::from_u32(0), b"reconnecting");
+        }
+        // The futures of the old connection are dropped; their batches are marked for resending
+        // so that the next connection sends them right away.
         self.in_flight = FuturesUnordered::new();
         for pending in self.outbox.batches.values_mut() {
             pending.in_flight = false;

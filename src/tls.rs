@@ -83,6 +83,27 @@ fn generate_dev_identity(ca_path: &Path, cert_path: &Path, key_path: &Path) -> R
     Ok(())
 }
 
+/// The key that signs the ingest endpoint's stateless resets, created on first use and kept in
+/// `DATA_DIR/tls/reset-key` so that it survives restarts.
+///
+/// # Errors
+/// When the file cannot be read or created.
+pub fn reset_key(data_dir: &Path) -> Result<Vec<u8>, TlsError> {
+    let path = data_dir.join("tls").join("reset-key");
+    let io = |source| TlsError::Io { path: path.clone(), source };
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let mut key = vec![0u8; 64];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+    crate::fsutil::create_dir_durable(path.parent().expect("tls directory")).map_err(io)?;
+    crate::fsutil::write_atomic(&path, &key).map_err(io)?;
+    Ok(key)
+}
+
 /// Loads a PEM certificate chain and private key.
 ///
 /// # Errors

@@ -35,6 +35,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tokio::sync::oneshot;
 
 use crate::dedup::{PendingGuard, Sequences};
+use crate::faults::{Fault, Faults};
 use crate::fsutil;
 use crate::metrics::Metrics;
 use crate::model::{IstatCode, TerminalId};
@@ -348,6 +349,7 @@ struct Writer {
     group_bytes_max: usize,
     sequences: Arc<Sequences>,
     metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
     store: Sender<Vec<DurableRecord>>,
     failing: bool,
 }
@@ -359,6 +361,7 @@ pub struct WriterConfig {
     pub next_lsn: u64,
     pub segment_bytes: u64,
     pub group_bytes_max: usize,
+    pub faults: Arc<Faults>,
 }
 
 /// Starts the writer thread on a new segment. Durable records go to `store` in LSN order.
@@ -385,6 +388,7 @@ pub fn start_writer(
         group_bytes_max: config.group_bytes_max,
         sequences,
         metrics,
+        faults: config.faults,
         store,
         failing: false,
     };
@@ -437,7 +441,10 @@ impl Writer {
             encode_record(buf, request, self.next_lsn + i as u64);
         }
         let started = Instant::now();
-        let written = self.file.write_all(buf).and_then(|()| self.file.sync_data());
+        let written = (self.faults.check(Fault::WalWrite))
+            .and_then(|()| self.file.write_all(buf))
+            .and_then(|()| self.faults.check(Fault::WalSync))
+            .and_then(|()| self.file.sync_data());
         if let Err(source) = written {
             let error = WalError::Io { path: self.path.clone(), source };
             self.cut_back();
@@ -511,6 +518,7 @@ impl Writer {
         if self.durable_len < self.segment_bytes {
             return Ok(());
         }
+        self.faults.check(Fault::WalWrite).map_err(|source| WalError::Io { path: self.dir.clone(), source })?;
         let (file, path) = create_segment(&self.dir, self.next_lsn)?;
         self.file = file;
         self.path = path;
@@ -573,7 +581,7 @@ mod tests {
         let sequences = Arc::new(Sequences::default());
         let (requests, receiver) = crossbeam_channel::unbounded();
         let (store, stored) = crossbeam_channel::unbounded();
-        let config = WriterConfig { dir: dir.to_path_buf(), next_lsn: 1, segment_bytes, group_bytes_max: 1 };
+        let config = WriterConfig { dir: dir.to_path_buf(), next_lsn: 1, segment_bytes, group_bytes_max: 1, faults: Arc::default() };
         let thread = start_writer(config, receiver, store, Arc::clone(&sequences), Arc::new(Metrics::new())).unwrap();
         let mut acks = Vec::new();
         for seq in 1..=count {
@@ -632,11 +640,45 @@ mod tests {
             acks.push(ack);
         }
         drop(requests);
-        let config = WriterConfig { dir: dir.path().to_path_buf(), next_lsn: 1, segment_bytes: 1 << 20, group_bytes_max: 1 << 20 };
+        let config = WriterConfig { dir: dir.path().to_path_buf(), next_lsn: 1, segment_bytes: 1 << 20, group_bytes_max: 1 << 20, faults: Arc::default() };
         start_writer(config, receiver, store, Arc::clone(&sequences), Arc::clone(&metrics)).unwrap().join().unwrap();
         assert!(acks.into_iter().all(|a| a.blocking_recv().unwrap().is_ok()));
         assert_eq!(metrics.wal_fsyncs.get(), 1, "all 100 batches were waiting: one group, one fsync");
         assert_eq!(stored.try_iter().flatten().count(), 100);
+    }
+
+    #[test]
+    fn a_failed_fsync_acknowledges_nothing_keeps_the_log_clean_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let sequences = Arc::new(Sequences::default());
+        let metrics = Arc::new(Metrics::new());
+        let faults = Arc::new(Faults::default());
+        let (requests, receiver) = crossbeam_channel::unbounded();
+        let (store, stored) = crossbeam_channel::unbounded();
+        let config = WriterConfig { dir: dir.path().to_path_buf(), next_lsn: 1, segment_bytes: 1 << 20, group_bytes_max: 1, faults: Arc::clone(&faults) };
+        let thread = start_writer(config, receiver, store, Arc::clone(&sequences), Arc::clone(&metrics)).unwrap();
+        let send = |seq: u64| {
+            let (request, ack) = request(&sequences, 2, seq, &[seq as u8; 16]);
+            requests.send(request).unwrap();
+            ack.blocking_recv().unwrap()
+        };
+        assert_eq!(send(1), Ok(1));
+        faults.set(Fault::WalSync, true);
+        assert_eq!(send(2), Err(WalUnavailable::Storage), "data written but not fsync'd: not acknowledged");
+        assert_eq!(metrics.wal_unavailable.get(), 1);
+        assert_eq!(sequences.last_seq(2), 1, "a failed batch is not marked stored");
+        faults.set(Fault::WalSync, false);
+        faults.set(Fault::WalWrite, true);
+        assert_eq!(send(2), Err(WalUnavailable::Storage));
+        faults.set(Fault::WalWrite, false);
+        assert_eq!(send(2), Ok(2), "the retried batch is stored once space returns");
+        assert_eq!(metrics.wal_unavailable.get(), 0);
+        drop(requests);
+        thread.join().unwrap();
+        assert_eq!(stored.try_iter().flatten().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 2]);
+        let (records, report) = replay_all(dir.path());
+        assert_eq!(records.iter().map(|r| (r.lsn, r.seq)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
+        assert_eq!((report.torn_tail_bytes, report.corrupt_ranges), (0, 0), "the failed group left nothing behind");
     }
 
     #[test]

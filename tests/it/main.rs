@@ -3,5 +3,7 @@
 
 mod common;
 mod crash;
+mod faults;
 mod hostile;
+mod proxy;
 mod roundtrip;

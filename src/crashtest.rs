@@ -1,0 +1,365 @@
+//! The crash test: a live `faccia serve` process killed with SIGKILL at random moments while
+//! simulated terminals send, restarted each time on the same data directory; at the end, every
+//! vote the terminals were told was stored is looked for in the Parquet dataset with SQL.
+//!
+//! Each terminal stamps its votes with consecutive milliseconds (one per vote), so `(terminal,
+//! ts)` names a vote exactly and the check compares sets: lost (acknowledged, not found),
+//! duplicated (found more than once), unexpected (found, never acknowledged). The server runs
+//! with small flush thresholds so that kills land in flushes, checkpoints and log rotations too.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use arrow::array::AsArray;
+use arrow::datatypes::{TimestampMillisecondType, UInt32Type};
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+
+use crate::model::{Channel, Face, IstatCode, Reason, TerminalId};
+use crate::registry::{self, Catalog};
+use crate::terminal::{Event, ServerTarget, Terminal, TerminalVote};
+
+/// Votes a terminal may stamp: its clock starts an hour back and advances one millisecond per
+/// vote, so it must stay below the server's future-skew limit.
+const VOTES_PER_TERMINAL_MAX: u64 = 3_600_000;
+/// How long the terminals get to deliver their backlog after the last round.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a server may take to start (log replay included).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the crash test does.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The `faccia` executable to run as the server.
+    pub server_exe: PathBuf,
+    pub data_dir: PathBuf,
+    pub rounds: u32,
+    pub terminals: usize,
+    /// Each round, the server is killed after a random time in this range (ms).
+    pub run_ms: (u64, u64),
+    pub batch_votes_max: usize,
+    pub in_flight_max: usize,
+    pub seed: u64,
+}
+
+/// What the crash test found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub rounds: u32,
+    pub votes_acknowledged: u64,
+    pub batches_acknowledged: u64,
+    /// Acknowledgements that said "duplicate": a resent batch whose first copy was stored.
+    pub batches_duplicate: u64,
+    pub votes_found: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub unexpected: u64,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.unexpected == 0 && self.votes_acknowledged == self.votes_found
+    }
+}
+
+/// A `faccia serve` child process.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub ca: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `exe serve` on `data_dir` with `config`, and waits until it reports serving.
+    ///
+    /// # Errors
+    /// When the process cannot start or does not become ready in time.
+    pub fn start(exe: &Path, data_dir: &Path, config: &Path, addr: SocketAddr, envs: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
+        let mut child = Command::new(exe)
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .arg("--config")
+            .arg(config)
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", std::env::var("FACCIA_SERVER_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (ready, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let echo = std::env::var_os("FACCIA_TEST_VERBOSE").is_some();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("faccia serving") {
+                    let _ = ready.send(());
+                }
+                if echo {
+                    eprintln!("[server] {line}");
+                }
+            }
+        });
+        if wait.recv_timeout(START_TIMEOUT).is_err() {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            bail!("the server did not report serving within {START_TIMEOUT:?} (exit status {status:?})");
+        }
+        Ok(ServerProcess { child, addr, ca: data_dir.join("tls").join("ca.pem") })
+    }
+
+    /// SIGKILL: no destructor, no flush, no goodbye.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the exit status of the clean shutdown.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        Ok(self.child.wait()?)
+    }
+}
+
+/// A free UDP port on loopback (released before the server binds it).
+///
+/// # Errors
+/// When no socket can be bound.
+pub fn free_udp_port() -> std::io::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Writes a configuration that flushes, checkpoints and rotates the log often.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_busy_config(path: &Path, listen: SocketAddr) -> std::io::Result<()> {
+    let text = format!(
+        "listen = \"{listen}\"\n\n[storage]\nflush_rows = 20000\nflush_interval_ms = 300\nwal_segment_bytes = 262144\n"
+    );
+    std::fs::write(path, text)
+}
+
+/// The votes each terminal was told were stored, as ranges of its vote counter.
+type Acknowledged = Arc<Mutex<HashMap<TerminalId, Vec<(u64, u64)>>>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Sending,
+    Draining,
+}
+
+/// Runs the crash test.
+///
+/// # Errors
+/// When a server cannot be started or SQL cannot read the dataset. Lost or doubled votes are
+/// not errors here: they are in the report.
+pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(&plan.data_dir)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed);
+    let eligible: Vec<IstatCode> = Catalog::builtin().eligible().map(|m| m.code).take(500).collect();
+    let slots: Vec<IstatCode> = (0..plan.terminals).map(|_| eligible[rng.random_range(0..eligible.len())]).collect();
+    let credentials = registry::add_terminals_bulk(&plan.data_dir, &slots, "crashtest")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+    let config = plan.data_dir.join("crashtest.toml");
+    write_busy_config(&config, addr)?;
+    let base_ms = crate::clock::now_ms() - 3_600_000;
+
+    let mut server = ServerProcess::start(&plan.server_exe, &plan.data_dir, &config, addr, &[])?;
+    let mut target = ServerTarget::new(addr, "localhost", &server.ca)?;
+    target.set_idle_timeout(Duration::from_secs(5));
+    let acknowledged: Acknowledged = Arc::default();
+    let (phase, phase_rx) = watch::channel(Phase::Sending);
+    let endpoint = crate::terminal::client_endpoint(addr)?;
+    let mut terminals = tokio::task::JoinSet::new();
+    let counters = Arc::new(Mutex::new(Report::default()));
+    for (i, credential) in credentials.into_iter().enumerate() {
+        let mut terminal = Terminal::new(credential, endpoint.clone(), target.clone(), plan.in_flight_max);
+        terminal.set_ack_timeout(Duration::from_secs(2));
+        let seed = plan.seed.wrapping_add(i as u64);
+        let driver = TerminalDriver { base_ms, batch_votes_max: plan.batch_votes_max, acknowledged: Arc::clone(&acknowledged), counters: Arc::clone(&counters) };
+        terminals.spawn(driver.run(terminal, phase_rx.clone(), seed));
+    }
+    for round in 1..=plan.rounds {
+        let run_ms = rng.random_range(plan.run_ms.0..=plan.run_ms.1.max(plan.run_ms.0));
+        tokio::time::sleep(Duration::from_millis(run_ms)).await;
+        server.kill();
+        tracing::info!(round, run_ms, "server killed");
+        server = ServerProcess::start(&plan.server_exe, &plan.data_dir, &config, addr, &[])?;
+    }
+    phase.send_replace(Phase::Draining);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while terminals.join_next().await.is_some() {} }).await;
+    let status = server.terminate()?;
+    endpoint.close(0u32.into(), b"done");
+    if drained.is_err() {
+        bail!("the terminals did not deliver their backlog within {DRAIN_TIMEOUT:?}");
+    }
+    anyhow::ensure!(status.success(), "the server's clean shutdown failed: {status}");
+    let mut report = counters.lock().expect("counters").clone();
+    report.rounds = plan.rounds;
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().expect("acknowledged"));
+    compare(&plan.data_dir, base_ms, &acknowledged, &mut report).await?;
+    Ok(report)
+}
+
+/// One simulated terminal of the crash test.
+struct TerminalDriver {
+    base_ms: i64,
+    batch_votes_max: usize,
+    acknowledged: Acknowledged,
+    counters: Arc<Mutex<Report>>,
+}
+
+impl TerminalDriver {
+    async fn run(self, mut terminal: Terminal, mut phase: watch::Receiver<Phase>, seed: u64) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut counter = 0u64;
+        let mut pending: HashMap<crate::terminal::BatchId, (u64, u64)> = HashMap::new();
+        let in_flight = 4;
+        loop {
+            let sending = *phase.borrow() == Phase::Sending;
+            if sending && terminal.unacknowledged() < in_flight && counter < VOTES_PER_TERMINAL_MAX {
+                let count = rng.random_range(1..=self.batch_votes_max) as u64;
+                let votes: Vec<TerminalVote> = (counter..counter + count).map(|c| vote(self.base_ms + c as i64, &mut rng)).collect();
+                let Ok(batch) = terminal.enqueue(&votes) else { return };
+                pending.insert(batch, (counter, count));
+                counter += count;
+            }
+            if !sending && terminal.unacknowledged() == 0 {
+                terminal.close();
+                return;
+            }
+            let event = tokio::select! {
+                event = terminal.next_event() => event,
+                _ = phase.changed() => continue,
+            };
+            match event {
+                Event::Acknowledged { batch, duplicate, .. } => {
+                    let range = pending.remove(&batch).expect("an acknowledged batch was enqueued");
+                    self.acknowledged.lock().expect("acknowledged").entry(terminal.credential.id).or_default().push(range);
+                    let mut counters = self.counters.lock().expect("counters");
+                    counters.votes_acknowledged += range.1;
+                    counters.batches_acknowledged += 1;
+                    counters.batches_duplicate += u64::from(duplicate);
+                }
+                Event::Rejected { batch, seq, rejection, .. } => {
+                    tracing::error!(seq, %rejection, "crash test batch rejected");
+                    pending.remove(&batch);
+                }
+                Event::Fatal(error) => {
+                    tracing::error!(error = %crate::wal::error_chain(&error), "crash test terminal refused");
+                    return;
+                }
+                Event::Idle => tokio::time::sleep(Duration::from_millis(5)).await,
+                Event::Connected { .. } | Event::Disconnected { .. } | Event::RetryLater { .. } => {}
+            }
+        }
+    }
+}
+
+fn vote(at_ms: i64, rng: &mut rand::rngs::StdRng) -> TerminalVote {
+    let face = Face::ALL[rng.random_range(0..3)];
+    TerminalVote {
+        at_ms,
+        service: rng.random_range(1..=15),
+        face,
+        channel: Channel::ALL[rng.random_range(0..3)],
+        reason: (face == Face::Negative).then(|| Reason::ALL[rng.random_range(0..4)]),
+    }
+}
+
+/// Reads every `(terminal, ts)` back with SQL and compares it with what was acknowledged.
+async fn compare(
+    data_dir: &Path,
+    base_ms: i64,
+    acknowledged: &HashMap<TerminalId, Vec<(u64, u64)>>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let ctx = crate::query::context(data_dir).await?;
+    let batches = crate::query::run(&ctx, "SELECT terminal, ts FROM votes").await?;
+    let mut found: HashMap<TerminalId, Vec<u64>> = HashMap::new();
+    for batch in &batches {
+        let terminals = batch.column(0).as_primitive::<UInt32Type>();
+        let ts = batch.column(1).as_primitive::<TimestampMillisecondType>();
+        for row in 0..batch.num_rows() {
+            found.entry(terminals.value(row)).or_default().push((ts.value(row) - base_ms) as u64);
+        }
+    }
+    report.votes_found = found.values().map(|v| v.len() as u64).sum();
+    let terminals: std::collections::BTreeSet<TerminalId> = found.keys().chain(acknowledged.keys()).copied().collect();
+    for terminal in terminals {
+        let mut seen = found.remove(&terminal).unwrap_or_default();
+        seen.sort_unstable();
+        let mut expected: Vec<u64> = acknowledged
+            .get(&terminal)
+            .into_iter()
+            .flatten()
+            .flat_map(|&(start, count)| start..start + count)
+            .collect();
+        expected.sort_unstable();
+        let (lost, duplicated, unexpected) = diff_sorted(&expected, &seen);
+        report.lost += lost;
+        report.duplicated += duplicated;
+        report.unexpected += unexpected;
+    }
+    Ok(())
+}
+
+/// Compares an expected sorted set with a found sorted multiset: (missing, extra copies of
+/// expected values, values not expected at all).
+fn diff_sorted(expected: &[u64], found: &[u64]) -> (u64, u64, u64) {
+    let (mut lost, mut duplicated, mut unexpected) = (0, 0, 0);
+    let (mut e, mut f) = (0, 0);
+    while e < expected.len() || f < found.len() {
+        match (expected.get(e), found.get(f)) {
+            (Some(x), Some(y)) if x == y => {
+                let mut copies = 0;
+                while found.get(f) == Some(x) {
+                    copies += 1;
+                    f += 1;
+                }
+                duplicated += copies - 1;
+                e += 1;
+            }
+            (Some(x), Some(y)) if x < y => {
+                lost += 1;
+                e += 1;
+            }
+            (Some(_), None) => {
+                lost += 1;
+                e += 1;
+            }
+            (_, Some(_)) => {
+                unexpected += 1;
+                f += 1;
+            }
+            (None, None) => unreachable!("the loop condition"),
+        }
+    }
+    (lost, duplicated, unexpected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_counts_lost_duplicated_and_unexpected() {
+        assert_eq!(diff_sorted(&[1, 2, 3], &[1, 2, 3]), (0, 0, 0));
+        assert_eq!(diff_sorted(&[1, 2, 3], &[1, 3]), (1, 0, 0));
+        assert_eq!(diff_sorted(&[1, 2, 3], &[1, 2, 2, 2, 3]), (0, 2, 0));
+        assert_eq!(diff_sorted(&[1, 3], &[0, 1, 2, 3, 9]), (0, 0, 3));
+        assert_eq!(diff_sorted(&[], &[5]), (0, 0, 1));
+        assert_eq!(diff_sorted(&[5], &[]), (1, 0, 0));
+    }
+}

@@ -1,0 +1,85 @@
+//! Fault injection: I/O errors on demand and crash points, for the fault tests and the
+//! crash-test tool.
+//!
+//! `Faults` is a set of switches the engine consults right before each durable write (log
+//! write, log fsync, Parquet file, checkpoint); a switched-on fault fails that operation with
+//! the error a full disk gives (`ENOSPC`), exercising the same recovery path as the real thing.
+//! Crash points abort the process at a named place when the environment variable
+//! `FACCIA_CRASH_POINT` names it, so a test can stop a server exactly between two steps of a
+//! flush. In production no switch is on and no variable is set: each check is one relaxed
+//! atomic load.
+
+use std::io;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The operations a fault can be injected into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    WalWrite,
+    WalSync,
+    ParquetWrite,
+    CheckpointWrite,
+}
+
+const FAULTS: usize = 4;
+
+/// Switches for injected I/O errors, shared by the engine's threads.
+#[derive(Debug, Default)]
+pub struct Faults {
+    on: [AtomicBool; FAULTS],
+}
+
+impl Faults {
+    /// Turns a fault on or off.
+    pub fn set(&self, fault: Fault, on: bool) {
+        self.on[fault as usize].store(on, Ordering::SeqCst);
+    }
+
+    /// Fails with "no space left on device" when `fault` is on.
+    ///
+    /// # Errors
+    /// The injected error.
+    pub fn check(&self, fault: Fault) -> io::Result<()> {
+        if self.on[fault as usize].load(Ordering::Relaxed) {
+            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        Ok(())
+    }
+}
+
+/// Aborts the process (as `kill -9` would stop it: no destructors, no flush) when
+/// `FACCIA_CRASH_POINT` equals `name`.
+pub fn crash_point(name: &str) {
+    static POINT: OnceLock<Option<String>> = OnceLock::new();
+    let point = POINT.get_or_init(|| std::env::var("FACCIA_CRASH_POINT").ok());
+    if point.as_deref() == Some(name) {
+        eprintln!("faccia: crash point {name} reached; aborting");
+        std::process::abort();
+    }
+}
+
+/// The crash points, in the order a flush reaches them.
+pub const CRASH_POINTS: [&str; 2] = [
+    // Every Parquet file of the flush is durable; the checkpoint is not written.
+    "flush.after_parquet",
+    // The checkpoint is committed; flushed log segments are not removed yet.
+    "flush.after_checkpoint",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_fail_only_their_operation() {
+        let faults = Faults::default();
+        assert!(faults.check(Fault::WalSync).is_ok());
+        faults.set(Fault::WalSync, true);
+        let error = faults.check(Fault::WalSync).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(28));
+        assert!(faults.check(Fault::WalWrite).is_ok());
+        faults.set(Fault::WalSync, false);
+        assert!(faults.check(Fault::WalSync).is_ok());
+    }
+}
