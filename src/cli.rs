@@ -84,6 +84,9 @@ pub enum Command {
         #[arg(long, default_value_t = 500)]
         think_ms: u64,
     },
+    /// Load-test a server with simulated terminals: throughput, acknowledgement latency,
+    /// handshakes, memory per terminal, reconnect storm; cross-checked with SQL.
+    Bench(BenchArgs),
     /// Kill a live server with SIGKILL at random moments while terminals send, restart it, and
     /// check with SQL that every acknowledged vote is stored exactly once.
     Crashtest {
@@ -119,6 +122,73 @@ pub enum Command {
         #[arg(long, default_value_t = 300)]
         terminals: usize,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Start a server (this executable) on a temporary directory; the default unless --server.
+    #[arg(long, conflicts_with = "server")]
+    pub spawn: bool,
+    /// Configuration file for the spawned server (its `listen` is set by the bench).
+    #[arg(long)]
+    pub server_config: Option<PathBuf>,
+    /// Data directory of the spawned server [default: a temporary directory, removed after].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A running server's QUIC address (needs --ca and --credentials).
+    #[arg(long, requires_all = ["ca", "credentials"])]
+    pub server: Option<SocketAddr>,
+    /// Name the server's certificate is checked against.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// CA certificate of a running server.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Credentials of a running server's terminals (`faccia terminals add --out`).
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    /// Terminals to simulate [default: every small municipality with 1–5 terminals, ~10,300].
+    #[arg(long, short = 't')]
+    pub terminals: Option<usize>,
+    /// Use only the first N small municipalities.
+    #[arg(long)]
+    pub municipalities: Option<usize>,
+    /// Votes per batch.
+    #[arg(long, short = 'b', default_value_t = 20)]
+    pub batch: usize,
+    /// Batches in flight per terminal (closed loop).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// Measured seconds.
+    #[arg(long, short = 's', default_value_t = 20)]
+    pub seconds: u64,
+    /// Warm-up seconds before measuring.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+    /// Open loop at this many votes per second in total (Poisson arrivals); closed loop if absent.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Client UDP sockets the terminals' connections are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub endpoints: usize,
+    /// Handshakes the generator keeps in progress at once.
+    #[arg(long, default_value_t = 16)]
+    pub connect_concurrency: usize,
+    /// Handshakes the generator starts per second.
+    #[arg(long, default_value_t = 2000.0)]
+    pub connect_rate: f64,
+    /// Kill the spawned server with SIGKILL this many seconds into the run and restart it.
+    #[arg(long, conflicts_with = "server")]
+    pub restart_at: Option<u64>,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the latency percentile plot (SVG).
+    #[arg(long, default_value = "faccia-bench-latency.svg")]
+    pub plot: PathBuf,
+    /// Seed of the simulated votes and the fleet.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +248,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { data_dir, seconds, terminals } => crate::demo::run(data_dir, seconds, terminals).await,
+        Command::Bench(args) => bench(args).await,
         Command::Crashtest { data_dir, rounds, terminals, min_ms, max_ms, seed } => {
             crashtest(data_dir, rounds, terminals, (min_ms, max_ms), seed).await
         }
@@ -314,6 +385,49 @@ async fn crashtest(data_dir: Option<PathBuf>, rounds: u32, terminals: usize, run
     println!("seed {seed}, {:.0} s", started.elapsed().as_secs_f64());
     if !report.is_clean() {
         bail!("acknowledged votes were lost or doubled (seed {seed})");
+    }
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let target = match (args.server, args.ca, args.credentials) {
+        (Some(addr), Some(ca), Some(credentials)) => {
+            crate::bench::Target::Server { addr, server_name: args.server_name, ca, credentials }
+        }
+        _ => crate::bench::Target::Spawn {
+            exe: std::env::current_exe().context("locating the faccia executable")?,
+            config: args.server_config,
+            data_dir: args.data_dir,
+        },
+    };
+    let plan = crate::bench::Plan {
+        target,
+        terminals: args.terminals,
+        municipalities: args.municipalities,
+        batch_votes: args.batch.max(1),
+        in_flight: args.in_flight.max(1),
+        duration: Duration::from_secs(args.seconds.max(1)),
+        warmup: Duration::from_secs(args.warmup),
+        rate: args.rate,
+        endpoints: args.endpoints,
+        connect_concurrency: args.connect_concurrency,
+        connect_rate: args.connect_rate,
+        restart_at: args.restart_at.map(Duration::from_secs),
+        json: args.json.clone(),
+        plot: Some(args.plot.clone()),
+        seed: args.seed,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = crate::bench::run(&plan).await?;
+    print!("{}", crate::bench::render(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    crate::bench::plot(&report, &args.plot).with_context(|| format!("writing {}", args.plot.display()))?;
+    println!("latency plot written to {}", args.plot.display());
+    if report.cross_check.starts_with("MISMATCH") {
+        bail!("the cross-check failed: {}", report.cross_check);
     }
     Ok(())
 }

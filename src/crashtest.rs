@@ -8,20 +8,19 @@
 //! with small flush thresholds so that kills land in flushes, checkpoints and log rotations too.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use arrow::array::AsArray;
 use arrow::datatypes::{TimestampMillisecondType, UInt32Type};
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
 use crate::model::{Channel, Face, IstatCode, Reason, TerminalId};
+pub use crate::process::{ServerProcess, free_udp_port};
 use crate::registry::{self, Catalog};
 use crate::terminal::{Event, ServerTarget, Terminal, TerminalVote};
 
@@ -30,8 +29,6 @@ use crate::terminal::{Event, ServerTarget, Terminal, TerminalVote};
 const VOTES_PER_TERMINAL_MAX: u64 = 3_600_000;
 /// How long the terminals get to deliver their backlog after the last round.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a server may take to start (log replay included).
-const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the crash test does.
 #[derive(Debug, Clone)]
@@ -66,77 +63,6 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.lost == 0 && self.duplicated == 0 && self.unexpected == 0 && self.votes_acknowledged == self.votes_found
     }
-}
-
-/// A `faccia serve` child process.
-pub struct ServerProcess {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub ca: PathBuf,
-}
-
-impl ServerProcess {
-    /// Starts `exe serve` on `data_dir` with `config`, and waits until it reports serving.
-    ///
-    /// # Errors
-    /// When the process cannot start or does not become ready in time.
-    pub fn start(exe: &Path, data_dir: &Path, config: &Path, addr: SocketAddr, envs: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
-        let mut child = Command::new(exe)
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .arg("--config")
-            .arg(config)
-            .envs(envs.iter().copied())
-            .env("RUST_LOG", std::env::var("FACCIA_SERVER_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (ready, wait) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let echo = std::env::var_os("FACCIA_TEST_VERBOSE").is_some();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("faccia serving") {
-                    let _ = ready.send(());
-                }
-                if echo {
-                    eprintln!("[server] {line}");
-                }
-            }
-        });
-        if wait.recv_timeout(START_TIMEOUT).is_err() {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            bail!("the server did not report serving within {START_TIMEOUT:?} (exit status {status:?})");
-        }
-        Ok(ServerProcess { child, addr, ca: data_dir.join("tls").join("ca.pem") })
-    }
-
-    /// SIGKILL: no destructor, no flush, no goodbye.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, and the exit status of the clean shutdown.
-    ///
-    /// # Errors
-    /// When the signal cannot be sent.
-    pub fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status()?;
-        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
-        Ok(self.child.wait()?)
-    }
-}
-
-/// A free UDP port on loopback (released before the server binds it).
-///
-/// # Errors
-/// When no socket can be bound.
-pub fn free_udp_port() -> std::io::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Writes a configuration that flushes, checkpoints and rotates the log often.

@@ -347,7 +347,7 @@ async fn store_batch(
 pub fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &[u8]) -> std::io::Result<quinn::Endpoint> {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
     let endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
-    let socket = std::net::UdpSocket::bind(listen)?;
+    let socket = crate::terminal::udp_socket(listen)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("the ingest endpoint needs a tokio runtime"))?;
     quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)

@@ -2,6 +2,7 @@
 //! durably as Parquet, and queried with SQL. `ARCHITECTURE.md` is the map; each module's own
 //! documentation says what it owns and what it must not do.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod clock;
@@ -16,6 +17,7 @@ pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod process;
 pub mod query;
 pub mod registry;
 pub mod server;

@@ -107,7 +107,13 @@ impl Server {
         for task in self.background {
             task.abort();
         }
-        tracing::info!("faccia stopped");
+        let metrics = &self.engine.metrics;
+        tracing::info!(
+            votes_stored = metrics.votes_stored.get(),
+            batches_stored = metrics.batches_stored.get(),
+            batches_duplicate = metrics.batches_duplicate.get(),
+            "faccia stopped"
+        );
     }
 
     /// Runs until Ctrl-C or SIGTERM, then stops.

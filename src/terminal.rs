@@ -124,6 +124,37 @@ pub fn client_endpoint(server: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     quinn::Endpoint::client(bind)
 }
 
+/// Socket buffer size asked for on endpoints that carry many connections. A burst of
+/// handshakes or acknowledgements overflowing the default ~200 KiB buffer loses packets, and a
+/// lost Initial packet costs a retransmission timeout of a second.
+pub const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// A UDP socket with `UDP_BUFFER_BYTES` of send and receive buffer (the kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`).
+///
+/// # Errors
+/// When the socket cannot be created or bound.
+pub fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works, it only drops more under bursts.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&bind.into())?;
+    Ok(socket.into())
+}
+
+/// A client endpoint with large socket buffers, for load generators carrying thousands of
+/// connections on one socket.
+///
+/// # Errors
+/// When no UDP socket can be bound.
+pub fn client_endpoint_with_buffers(server: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if server.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("valid address");
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("a client endpoint needs a tokio runtime"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, udp_socket(bind)?, runtime)
+}
+
 /// An authenticated connection.
 #[derive(Clone)]
 pub struct Session {
@@ -470,10 +501,16 @@ impl Terminal {
     }
 
     /// Drives the terminal until something happens. Cancel-safe.
+    ///
+    /// A terminal keeps its connection open like a real one: with nothing to send it waits for
+    /// the connection to close (and reports `Disconnected`), and once it has been connected it
+    /// reconnects by itself after a backoff. `Idle` means it has nothing to send and has never
+    /// connected (or is waiting out a backoff with nothing to send).
     pub async fn next_event(&mut self) -> Event {
         loop {
             if self.session.is_none() {
-                if self.outbox.batches.is_empty() && self.connecting.is_none() {
+                let wants_connection = !self.outbox.batches.is_empty() || self.next_seq.is_some();
+                if !wants_connection && self.connecting.is_none() {
                     return Event::Idle;
                 }
                 match self.connect_step().await {
@@ -486,12 +523,19 @@ impl Terminal {
                 self.fill_pipeline();
             }
             if self.in_flight.is_empty() {
-                match self.retry_at {
-                    Some(at) => {
+                match (self.retry_at, &self.session) {
+                    (Some(at), _) => {
                         tokio::time::sleep_until(at).await;
                         continue;
                     }
-                    None => return Event::Idle,
+                    (None, Some(session)) => {
+                        let connection = session.connection.clone();
+                        let reason = connection.closed().await;
+                        self.drop_session();
+                        self.back_off();
+                        return Event::Disconnected { error: reason.to_string() };
+                    }
+                    (None, None) => return Event::Idle,
                 }
             }
             let (id, result) = self.in_flight.next().await.expect("in_flight is not empty");

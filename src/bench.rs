@@ -1,0 +1,745 @@
+//! The load generator, `faccia bench`: how many terminals and votes per second a deployment
+//! holds, and with what acknowledgement latency.
+//!
+//! Terminals connect the way real ones do — one QUIC connection each, over a few client
+//! sockets, at a bounded handshake rate — and send numbered batches through the terminal
+//! client library, so a server restart during a run is ridden out by reconnecting and
+//! resending, and every vote acknowledged is counted once.
+//!
+//! Two load shapes: closed loop (the default: each terminal keeps `in_flight` batches
+//! outstanding, as fast as acknowledgements allow) and open loop (`rate`: batches arrive as a
+//! Poisson process regardless of how the server copes). In open loop, latency is measured from
+//! the moment a batch was due, not from when the terminal got round to sending it, so a server
+//! that stalls is charged for the queue it causes (no coordinated omission).
+//!
+//! At the end the generator cross-checks what it saw acknowledged against the server's own
+//! counters and a SQL count over the dataset, and says so loudly if they differ.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
+
+use crate::model::IstatCode;
+use crate::process::{ServerProcess, free_udp_port, log_field};
+use crate::registry::{self, Catalog, Credential};
+use crate::simulate::VoteSimulator;
+use crate::terminal::{BatchId, Event, ServerTarget, Terminal};
+
+/// Latency histograms are sharded so that thousands of terminals do not contend on one lock.
+const HISTOGRAM_SHARDS: usize = 32;
+/// Highest latency recorded exactly (µs); anything slower is recorded as this.
+const LATENCY_US_MAX: u64 = 120_000_000;
+/// How long terminals may take to deliver what is outstanding when the run ends.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the fleet may take to connect before the run starts anyway.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Share of municipalities with 1, 2, 3, 4, 5 terminals (mean 1.88: ~10,300 terminals over the
+/// 5,490 small municipalities).
+const TERMINALS_PER_MUNICIPALITY: [f64; 5] = [0.55, 0.20, 0.12, 0.08, 0.05];
+
+/// Where the load goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Start `faccia serve` (this executable) on a temporary directory and register terminals.
+    Spawn { exe: PathBuf, config: Option<PathBuf>, data_dir: Option<PathBuf> },
+    /// A running server and the credentials of its terminals.
+    Server { addr: SocketAddr, server_name: String, ca: PathBuf, credentials: PathBuf },
+}
+
+/// What the bench does.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub target: Target,
+    /// Number of terminals; default: every small municipality with 1–5 terminals each.
+    pub terminals: Option<usize>,
+    /// Use only the first N small municipalities.
+    pub municipalities: Option<usize>,
+    pub batch_votes: usize,
+    pub in_flight: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Open loop at this many votes per second; `None`: closed loop.
+    pub rate: Option<f64>,
+    pub endpoints: usize,
+    /// Handshakes allowed in progress at once, and started per second, by the generator.
+    pub connect_concurrency: usize,
+    pub connect_rate: f64,
+    /// Spawned server only: kill it with SIGKILL this long into the run and restart it (the
+    /// reconnect storm).
+    pub restart_at: Option<Duration>,
+    pub json: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub mean_us: f64,
+}
+
+/// The reconnect storm after a server restart.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Storm {
+    /// From the restarted server reporting ready until the last terminal had reconnected and
+    /// had every batch it held (sent before the kill or queued during the outage) acknowledged.
+    pub all_caught_up_ms: u64,
+    pub terminals_caught_up: usize,
+    /// From the kill to the restarted server reporting ready (log replay included).
+    pub server_restart_ms: u64,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub mode: String,
+    pub terminals: usize,
+    pub municipalities: usize,
+    pub endpoints: usize,
+    pub batch_votes: usize,
+    pub in_flight: usize,
+    pub rate_target_votes_per_s: Option<f64>,
+    pub warmup_s: f64,
+    pub measured_s: f64,
+    pub connect_s: f64,
+    pub handshakes_per_s: f64,
+    pub votes_acknowledged: u64,
+    pub batches_acknowledged: u64,
+    pub votes_per_s: f64,
+    pub batches_per_s: f64,
+    pub latency: Latency,
+    pub errors: BTreeMap<String, u64>,
+    pub server_rss_idle_bytes: Option<u64>,
+    pub server_rss_connected_bytes: Option<u64>,
+    pub server_bytes_per_terminal: Option<f64>,
+    pub storm: Option<Storm>,
+    pub server_votes_stored: Option<u64>,
+    pub sql_votes: Option<u64>,
+    /// Warnings and errors in the spawned server's log (the first ones).
+    pub server_log_problems: Vec<String>,
+    pub cross_check: String,
+    pub percentiles: Vec<(f64, u64)>,
+}
+
+/// Counters every terminal task updates.
+#[derive(Default)]
+struct Shared {
+    votes: AtomicU64,
+    batches: AtomicU64,
+    votes_measured: AtomicU64,
+    batches_measured: AtomicU64,
+    connected: AtomicUsize,
+    /// Terminals reconnected and with nothing outstanding after a restart, and when the last
+    /// one got there (ms since the run started).
+    caught_up: AtomicUsize,
+    last_caught_up_ms: AtomicU64,
+    /// The run's clock, set when the fleet is connected and the run starts.
+    clock: std::sync::OnceLock<Arc<Clock>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    histograms: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        let histogram = || Mutex::new(Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds"));
+        Shared { histograms: (0..HISTOGRAM_SHARDS).map(|_| histogram()).collect(), ..Shared::default() }
+    }
+
+    fn error(&self, kind: String) {
+        *self.errors.lock().expect("errors lock").entry(kind).or_default() += 1;
+    }
+}
+
+/// Phases of a run, broadcast to every terminal task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Connecting,
+    Running,
+    Draining,
+}
+
+/// The moments a run is measured between, and the restart, shared with the terminals.
+struct Clock {
+    started: Instant,
+    measure_from: Instant,
+    measure_until: Instant,
+    /// Set when a restarted server is ready: terminals note when they have caught up after it.
+    restarted: Mutex<Option<Instant>>,
+}
+
+impl Clock {
+    fn new(started: Instant, plan: &Plan) -> Clock {
+        Clock {
+            started,
+            measure_from: started + plan.warmup,
+            measure_until: started + plan.warmup + plan.duration,
+            restarted: Mutex::new(None),
+        }
+    }
+
+    fn restarted(&self) -> Option<Instant> {
+        *self.restarted.lock().expect("clock lock")
+    }
+}
+
+/// Assigns terminals to municipalities: every small one (or the first `municipalities`), with
+/// 1–5 terminals each, or exactly `terminals` terminals spread over them.
+fn fleet(plan: &Plan, rng: &mut rand::rngs::StdRng) -> Vec<IstatCode> {
+    let mut small: Vec<IstatCode> = Catalog::builtin().eligible().map(|m| m.code).collect();
+    if let Some(n) = plan.municipalities {
+        small.truncate(n.max(1));
+    }
+    match plan.terminals {
+        Some(n) => (0..n).map(|i| small[i % small.len()]).collect(),
+        None => small
+            .iter()
+            .flat_map(|&code| {
+                let mut x = rng.random::<f64>();
+                let count = TERMINALS_PER_MUNICIPALITY.iter().position(|share| {
+                    x -= share;
+                    x < 0.0
+                });
+                std::iter::repeat_n(code, count.unwrap_or(4) + 1)
+            })
+            .collect(),
+    }
+}
+
+/// Runs the bench and returns its report (also printed, written as JSON and plotted if asked).
+///
+/// # Errors
+/// Setup failures (server, credentials, sockets); a failed cross-check is reported, and turned
+/// into an error by the caller.
+pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed);
+    let temporary = tempfile::Builder::new().prefix("faccia-bench-").tempdir()?;
+    let (mut server, credentials, target, data_dir) = setup(plan, temporary.path(), &mut rng)?;
+    let municipalities = credentials.iter().map(|c| c.municipality).collect::<std::collections::HashSet<_>>().len();
+    let rss_idle = server.as_ref().and_then(ServerProcess::rss_bytes);
+    let endpoints: Vec<quinn::Endpoint> = (0..plan.endpoints.max(1))
+        .map(|_| crate::terminal::client_endpoint_with_buffers(target.addr))
+        .collect::<Result<_, _>>()?;
+    let shared = Arc::new(Shared::new());
+    let (phase, phase_rx) = watch::channel(Phase::Connecting);
+    let gate = Arc::new(ConnectGate::new(plan.connect_concurrency, plan.connect_rate));
+    let per_terminal_rate = plan.rate.map(|r| r / credentials.len() as f64 / plan.batch_votes as f64);
+    let terminal_count = credentials.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, credential) in credentials.into_iter().enumerate() {
+        let terminal = Terminal::new(credential, endpoints[i % endpoints.len()].clone(), target.clone(), plan.in_flight);
+        let task = TerminalTask {
+            index: i,
+            batch_votes: plan.batch_votes,
+            in_flight: plan.in_flight,
+            batches_per_s: per_terminal_rate,
+            shared: Arc::clone(&shared),
+            gate: Arc::clone(&gate),
+            seed: plan.seed.wrapping_add(i as u64),
+        };
+        tasks.spawn(task.run(terminal, phase_rx.clone()));
+    }
+    let progress = Progress::start(plan.progress, Arc::clone(&shared), terminal_count);
+    let connect_started = Instant::now();
+    while shared.connected.load(Ordering::Relaxed) < terminal_count && connect_started.elapsed() < CONNECT_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_s = connect_started.elapsed().as_secs_f64();
+    let rss_connected = server.as_ref().and_then(ServerProcess::rss_bytes);
+    // The clock of the run starts now that the fleet is connected.
+    let started = Instant::now();
+    let clock = Arc::new(Clock::new(started, plan));
+    let _ = shared.clock.set(Arc::clone(&clock));
+    phase.send_replace(Phase::Running);
+    let mut storm = None;
+    if let Some(at) = plan.restart_at {
+        let process = server.take().context("--restart-at needs a spawned server")?;
+        tokio::time::sleep_until((started + at).into()).await;
+        let (restarted, server_restart_ms) = restart(process, plan, &data_dir)?;
+        let ready = Instant::now();
+        *clock.restarted.lock().expect("clock lock") = Some(ready);
+        server = Some(restarted);
+        storm = Some((ready, server_restart_ms));
+    }
+    tokio::time::sleep_until(clock.measure_until.into()).await;
+    phase.send_replace(Phase::Draining);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while tasks.join_next().await.is_some() {} }).await;
+    progress.finish();
+    if drained.is_err() {
+        shared.error("undelivered at the end (drain timed out)".into());
+    }
+    for endpoint in &endpoints {
+        endpoint.close(0u32.into(), b"done");
+    }
+    let mut report = Report {
+        mode: if plan.rate.is_some() { "open loop".into() } else { "closed loop".into() },
+        terminals: terminal_count,
+        municipalities,
+        endpoints: endpoints.len(),
+        batch_votes: plan.batch_votes,
+        in_flight: plan.in_flight,
+        rate_target_votes_per_s: plan.rate,
+        warmup_s: plan.warmup.as_secs_f64(),
+        measured_s: plan.duration.as_secs_f64(),
+        connect_s,
+        handshakes_per_s: terminal_count as f64 / connect_s.max(1e-9),
+        votes_acknowledged: shared.votes.load(Ordering::Relaxed),
+        batches_acknowledged: shared.batches.load(Ordering::Relaxed),
+        votes_per_s: shared.votes_measured.load(Ordering::Relaxed) as f64 / plan.duration.as_secs_f64(),
+        batches_per_s: shared.batches_measured.load(Ordering::Relaxed) as f64 / plan.duration.as_secs_f64(),
+        errors: shared.errors.lock().expect("errors lock").clone(),
+        server_rss_idle_bytes: rss_idle,
+        server_rss_connected_bytes: rss_connected,
+        server_bytes_per_terminal: rss_idle.zip(rss_connected).map(|(i, c)| c.saturating_sub(i) as f64 / terminal_count as f64),
+        ..Report::default()
+    };
+    let merged = merge(&shared.histograms);
+    report.latency = latency(&merged);
+    report.percentiles = percentile_curve(&merged);
+    if let Some((ready, server_restart_ms)) = storm {
+        let last = shared.last_caught_up_ms.load(Ordering::Relaxed);
+        let ready_ms = ready.duration_since(started).as_millis() as u64;
+        report.storm = Some(Storm {
+            all_caught_up_ms: last.saturating_sub(ready_ms),
+            terminals_caught_up: shared.caught_up.load(Ordering::Relaxed),
+            server_restart_ms,
+        });
+    }
+    cross_check(&mut report, server, plan.restart_at.is_some(), data_dir.as_deref()).await?;
+    Ok(report)
+}
+
+type Setup = (Option<ServerProcess>, Vec<Credential>, ServerTarget, Option<PathBuf>);
+
+fn setup(plan: &Plan, temporary: &Path, rng: &mut rand::rngs::StdRng) -> anyhow::Result<Setup> {
+    match &plan.target {
+        Target::Spawn { exe, config, data_dir } => {
+            let data_dir = data_dir.clone().unwrap_or_else(|| temporary.join("data"));
+            let slots = fleet(plan, rng);
+            let credentials = registry::add_terminals_bulk(&data_dir, &slots, "bench")?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+            let config_path = temporary.join("bench.toml");
+            let mut text = config.as_ref().map(std::fs::read_to_string).transpose()?.unwrap_or_default();
+            text = format!("listen = \"{addr}\"\n{text}");
+            std::fs::write(&config_path, text)?;
+            let server = ServerProcess::start(exe, &data_dir, &config_path, addr, &[])?;
+            let target = ServerTarget::new(addr, "localhost", &server.ca)?;
+            Ok((Some(server), credentials, target, Some(data_dir)))
+        }
+        Target::Server { addr, server_name, ca, credentials } => {
+            let mut credentials = Credential::read_csv(credentials)?;
+            if let Some(n) = plan.terminals {
+                credentials.truncate(n);
+            }
+            Ok((None, credentials, ServerTarget::new(*addr, server_name, ca)?, None))
+        }
+    }
+}
+
+fn restart(process: ServerProcess, plan: &Plan, data_dir: &Option<PathBuf>) -> anyhow::Result<(ServerProcess, u64)> {
+    let Target::Spawn { exe, .. } = &plan.target else { bail!("--restart-at needs --spawn") };
+    let data_dir = data_dir.as_ref().context("a spawned server has a data directory")?;
+    let (addr, config) = (process.addr, process.config.clone());
+    let killed = Instant::now();
+    process.kill();
+    let restarted = ServerProcess::start(exe, data_dir, &config, addr, &[])?;
+    Ok((restarted, killed.elapsed().as_millis() as u64))
+}
+
+/// Compares the votes acknowledged with the server's counters and with SQL.
+async fn cross_check(report: &mut Report, server: Option<ServerProcess>, restarted: bool, data_dir: Option<&Path>) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    if let Some(server) = server {
+        let problems_logged = Arc::clone(&server.problems);
+        let (status, line) = server.terminate_with_log()?;
+        report.server_log_problems = problems_logged.lock().expect("log lock").iter().take(20).cloned().collect();
+        if !status.success() {
+            problems.push(format!("the server's clean shutdown failed: {status}"));
+        }
+        report.server_votes_stored = line.as_deref().and_then(|l| log_field(l, "votes_stored"));
+        match (report.server_votes_stored, restarted) {
+            (Some(stored), false) if stored != report.votes_acknowledged => problems.push(format!(
+                "the server counted {stored} votes stored, the terminals {} acknowledged",
+                report.votes_acknowledged
+            )),
+            (None, _) => problems.push("the server did not report its counters".into()),
+            _ => {}
+        }
+    }
+    if let Some(dir) = data_dir {
+        let ctx = crate::query::context(dir).await?;
+        let batches = crate::query::run(&ctx, "SELECT count(*) FROM votes").await?;
+        let sql = batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map_or(0, |a| a.value(0)) as u64;
+        report.sql_votes = Some(sql);
+        if sql != report.votes_acknowledged {
+            problems.push(format!("SQL counts {sql} votes, the terminals {} acknowledged", report.votes_acknowledged));
+        }
+    }
+    report.cross_check = if problems.is_empty() {
+        match (report.sql_votes.is_some(), restarted) {
+            (true, false) => "ok: terminals = server counters = SQL".into(),
+            (true, true) => "ok: terminals = SQL (server counters restart with the server)".into(),
+            _ => "not checked: the server is not ours (use /metrics)".into(),
+        }
+    } else {
+        format!("MISMATCH: {}", problems.join("; "))
+    };
+    Ok(())
+}
+
+/// Bounds the generator's handshakes: at most `concurrency` in progress, `rate` started per s.
+struct ConnectGate {
+    in_progress: Semaphore,
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl ConnectGate {
+    fn new(concurrency: usize, rate: f64) -> ConnectGate {
+        ConnectGate {
+            in_progress: Semaphore::new(concurrency.max(1)),
+            interval: Duration::from_secs_f64(1.0 / rate.max(1.0)),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn admit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        let permit = self.in_progress.acquire().await.expect("the gate is never closed");
+        let at = {
+            let mut next = self.next.lock().expect("gate lock");
+            let at = (*next).max(Instant::now());
+            *next = at + self.interval;
+            at
+        };
+        tokio::time::sleep_until(at.into()).await;
+        permit
+    }
+}
+
+/// One simulated terminal.
+struct TerminalTask {
+    index: usize,
+    batch_votes: usize,
+    in_flight: usize,
+    /// Open loop: mean batches per second of this terminal.
+    batches_per_s: Option<f64>,
+    shared: Arc<Shared>,
+    gate: Arc<ConnectGate>,
+    seed: u64,
+}
+
+impl TerminalTask {
+    async fn run(self, mut terminal: Terminal, mut phase: watch::Receiver<Phase>) {
+        let mut citizens = VoteSimulator::new(self.seed, terminal.credential.municipality);
+        loop {
+            let permit = self.gate.admit().await;
+            let connected = terminal.connect().await;
+            drop(permit);
+            match connected {
+                Ok(()) => break,
+                Err(error) if error.is_final() => {
+                    self.shared.error(format!("refused: {error}"));
+                    return;
+                }
+                Err(_) => self.shared.error("handshake failed (retried)".into()),
+            }
+        }
+        self.shared.connected.fetch_add(1, Ordering::Relaxed);
+        let _ = phase.wait_for(|p| *p >= Phase::Running).await;
+        let clock = Arc::clone(self.shared.clock.get().expect("the clock is set before the run starts"));
+        let mut due: HashMap<BatchId, Instant> = HashMap::new();
+        let mut next_arrival = Instant::now();
+        let mut storm = StormWatch::default();
+        loop {
+            let running = *phase.borrow() == Phase::Running;
+            if !running && terminal.unacknowledged() == 0 {
+                break;
+            }
+            if running {
+                self.enqueue_due(&mut terminal, &mut citizens, &mut due, &mut next_arrival);
+            }
+            let wake = match (running, self.batches_per_s) {
+                (true, Some(_)) => next_arrival,
+                _ => Instant::now() + Duration::from_secs(3600),
+            };
+            let event = tokio::select! {
+                event = terminal.next_event() => event,
+                _ = tokio::time::sleep_until(wake.into()) => continue,
+                _ = phase.changed() => continue,
+            };
+            match event {
+                Event::Acknowledged { batch, votes, .. } => {
+                    let sent = due.remove(&batch).unwrap_or_else(Instant::now);
+                    self.acknowledged(&clock, sent, votes as u64);
+                }
+                Event::Idle => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(wake.into()) => {}
+                        _ = phase.changed() => {}
+                    }
+                }
+                Event::Rejected { rejection, batch, .. } => {
+                    due.remove(&batch);
+                    self.shared.error(format!("rejected: {}", rejection.code));
+                }
+                Event::RetryLater { rejection, .. } => self.shared.error(format!("retry later: {}", rejection.code)),
+                Event::Disconnected { .. } => self.shared.error("connection lost (reconnected)".into()),
+                Event::Fatal(error) => {
+                    self.shared.error(format!("refused: {error}"));
+                    return;
+                }
+                Event::Connected { .. } => storm.reconnected(&clock),
+            }
+            if storm.caught_up(&clock, &terminal) {
+                self.shared.caught_up.fetch_add(1, Ordering::Relaxed);
+                let at_ms = clock.started.elapsed().as_millis() as u64;
+                self.shared.last_caught_up_ms.fetch_max(at_ms, Ordering::Relaxed);
+            }
+        }
+        terminal.close();
+    }
+
+    /// Closed loop: keep `in_flight` batches outstanding. Open loop: enqueue every batch whose
+    /// Poisson arrival time has come, whatever is outstanding.
+    fn enqueue_due(&self, terminal: &mut Terminal, citizens: &mut VoteSimulator, due: &mut HashMap<BatchId, Instant>, next: &mut Instant) {
+        let now = Instant::now();
+        let enqueue = |terminal: &mut Terminal, citizens: &mut VoteSimulator, due: &mut HashMap<BatchId, Instant>, at: Instant| {
+            let votes = citizens.votes(crate::clock::now_ms(), 1_000, self.batch_votes);
+            match terminal.enqueue(&votes) {
+                Ok(batch) => {
+                    due.insert(batch, at);
+                }
+                Err(error) => self.shared.error(format!("outbox: {error}")),
+            }
+        };
+        match self.batches_per_s {
+            None => {
+                while terminal.unacknowledged() < self.in_flight {
+                    enqueue(terminal, citizens, due, now);
+                }
+            }
+            Some(rate) => {
+                while *next <= now {
+                    enqueue(terminal, citizens, due, *next);
+                    let gap = -citizens.rng().random::<f64>().max(1e-12).ln() / rate;
+                    *next += Duration::from_secs_f64(gap);
+                }
+            }
+        }
+    }
+
+    fn acknowledged(&self, clock: &Clock, sent: Instant, votes: u64) {
+        let now = Instant::now();
+        self.shared.votes.fetch_add(votes, Ordering::Relaxed);
+        self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        if sent >= clock.measure_from && now <= clock.measure_until {
+            self.shared.votes_measured.fetch_add(votes, Ordering::Relaxed);
+            self.shared.batches_measured.fetch_add(1, Ordering::Relaxed);
+            let micros = now.duration_since(sent).as_micros().min(u128::from(LATENCY_US_MAX)) as u64;
+            let shard = &self.shared.histograms[self.index % HISTOGRAM_SHARDS];
+            shard.lock().expect("histogram lock").saturating_record(micros.max(1));
+        }
+    }
+}
+
+/// One terminal's view of a server restart: reconnected to the new server, then caught up.
+#[derive(Default)]
+struct StormWatch {
+    reconnected: bool,
+    counted: bool,
+}
+
+impl StormWatch {
+    fn reconnected(&mut self, clock: &Clock) {
+        if clock.restarted().is_some_and(|ready| Instant::now() >= ready) {
+            self.reconnected = true;
+        }
+    }
+
+    /// True once, when the terminal has reconnected after the restart and holds nothing
+    /// unacknowledged.
+    fn caught_up(&mut self, clock: &Clock, terminal: &Terminal) -> bool {
+        if self.counted || !self.reconnected || terminal.unacknowledged() > 0 || clock.restarted().is_none() {
+            return false;
+        }
+        self.counted = true;
+        true
+    }
+}
+
+fn merge(shards: &[Mutex<Histogram<u64>>]) -> Histogram<u64> {
+    let mut merged = Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds");
+    for shard in shards {
+        merged.add(&*shard.lock().expect("histogram lock")).expect("same bounds");
+    }
+    merged
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    if h.is_empty() {
+        return Latency::default();
+    }
+    Latency {
+        count: h.len(),
+        p50_us: h.value_at_quantile(0.50),
+        p90_us: h.value_at_quantile(0.90),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+        mean_us: h.mean(),
+    }
+}
+
+/// (percentile, µs) points for the plot, denser towards the tail.
+fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut points = Vec::new();
+    let mut tail = 1.0;
+    while tail > 1e-6 {
+        for step in [1.0, 0.75, 0.5, 0.25] {
+            let q = 1.0 - tail * step;
+            points.push((q * 100.0, h.value_at_quantile(q)));
+        }
+        tail /= 10.0;
+    }
+    points.push((100.0, h.max()));
+    points
+}
+
+/// The live progress line.
+struct Progress {
+    task: Option<tokio::task::JoinHandle<()>>,
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn start(enabled: bool, shared: Arc<Shared>, terminals: usize) -> Progress {
+        let bar = if enabled { indicatif::ProgressBar::new_spinner() } else { indicatif::ProgressBar::hidden() };
+        let tick = bar.clone();
+        let task = tokio::spawn(async move {
+            let mut last = (Instant::now(), 0u64);
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let votes = shared.votes.load(Ordering::Relaxed);
+                let elapsed = last.0.elapsed().as_secs_f64();
+                let rate = (votes - last.1) as f64 / elapsed.max(1e-9);
+                last = (Instant::now(), votes);
+                let errors: u64 = shared.errors.lock().expect("errors lock").values().sum();
+                tick.set_message(format!(
+                    "{}/{terminals} connected · {:>10.0} votes/s · {:>12} votes acknowledged · {errors} errors",
+                    shared.connected.load(Ordering::Relaxed),
+                    rate,
+                    votes
+                ));
+                tick.tick();
+            }
+        });
+        Progress { task: Some(task), bar }
+    }
+
+    fn finish(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.bar.finish_and_clear();
+    }
+}
+
+/// The report as an aligned table.
+pub fn render(report: &Report) -> String {
+    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
+    let mut rows: Vec<(String, String)> = vec![
+        ("mode".into(), report.mode.clone()),
+        ("terminals".into(), format!("{} in {} municipalities, over {} client sockets", report.terminals, report.municipalities, report.endpoints)),
+        ("batch".into(), format!("{} votes, {} in flight per terminal", report.batch_votes, report.in_flight)),
+        ("connected".into(), format!("{:.1} s ({:.0} handshakes/s)", report.connect_s, report.handshakes_per_s)),
+        ("measured".into(), format!("{:.0} s after {:.0} s of warm-up", report.measured_s, report.warmup_s)),
+        ("throughput".into(), format!("{:.0} votes/s, {:.0} batches/s acknowledged", report.votes_per_s, report.batches_per_s)),
+        ("latency p50".into(), ms(report.latency.p50_us)),
+        ("latency p90".into(), ms(report.latency.p90_us)),
+        ("latency p99".into(), ms(report.latency.p99_us)),
+        ("latency p99.9".into(), ms(report.latency.p999_us)),
+        ("latency max".into(), ms(report.latency.max_us)),
+        ("votes acknowledged".into(), format!("{} ({} batches), warm-up and drain included", report.votes_acknowledged, report.batches_acknowledged)),
+    ];
+    if let Some(rate) = report.rate_target_votes_per_s {
+        rows.insert(1, ("target rate".into(), format!("{rate:.0} votes/s (Poisson arrivals)")));
+    }
+    if let Some(bytes) = report.server_bytes_per_terminal {
+        let rss = report.server_rss_connected_bytes.unwrap_or(0) as f64 / (1 << 20) as f64;
+        rows.push(("server memory".into(), format!("{rss:.0} MiB with the fleet connected, {:.1} KiB per terminal", bytes / 1024.0)));
+    }
+    if let Some(storm) = &report.storm {
+        rows.push((
+            "reconnect storm".into(),
+            format!(
+                "server back in {} ms after SIGKILL; {} terminals reconnected and caught up within {} ms of it",
+                storm.server_restart_ms, storm.terminals_caught_up, storm.all_caught_up_ms
+            ),
+        ));
+    }
+    for (kind, count) in &report.errors {
+        rows.push((format!("errors: {kind}"), count.to_string()));
+    }
+    for line in &report.server_log_problems {
+        rows.push(("server log".into(), line.clone()));
+    }
+    rows.push(("cross-check".into(), report.cross_check.clone()));
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+}
+
+/// Writes the latency percentile plot as SVG.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn plot(report: &Report, path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let points: Vec<(f64, f64)> = report
+        .percentiles
+        .iter()
+        .map(|&(p, us)| (1.0 / (1.0 - p / 100.0).max(1e-5), us as f64 / 1000.0))
+        .collect();
+    let y_max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(0.1) * 1.1;
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = format!(
+        "faccia ack latency — {} terminals, {} votes/batch, {:.0} votes/s ({})",
+        report.terminals, report.batch_votes, report.votes_per_s, report.mode
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d((1.0f64..1e5f64).log_scale(), 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (ms)")
+        .x_label_formatter(&|x| {
+            let percent = format!("{:.4}", 100.0 - 100.0 / x);
+            format!("{}%", percent.trim_end_matches('0').trim_end_matches('.'))
+        })
+        .draw()?;
+    chart.draw_series(LineSeries::new(points.iter().copied(), ShapeStyle::from(&BLUE).stroke_width(2)))?;
+    root.present()?;
+    Ok(())
+}
