@@ -1,9 +1,12 @@
 //! Micro-benchmarks of the ingest path, without the network: encode, validate and read a batch
-//! (rkyv), append it to the Arrow buffer, and flush a buffer to Parquet.
+//! (rkyv), append batches to the log with group commit (real fsyncs in a temporary directory),
+//! append to the Arrow buffer, flush a buffer to Parquet, and one batch through the server's
+//! whole pipeline (validation, dedup, log, acknowledgement, buffer).
 //!
 //! `cargo bench --bench ingest`; figures go to BENCHMARKS.md with the machine and date.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use faccia::limits::Limits;
@@ -79,5 +82,121 @@ fn buffer(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, wire, buffer);
+/// Submits `count` batches of `archive` for terminal `terminal` to a log writer and waits for
+/// every acknowledgement: all are queued before the writer looks, so they share fsyncs.
+fn append_group(requests: &crossbeam_channel::Sender<faccia::wal::AppendRequest>, sequences: &faccia::dedup::Sequences, archive: &ArchiveBuf, terminal: u32, first_seq: u64, count: u64) {
+    let mut acks = Vec::with_capacity(count as usize);
+    for seq in first_seq..first_seq + count {
+        let faccia::dedup::Begin::New(guard) = sequences.begin(terminal, seq) else { panic!("new batch") };
+        let (durable, ack) = tokio::sync::oneshot::channel();
+        let mut copy = ArchiveBuf::with_capacity(archive.len());
+        copy.extend_from_slice(archive);
+        let request = faccia::wal::AppendRequest {
+            terminal,
+            municipality: MUNICIPALITY,
+            seq,
+            received_ms: NOW_MS,
+            archive: copy,
+            misuse: Vec::new(),
+            guard,
+            durable,
+        };
+        requests.send(request).unwrap();
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.blocking_recv().unwrap().unwrap();
+    }
+}
+
+fn log(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wal");
+    group.sample_size(20);
+    let dir = tempfile::tempdir().unwrap();
+    let sequences = Arc::new(faccia::dedup::Sequences::default());
+    let (requests, receiver) = crossbeam_channel::unbounded();
+    let (store, durable) = crossbeam_channel::unbounded();
+    let config = faccia::wal::WriterConfig {
+        dir: dir.path().to_path_buf(),
+        next_lsn: 1,
+        segment_bytes: 64 << 20,
+        group_bytes_max: 4 << 20,
+        faults: Arc::default(),
+    };
+    let metrics = Arc::new(faccia::metrics::Metrics::new());
+    let writer = faccia::wal::start_writer(config, receiver, store, Arc::clone(&sequences), metrics).unwrap();
+    let bytes = archive(64, 3);
+    let mut seq = 1;
+    for group_size in [1u64, 64, 256] {
+        group.throughput(Throughput::Elements(group_size * 64));
+        group.bench_function(format!("append_fsync_group_of_{group_size}x64"), |b| {
+            b.iter(|| {
+                // A fresh terminal id per iteration keeps every batch new for the dedup window.
+                append_group(&requests, &sequences, &bytes, seq as u32, 1, group_size);
+                seq += 1;
+                durable.try_iter().count()
+            })
+        });
+    }
+    drop(requests);
+    writer.join().unwrap();
+    group.finish();
+}
+
+/// One batch through the pipeline the server runs for it, minus QUIC: validation against the
+/// rules, the dedup window, the log (with fsync), the acknowledgement and the Arrow buffer.
+fn pipeline(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pipeline");
+    group.sample_size(20);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(faccia::metrics::Metrics::new());
+    let config = faccia::engine::EngineConfig::new(dir.path().to_path_buf(), faccia::limits::StorageLimits::default());
+    let engine = runtime.block_on(faccia::engine::Engine::open(config, metrics)).unwrap();
+    let now = faccia::clock::now_ms();
+    let bytes = {
+        let mut citizens = VoteSimulator::new(4, MUNICIPALITY);
+        let frame = batch_frame(1, MUNICIPALITY, &citizens.votes(now, 2_000, 64));
+        let mut archive = ArchiveBuf::with_capacity(frame.len());
+        archive.extend_from_slice(&frame[HEADER_BYTES..]);
+        archive
+    };
+    let rules = BatchRules::new(&Limits::default(), MUNICIPALITY, now, 15);
+    let mut terminal = 0u32;
+    group.throughput(Throughput::Elements(64 * 128));
+    group.bench_function("validate_dedup_log_ack_buffer_128x64", |b| {
+        b.iter(|| {
+            terminal += 1;
+            let acks: Vec<_> = (1..=128u64)
+                .map(|seq| {
+                    let mut copy = ArchiveBuf::with_capacity(bytes.len());
+                    copy.extend_from_slice(&bytes);
+                    let view = BatchView::validate(&copy, &rules).unwrap();
+                    let _ = view.seq();
+                    let faccia::dedup::Begin::New(guard) = engine.sequences.begin(terminal, seq) else { panic!("new batch") };
+                    let (durable, ack) = tokio::sync::oneshot::channel();
+                    let request = faccia::wal::AppendRequest {
+                        terminal,
+                        municipality: MUNICIPALITY,
+                        seq,
+                        received_ms: now,
+                        archive: copy,
+                        misuse: Vec::new(),
+                        guard,
+                        durable,
+                    };
+                    engine.submit_durable(request).unwrap();
+                    ack
+                })
+                .collect();
+            for ack in acks {
+                ack.blocking_recv().unwrap().unwrap();
+            }
+        })
+    });
+    group.finish();
+    runtime.block_on(engine.shutdown());
+}
+
+criterion_group!(benches, wire, buffer, log, pipeline);
 criterion_main!(benches);
