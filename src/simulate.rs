@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rand::rngs::StdRng;
+use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::model::{Channel, Face, IstatCode, Reason};
@@ -22,7 +22,7 @@ const REASON_SHARES: [f64; 4] = [0.42, 0.28, 0.18, 0.12];
 /// Share of red faces where the citizen skips the reason question.
 const REASON_SKIPPED: f64 = 0.10;
 
-fn pick(rng: &mut StdRng, shares: &[f64]) -> usize {
+fn pick(rng: &mut SmallRng, shares: &[f64]) -> usize {
     let mut x = rng.random::<f64>() * shares.iter().sum::<f64>();
     for (i, share) in shares.iter().enumerate() {
         if x < *share {
@@ -31,6 +31,12 @@ fn pick(rng: &mut StdRng, shares: &[f64]) -> usize {
         x -= share;
     }
     shares.len() - 1
+}
+
+/// Index of the first cumulative share above a uniform draw (the shares sum to 1).
+fn pick_cumulative(rng: &mut SmallRng, cumulative: &[f64]) -> usize {
+    let x = rng.random::<f64>() * cumulative.last().copied().unwrap_or(1.0);
+    cumulative.partition_point(|&c| c <= x).min(cumulative.len() - 1)
 }
 
 /// A stable pseudo-random number in [0, 1) for a key (satisfaction levels).
@@ -42,31 +48,39 @@ fn unit_hash(key: u64) -> f64 {
     (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The citizens of one municipality, voting.
+/// The citizens of one municipality, voting. A fast, non-cryptographic generator: the load
+/// generator makes hundreds of thousands of votes a second with it.
 pub struct VoteSimulator {
-    rng: StdRng,
+    rng: SmallRng,
     shift: f64,
-    services: Vec<(u16, f64, f64)>,
+    /// (service id, probability of a positive face before the municipality's shift).
+    services: Vec<(u16, f64)>,
+    /// Cumulative service shares, for drawing a service.
+    cumulative: Vec<f64>,
 }
 
 impl VoteSimulator {
     pub fn new(seed: u64, municipality: IstatCode) -> VoteSimulator {
-        let services = Catalog::builtin()
-            .services
+        let catalog = &Catalog::builtin().services;
+        let services = catalog.iter().map(|s| (s.id, 0.50 + 0.30 * unit_hash(u64::from(s.id)))).collect();
+        let cumulative = catalog
             .iter()
-            .map(|s| (s.id, s.share, 0.50 + 0.30 * unit_hash(u64::from(s.id))))
+            .scan(0.0, |total, s| {
+                *total += s.share;
+                Some(*total)
+            })
             .collect();
         VoteSimulator {
-            rng: StdRng::seed_from_u64(seed ^ u64::from(municipality.0) << 20),
+            rng: SmallRng::seed_from_u64(seed ^ u64::from(municipality.0) << 20),
             shift: 0.30 * unit_hash(u64::from(municipality.0) + 7919) - 0.15,
             services,
+            cumulative,
         }
     }
 
     /// One vote at `at_ms`.
     pub fn vote(&mut self, at_ms: i64) -> TerminalVote {
-        let shares: Vec<f64> = self.services.iter().map(|s| s.1).collect();
-        let (service, _, satisfaction) = self.services[pick(&mut self.rng, &shares)];
+        let (service, satisfaction) = self.services[pick_cumulative(&mut self.rng, &self.cumulative)];
         let positive = (satisfaction + self.shift).clamp(0.05, 0.95);
         let negative = (1.0 - positive) * 0.45;
         let face = match self.rng.random::<f64>() {
@@ -87,7 +101,7 @@ impl VoteSimulator {
         times.into_iter().map(|t| self.vote(t)).collect()
     }
 
-    pub fn rng(&mut self) -> &mut StdRng {
+    pub fn rng(&mut self) -> &mut SmallRng {
         &mut self.rng
     }
 }
