@@ -26,6 +26,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:4747";
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// UDP sockets sharing the ingest address (`SO_REUSEPORT`), each with its own endpoint
+    /// driver; one per core by default.
+    pub ingest_sockets: usize,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub limits: Limits,
@@ -36,6 +39,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            ingest_sockets: std::thread::available_parallelism().map_or(1, |n| n.get()),
             tls_cert: None,
             tls_key: None,
             limits: Limits::default(),

@@ -49,13 +49,24 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     budget: Semaphore,
     service_id_max: u16,
+    /// Connections being handled, over every endpoint (checked against `connections_max`).
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
     pub fn new(engine: Arc<Engine>, directory: Arc<TerminalDirectory>, limits: Limits, clock: Arc<dyn Clock>) -> Shared {
         let metrics = Arc::clone(&engine.metrics);
         let budget = Semaphore::new(limits.buffered_bytes_max.min(Semaphore::MAX_PERMITS as u64) as usize);
-        Shared { engine, directory, limits, metrics, clock, budget, service_id_max: Catalog::builtin().service_id_max() }
+        Shared {
+            engine,
+            directory,
+            limits,
+            metrics,
+            clock,
+            budget,
+            service_id_max: Catalog::builtin().service_id_max(),
+            connections: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 }
 
@@ -75,8 +86,8 @@ pub fn server_config(tls: rustls::ServerConfig, limits: &Limits) -> anyhow::Resu
     Ok(config)
 }
 
-/// Accepts connections until `shutdown` turns true, then waits for the connections to finish
-/// their in-flight batches and close.
+/// Accepts connections on `endpoint` until `shutdown` turns true, then waits for the
+/// connections to finish their in-flight batches and close. The server runs one per socket.
 pub async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
     loop {
@@ -86,24 +97,42 @@ pub async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdown: w
         };
         let Some(incoming) = incoming else { break };
         while connections.try_join_next().is_some() {}
-        if connections.len() >= shared.limits.connections_max as usize {
+        if shared.connections.load(std::sync::atomic::Ordering::Relaxed) >= shared.limits.connections_max as usize {
             shared.metrics.refused(ErrorCode::TooManyConnections);
             incoming.refuse();
             continue;
         }
         let span = tracing::info_span!("connection", remote = %incoming.remote_address());
-        let shared = Arc::clone(&shared);
+        let counted = ConnectionSlot::take(Arc::clone(&shared));
         let shutdown = shutdown.clone();
         connections.spawn(
             async move {
+                let shared = Arc::clone(&counted.0);
                 if let Err(error) = handle_connection(incoming, shared, shutdown).await {
                     tracing::debug!(%error, "connection ended");
                 }
+                drop(counted);
             }
             .instrument(span),
         );
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// Holds one of the `connections_max` slots while a connection is handled.
+struct ConnectionSlot(Arc<Shared>);
+
+impl ConnectionSlot {
+    fn take(shared: Arc<Shared>) -> ConnectionSlot {
+        shared.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ConnectionSlot(shared)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Counts an open connection for as long as it lives.
@@ -337,18 +366,28 @@ async fn store_batch(
     }
 }
 
-/// Binds a QUIC endpoint for the ingest server. `reset_key` signs stateless resets: kept
-/// across restarts (see `tls::reset_key`), it lets a restarted server tell the terminals of the
-/// previous process at once that their connections are gone, instead of leaving them to time
-/// out.
+/// Binds the ingest server's QUIC endpoints: `sockets` UDP sockets sharing `listen` with
+/// `SO_REUSEPORT`, so that the kernel spreads connections over them (by address hash, so a
+/// connection's packets always reach the same socket) and one endpoint driver per socket runs
+/// on its own worker thread. `reset_key` signs stateless resets: kept across restarts (see
+/// `tls::reset_key`), it lets a restarted server tell the terminals of the previous process at
+/// once that their connections are gone, instead of leaving them to time out.
 ///
 /// # Errors
 /// When the address cannot be bound.
-pub fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &[u8]) -> std::io::Result<quinn::Endpoint> {
+pub fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &[u8], sockets: usize) -> std::io::Result<Vec<quinn::Endpoint>> {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
     let endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
-    let socket = crate::terminal::udp_socket(listen)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("the ingest endpoint needs a tokio runtime"))?;
-    quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)
+    // SO_REUSEPORT would let a second server on the same port silently take half the traffic:
+    // make sure nobody holds the address first (this also picks the port when asked for 0).
+    let addr = std::net::UdpSocket::bind(listen)?.local_addr()?;
+    let mut endpoints = Vec::with_capacity(sockets.max(1));
+    for _ in 0..sockets.max(1) {
+        let socket = crate::terminal::udp_socket_shared(addr)?;
+        let endpoint = quinn::Endpoint::new(endpoint_config.clone(), Some(config.clone()), socket, Arc::clone(&runtime))?;
+        endpoints.push(endpoint);
+    }
+    Ok(endpoints)
 }

@@ -46,7 +46,7 @@ pub struct Server {
     pub ca_path: Option<PathBuf>,
     pub engine: Arc<Engine>,
     pub data_dir: PathBuf,
-    endpoint: quinn::Endpoint,
+    endpoints: Vec<quinn::Endpoint>,
     shutdown: watch::Sender<bool>,
     accept_loop: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -81,20 +81,24 @@ impl Server {
         };
         let quic = ingest::server_config(tls::server_config(identity)?, &config.limits)?;
         let reset_key = tls::reset_key(&data_dir)?;
-        let endpoint = ingest::bind(config.listen, quic, &reset_key)
+        let endpoints = ingest::bind(config.listen, quic, &reset_key, config.ingest_sockets)
             .with_context(|| format!("binding the ingest address {}", config.listen))?;
-        let ingest_addr = endpoint.local_addr()?;
+        let ingest_addr = endpoints[0].local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(Arc::clone(&engine), Arc::clone(&directory), config.limits.clone(), clock));
-        let accept_loop = tokio::spawn(ingest::run(endpoint.clone(), shared, shutdown_rx.clone()));
+        let loops: Vec<_> = endpoints.iter().map(|e| ingest::run(e.clone(), Arc::clone(&shared), shutdown_rx.clone())).collect();
+        let accept_loop = tokio::spawn(async move {
+            futures::future::join_all(loops).await;
+        });
         let background = vec![tokio::spawn(reload_directory(directory, shutdown_rx))];
         tracing::info!(
             ingest = %format!("quic://{ingest_addr}"),
+            sockets = endpoints.len(),
             data_dir = %data_dir.display(),
             terminals = %engine_terminals(&data_dir),
             "faccia serving"
         );
-        Ok(Server { ingest_addr, ca_path, engine, data_dir, endpoint, shutdown, accept_loop, background })
+        Ok(Server { ingest_addr, ca_path, engine, data_dir, endpoints, shutdown, accept_loop, background })
     }
 
     /// Stops the server without losing anything acknowledged or accepted (see module docs).
@@ -102,8 +106,11 @@ impl Server {
         let _ = self.shutdown.send(true);
         let _ = self.accept_loop.await;
         self.engine.shutdown().await;
-        self.endpoint.close(quinn::VarInt::from_u32(crate::wire::ErrorCode::ShuttingDown.close_code()), b"shutting_down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for endpoint in &self.endpoints {
+            endpoint.close(quinn::VarInt::from_u32(crate::wire::ErrorCode::ShuttingDown.close_code()), b"shutting_down");
+        }
+        let idle = futures::future::join_all(self.endpoints.iter().map(quinn::Endpoint::wait_idle));
+        let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
         for task in self.background {
             task.abort();
         }

@@ -135,11 +135,27 @@ pub const UDP_BUFFER_BYTES: usize = 8 << 20;
 /// # Errors
 /// When the socket cannot be created or bound.
 pub fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    udp_socket_with(bind, false)
+}
+
+/// As `udp_socket`, with `SO_REUSEPORT`: several sockets share one address and the kernel
+/// spreads incoming flows over them.
+///
+/// # Errors
+/// When the socket cannot be created or bound.
+pub fn udp_socket_shared(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    udp_socket_with(bind, true)
+}
+
+fn udp_socket_with(bind: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort: a smaller buffer still works, it only drops more under bursts.
     let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
     let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&bind.into())?;
     Ok(socket.into())
 }
