@@ -183,8 +183,8 @@ async fn sql(data_dir: &Path, format: Format, query: Option<&str>) -> anyhow::Re
     match query {
         Some(sql) => {
             // DataFusion's message already holds its causes: print it once.
-            let batches = query::run(&ctx, sql).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            query::write_results(&batches, format, &mut stdout)?;
+            let (schema, batches) = query::run_with_schema(&ctx, sql).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            query::write_results(&schema, &batches, format, &mut stdout)?;
         }
         None => repl(&ctx, format, &mut stdout).await?,
     }
@@ -217,9 +217,9 @@ async fn repl(ctx: &datafusion::prelude::SessionContext, format: Format, out: &m
         }
         let _ = editor.add_history_entry(statement.trim());
         let started = Instant::now();
-        match query::run(ctx, statement.trim().trim_end_matches(';')).await {
-            Ok(batches) => {
-                query::write_results(&batches, format, out)?;
+        match query::run_with_schema(ctx, statement.trim().trim_end_matches(';')).await {
+            Ok((schema, batches)) => {
+                query::write_results(&schema, &batches, format, out)?;
                 let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
                 println!("{rows} rows in {:.3} s", started.elapsed().as_secs_f64());
             }

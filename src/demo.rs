@@ -69,9 +69,9 @@ pub async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usize) -> a
     server.stop().await;
 
     let ctx = query::context(&dir).await?;
-    let index = query::run(&ctx, "SELECT * FROM service_index ORDER BY wilson_low_pct DESC, service").await?;
+    let (schema, index) = query::run_with_schema(&ctx, "SELECT * FROM service_index ORDER BY wilson_low_pct DESC, service").await?;
     println!("\nPer-service satisfaction index (SQL over the Parquet files, ranked by the Wilson lower bound):");
-    query::write_results(&index, Format::Table, &mut std::io::stdout().lock())?;
+    query::write_results(&schema, &index, Format::Table, &mut std::io::stdout().lock())?;
     let counted = query::run(&ctx, "SELECT count(*) FROM votes").await?;
     let in_parquet = counted[0].column(0).as_primitive::<Int64Type>().value(0) as u64;
     let acknowledged = report.votes();

@@ -34,7 +34,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-use crate::model::{IstatCode, TerminalId};
+use crate::model::{IstatCode, TerminalId, Vote};
 use crate::wire::BatchView;
 
 /// The time zone of vote timestamps and of the `date=` partitions.
@@ -132,20 +132,21 @@ impl VoteBuffer {
     /// per vote, or is empty when none is flagged).
     pub fn append(&mut self, batch: &BatchView<'_>, municipality: IstatCode, terminal: TerminalId, misuse: &[u8]) {
         debug_assert!(misuse.is_empty() || misuse.len() == batch.len(), "one misuse flag per vote");
-        if misuse.is_empty() {
-            self.misuse.append_value_n(0, batch.len());
-        } else {
-            self.misuse.append_slice(misuse);
+        for (i, vote) in batch.votes(municipality, terminal).enumerate() {
+            self.push(&vote, misuse.get(i).copied().unwrap_or(0));
         }
-        for vote in batch.votes(municipality, terminal) {
-            self.municipality.append_value(vote.municipality.0);
-            self.service.append_value(vote.service);
-            self.ts.append_value(vote.at_ms);
-            self.face.append_value(vote.face.score());
-            self.channel.append_value(vote.channel.code());
-            self.reason.append_option(vote.reason.map(|r| r.code()));
-            self.terminal.append_value(vote.terminal);
-        }
+    }
+
+    /// Appends one vote with its misuse flag (0: counted).
+    pub fn push(&mut self, vote: &Vote, misuse: u8) {
+        self.municipality.append_value(vote.municipality.0);
+        self.service.append_value(vote.service);
+        self.ts.append_value(vote.at_ms);
+        self.face.append_value(vote.face.score());
+        self.channel.append_value(vote.channel.code());
+        self.reason.append_option(vote.reason.map(|r| r.code()));
+        self.terminal.append_value(vote.terminal);
+        self.misuse.append_value(misuse);
     }
 
     /// Takes the buffered rows as a record batch and leaves the buffer empty.
@@ -266,6 +267,16 @@ impl PartFile {
         PartFile { path, date, node: node.to_string(), lsn_first, lsn_last }
     }
 
+    /// The node and log range of a vote file from its name alone (`part-{node}-{first}-{last}.parquet`),
+    /// whatever directory it is listed under.
+    pub fn parse_name(name: &str) -> Option<(String, u64, u64)> {
+        let stem = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+        let mut fields = stem.rsplitn(3, '-');
+        let lsn_last = u64::from_str_radix(fields.next()?, 16).ok()?;
+        let lsn_first = u64::from_str_radix(fields.next()?, 16).ok()?;
+        Some((fields.next()?.to_string(), lsn_first, lsn_last))
+    }
+
     /// Parses a dataset path; `None` for anything that is not a vote file.
     pub fn parse(path: &ObjectPath) -> Option<PartFile> {
         let mut parts = path.parts();
@@ -273,12 +284,7 @@ impl PartFile {
             return None;
         }
         let date = parts.next()?.as_ref().strip_prefix("date=")?.parse().ok()?;
-        let name = parts.next()?;
-        let stem = name.as_ref().strip_prefix("part-")?.strip_suffix(".parquet")?;
-        let mut fields = stem.rsplitn(3, '-');
-        let lsn_last = u64::from_str_radix(fields.next()?, 16).ok()?;
-        let lsn_first = u64::from_str_radix(fields.next()?, 16).ok()?;
-        let node = fields.next()?.to_string();
+        let (node, lsn_first, lsn_last) = PartFile::parse_name(parts.next()?.as_ref())?;
         Some(PartFile { path: path.clone(), date, node, lsn_first, lsn_last })
     }
 }
@@ -384,6 +390,13 @@ pub fn rows(batches: &[RecordBatch]) -> usize {
 pub fn partition_date(at_ms: i64) -> NaiveDate {
     let day = local_day(at_ms, &mut (0, 0, 0));
     NaiveDate::from_num_days_from_ce_opt(day + 719_163).expect("a day within chrono's range")
+}
+
+/// The `date` partition of every timestamp of a column, as days since 1970-01-01 (Arrow
+/// `Date32`): what a reader adds to rows that are not in a file yet.
+pub fn partition_days(ts: &TimestampMillisecondArray) -> arrow::array::Date32Array {
+    let mut cache = (0, 0, 0);
+    arrow::array::Date32Array::from_iter_values(ts.values().iter().map(|&t| local_day(t, &mut cache)))
 }
 
 /// Days since the epoch of a date (for partition filters).
