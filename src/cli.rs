@@ -39,6 +39,16 @@ pub enum Command {
         /// UDP address for terminal connections (QUIC) [default: 127.0.0.1:4747].
         #[arg(long, short = 'l')]
         listen: Option<SocketAddr>,
+        /// TCP address of the Arrow Flight SQL server for analysts [default: 127.0.0.1:4748].
+        #[arg(long)]
+        flight_listen: Option<SocketAddr>,
+        /// TCP address of the HTTP server (/query, /health, /metrics) [default: 127.0.0.1:4749].
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Analyst bearer token for Flight SQL and HTTP (instead of the configuration file's
+        /// `analyst_tokens` or the generated DATA_DIR/analyst-token).
+        #[arg(long, env = crate::analysts::TOKEN_ENV, hide_env_values = true)]
+        analyst_token: Option<String>,
         /// TOML configuration file (listen address, TLS certificate, limits, storage).
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
@@ -131,7 +141,17 @@ pub enum TerminalsAction {
 /// Whatever the command fails with; `main` prints the chain.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { data, listen, config } => serve(&data.data_dir, listen, config.as_deref()).await,
+        Command::Serve { data, listen, flight_listen, http_listen, analyst_token, config } => {
+            let mut config = match config {
+                Some(path) => Config::read(&path)?,
+                None => Config::default(),
+            };
+            config.listen = listen.unwrap_or(config.listen);
+            config.flight_listen = flight_listen.or(config.flight_listen);
+            config.http_listen = http_listen.or(config.http_listen);
+            config.analyst_tokens.extend(analyst_token);
+            serve(&data.data_dir, config).await
+        }
         Command::Sql { data, format, query } => sql(&data.data_dir, format, query.as_deref()).await,
         Command::Terminals { data, action } => terminals(&data.data_dir, action),
         Command::Terminal { server, server_name, ca, credentials, seconds, batch_votes, think_ms } => {
@@ -159,14 +179,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(data_dir: &Path, listen: Option<SocketAddr>, config_path: Option<&Path>) -> anyhow::Result<()> {
-    let mut config = match config_path {
-        Some(path) => Config::read(path)?,
-        None => Config::default(),
-    };
-    if let Some(listen) = listen {
-        config.listen = listen;
-    }
+async fn serve(data_dir: &Path, config: Config) -> anyhow::Result<()> {
     let server = Server::start(data_dir.to_path_buf(), config).await?;
     if let Some(ca) = &server.ca_path {
         tracing::info!(ca = %ca.display(), "development CA (give it to terminals with --ca)");

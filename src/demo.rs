@@ -52,7 +52,13 @@ pub async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usize) -> a
     let credentials = registry::add_terminals_bulk(&dir, &slots, "demo")?;
     let municipalities: std::collections::HashSet<_> = slots.iter().collect();
 
-    let config = Config { listen: "127.0.0.1:0".parse().expect("valid address"), ..Config::default() };
+    // The demo answers with SQL itself: no analysts' endpoints.
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("valid address"),
+        flight_listen: None,
+        http_listen: None,
+        ..Config::default()
+    };
     let server = Server::start(dir.clone(), config).await?;
     let ca = server.ca_path.clone().expect("the demo uses the development certificate");
     println!(

@@ -2,6 +2,7 @@
 //! durably as Parquet, and queried with SQL. `ARCHITECTURE.md` is the map; each module's own
 //! documentation says what it owns and what it must not do.
 
+pub mod analysts;
 pub mod checkpoint;
 pub mod cli;
 pub mod clock;
@@ -9,7 +10,9 @@ pub mod config;
 pub mod dedup;
 pub mod demo;
 pub mod engine;
+pub mod flight;
 pub mod fsutil;
+pub mod http;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;

@@ -5,3 +5,4 @@ mod common;
 mod crash;
 mod hostile;
 mod roundtrip;
+mod sql;
