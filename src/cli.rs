@@ -60,6 +60,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Run the query this many times and print its timings to stderr (measurements).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
         /// The query, e.g. "SELECT * FROM service_index".
         query: Option<String>,
     },
@@ -93,6 +96,24 @@ pub enum Command {
         /// Mean pause between a terminal's batches, in milliseconds.
         #[arg(long, default_value_t = 500)]
         think_ms: u64,
+    },
+    /// Write a synthetic dataset (realistic votes over the real small municipalities) through
+    /// the server's Parquet writer, for measuring SQL at scale.
+    Generate {
+        #[command(flatten)]
+        data: DataDir,
+        /// How many votes in all.
+        #[arg(long, default_value_t = 100_000_000)]
+        votes: u64,
+        /// How many days, ending with --end.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// The last day (YYYY-MM-DD) [default: yesterday].
+        #[arg(long)]
+        end: Option<chrono::NaiveDate>,
+        /// Random seed: the same seed writes the same votes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Start a server on a temporary directory, run simulated terminals across small
     /// municipalities, stop the server and print the per-service satisfaction index.
@@ -152,7 +173,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.analyst_tokens.extend(analyst_token);
             serve(&data.data_dir, config).await
         }
-        Command::Sql { data, format, query } => sql(&data.data_dir, format, query.as_deref()).await,
+        Command::Sql { data, format, repeat, query } => sql(&data.data_dir, format, repeat, query.as_deref()).await,
         Command::Terminals { data, action } => terminals(&data.data_dir, action),
         Command::Terminal { server, server_name, ca, credentials, seconds, batch_votes, think_ms } => {
             let credentials = Credential::read_csv(&credentials)?;
@@ -176,6 +197,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { data_dir, seconds, terminals } => crate::demo::run(data_dir, seconds, terminals).await,
+        Command::Generate { data, votes, days, end, seed } => generate(&data.data_dir, votes, days, end, seed).await,
     }
 }
 
@@ -187,7 +209,29 @@ async fn serve(data_dir: &Path, config: Config) -> anyhow::Result<()> {
     server.run_until_signal().await
 }
 
-async fn sql(data_dir: &Path, format: Format, query: Option<&str>) -> anyhow::Result<()> {
+async fn generate(data_dir: &Path, votes: u64, days: u32, end: Option<chrono::NaiveDate>, seed: u64) -> anyhow::Result<()> {
+    if days == 0 {
+        bail!("--days must be at least 1");
+    }
+    let yesterday = crate::store::partition_date(crate::clock::now_ms()) - chrono::Days::new(1);
+    let plan = crate::generate::GeneratePlan { votes, days, end: end.unwrap_or(yesterday), seed };
+    let started = Instant::now();
+    let report = crate::generate::generate(data_dir, &plan, |day, so_far| {
+        eprintln!("{day}: {} votes, {} files, {:.2} bytes per vote so far", so_far.votes, so_far.files, so_far.bytes as f64 / so_far.votes.max(1) as f64);
+    })
+    .await?;
+    println!(
+        "generated {} votes in {} files, {} bytes ({:.2} bytes per vote) in {:.1} s",
+        report.votes,
+        report.files,
+        report.bytes,
+        report.bytes as f64 / report.votes.max(1) as f64,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn sql(data_dir: &Path, format: Format, repeat: u32, query: Option<&str>) -> anyhow::Result<()> {
     if !data_dir.is_dir() {
         bail!("data directory {} does not exist (give one with --data-dir)", data_dir.display());
     }
@@ -195,9 +239,22 @@ async fn sql(data_dir: &Path, format: Format, query: Option<&str>) -> anyhow::Re
     let mut stdout = std::io::stdout().lock();
     match query {
         Some(sql) => {
-            // DataFusion's message already holds its causes: print it once.
-            let (schema, batches) = query::run_with_schema(&ctx, sql).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut timings = Vec::new();
+            let mut result = None;
+            for _ in 0..repeat.max(1) {
+                let started = Instant::now();
+                // DataFusion's message already holds its causes: print it once.
+                result = Some(query::run_with_schema(&ctx, sql).await.map_err(|e| anyhow::anyhow!("{e}"))?);
+                timings.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            let (schema, batches) = result.expect("ran at least once");
             query::write_results(&schema, &batches, format, &mut stdout)?;
+            if repeat > 1 {
+                let mut sorted = timings.clone();
+                sorted.sort_by(f64::total_cmp);
+                let runs: Vec<String> = timings.iter().map(|t| format!("{t:.1}")).collect();
+                eprintln!("timing_ms min {:.1} median {:.1} runs {}", sorted[0], sorted[sorted.len() / 2], runs.join(" "));
+            }
         }
         None => repl(&ctx, format, &mut stdout).await?,
     }

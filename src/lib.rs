@@ -12,6 +12,7 @@ pub mod demo;
 pub mod engine;
 pub mod flight;
 pub mod fsutil;
+pub mod generate;
 pub mod http;
 pub mod ingest;
 pub mod limits;

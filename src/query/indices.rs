@@ -112,16 +112,18 @@ pub fn scalar_functions() -> Vec<ScalarUDF> {
     ]
 }
 
-/// The aggregate index functions over `face`, ready to register.
+/// The aggregate index functions over `face`, ready to register, with `face_counts`.
 pub fn aggregate_functions() -> Vec<AggregateUDF> {
-    let of = |name: &'static str, finish: fn(&[u64; 3]) -> Option<f64>| {
+    let aggregate = |name: &'static str, finish: Finish| {
         AggregateUDF::from(FaceIndex {
             name,
             signature: Signature::uniform(1, vec![DataType::Int8], Volatility::Immutable),
             finish,
         })
     };
+    let of = |name: &'static str, index: fn(&[u64; 3]) -> Option<f64>| aggregate(name, Finish::Index(index));
     vec![
+        aggregate("face_counts", Finish::Counts),
         of("csat_of", |n| {
             let (p, _, _, t) = face_counts(n);
             csat(p, t)
@@ -150,12 +152,47 @@ fn face_counts(n: &[u64; 3]) -> (f64, f64, f64, f64) {
     (n[2] as f64, n[1] as f64, n[0] as f64, (n[0] + n[1] + n[2]) as f64)
 }
 
-/// An aggregate that counts faces and turns the counts into one index.
+/// What an aggregate over faces returns from its counts (indexed by face + 1).
+#[derive(Debug, Clone, Copy)]
+enum Finish {
+    /// One index, a percentage (NULL for no votes).
+    Index(fn(&[u64; 3]) -> Option<f64>),
+    /// The counts themselves: `{votes, positive, neutral, negative}` — what every index view
+    /// starts from, in one pass instead of one filtered count per face.
+    Counts,
+}
+
+const COUNT_FIELDS: [&str; 4] = ["votes", "positive", "neutral", "negative"];
+
+impl Finish {
+    fn data_type(self) -> DataType {
+        match self {
+            Finish::Index(_) => DataType::Float64,
+            Finish::Counts => DataType::Struct(COUNT_FIELDS.iter().map(|n| Field::new(*n, DataType::Int64, false)).collect()),
+        }
+    }
+
+    fn array(self, counts: &[[u64; 3]]) -> DfResult<ArrayRef> {
+        match self {
+            Finish::Index(index) => Ok(Arc::new(counts.iter().map(index).collect::<Float64Array>())),
+            Finish::Counts => {
+                let column = |f: fn(&[u64; 3]) -> u64| -> ArrayRef {
+                    Arc::new(counts.iter().map(|c| f(c) as i64).collect::<Int64Array>())
+                };
+                let columns = vec![column(|c| c[0] + c[1] + c[2]), column(|c| c[2]), column(|c| c[1]), column(|c| c[0])];
+                let DataType::Struct(fields) = self.data_type() else { unreachable!("counts are a struct") };
+                Ok(Arc::new(arrow::array::StructArray::try_new(fields, columns, None)?))
+            }
+        }
+    }
+}
+
+/// An aggregate that counts faces and finishes the counts.
 #[derive(Debug)]
 struct FaceIndex {
     name: &'static str,
     signature: Signature,
-    finish: fn(&[u64; 3]) -> Option<f64>,
+    finish: Finish,
 }
 
 // Two aggregates are the same when they have the same name (each name has one formula).
@@ -185,7 +222,7 @@ impl AggregateUDFImpl for FaceIndex {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
-        Ok(DataType::Float64)
+        Ok(self.finish.data_type())
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
@@ -215,7 +252,7 @@ fn count_face(counts: &mut [u64; 3], face: i8) {
 #[derive(Debug)]
 struct FaceAccumulator {
     counts: [u64; 3],
-    finish: fn(&[u64; 3]) -> Option<f64>,
+    finish: Finish,
 }
 
 impl Accumulator for FaceAccumulator {
@@ -228,7 +265,7 @@ impl Accumulator for FaceAccumulator {
     }
 
     fn evaluate(&mut self) -> DfResult<ScalarValue> {
-        Ok(ScalarValue::Float64((self.finish)(&self.counts)))
+        ScalarValue::try_from_array(&self.finish.array(&[self.counts])?, 0)
     }
 
     fn size(&self) -> usize {
@@ -249,7 +286,7 @@ impl Accumulator for FaceAccumulator {
 
 struct FaceGroups {
     counts: Vec<[u64; 3]>,
-    finish: fn(&[u64; 3]) -> Option<f64>,
+    finish: Finish,
 }
 
 impl FaceGroups {
@@ -284,8 +321,8 @@ impl GroupsAccumulator for FaceGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> DfResult<ArrayRef> {
-        let finish = self.finish;
-        Ok(Arc::new(self.take(emit_to).iter().map(finish).collect::<Float64Array>()))
+        let counts = self.take(emit_to);
+        self.finish.array(&counts)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> DfResult<Vec<ArrayRef>> {
@@ -370,10 +407,10 @@ mod tests {
         let faces: ArrayRef = Arc::new(arrow::array::Int8Array::from(vec![-1, 0, 1, 1, 1]));
         let filter = BooleanArray::from(vec![true, true, true, true, false]);
         let csat_of = |n: &[u64; 3]| csat(n[2] as f64, (n[0] + n[1] + n[2]) as f64);
-        let mut groups = FaceGroups { counts: vec![], finish: csat_of };
+        let mut groups = FaceGroups { counts: vec![], finish: Finish::Index(csat_of) };
         groups.update_batch(&[Arc::clone(&faces)], &[0, 0, 0, 0, 1], Some(&filter), 2).unwrap();
         let state = groups.state(EmitTo::All).unwrap();
-        let mut merged = FaceGroups { counts: vec![], finish: csat_of };
+        let mut merged = FaceGroups { counts: vec![], finish: Finish::Index(csat_of) };
         merged.merge_batch(&state, &[1, 0], 2).unwrap();
         let values = merged.evaluate(EmitTo::All).unwrap();
         let values = values.as_primitive::<Float64Type>();
