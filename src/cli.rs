@@ -73,6 +73,13 @@ pub enum Command {
         #[command(subcommand)]
         action: TerminalsAction,
     },
+    /// Record what the programme's bonus rule needs about administrations.
+    Administrations {
+        #[command(flatten)]
+        data: DataDir,
+        #[command(subcommand)]
+        action: AdministrationsAction,
+    },
     /// Send simulated votes from registered terminals to a server.
     Terminal {
         /// The server's QUIC address.
@@ -131,6 +138,23 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AdministrationsAction {
+    /// Record whether an administration has a digital signature and a certified e-mail (PEC).
+    Set {
+        /// ISTAT code of the municipality, e.g. 001003.
+        municipality: String,
+        /// Whether it has a digital signature (yes/no).
+        #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+        digital_signature: Option<bool>,
+        /// Whether it has a certified e-mail box, PEC (yes/no).
+        #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+        pec: Option<bool>,
+    },
+    /// List the recorded attributes and the bonus each administration would receive.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TerminalsAction {
     /// Register terminals for a municipality and print their credentials (shown only once).
     Add {
@@ -175,6 +199,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sql { data, format, repeat, query } => sql(&data.data_dir, format, repeat, query.as_deref()).await,
         Command::Terminals { data, action } => terminals(&data.data_dir, action),
+        Command::Administrations { data, action } => administrations(&data.data_dir, action),
         Command::Terminal { server, server_name, ca, credentials, seconds, batch_votes, think_ms } => {
             let credentials = Credential::read_csv(&credentials)?;
             let target = ServerTarget::new(server, &server_name, &ca)?;
@@ -297,6 +322,32 @@ async fn repl(ctx: &datafusion::prelude::SessionContext, format: Format, out: &m
         }
         statement.clear();
     }
+}
+
+fn administrations(data_dir: &Path, action: AdministrationsAction) -> anyhow::Result<()> {
+    let catalog = registry::Catalog::builtin();
+    let yes_no = |v: Option<bool>| v.map_or("?", |v| if v { "yes" } else { "no" });
+    let print = |a: &registry::AdministrationRecord| {
+        let m = IstatCode::parse(&a.municipality).and_then(|c| catalog.municipality(c));
+        let name = m.map_or("?", |m| m.name.as_str());
+        let bonus = registry::bonus_eur(m.is_some_and(|m| m.eligible()), a.digital_signature, a.pec)
+            .map_or_else(|| "not eligible".to_string(), |b| format!("{b} €"));
+        println!("{:<6}  {:<28}  {:<17}  {:<3}  {bonus}", a.municipality, name, yes_no(a.digital_signature), yes_no(a.pec));
+    };
+    match action {
+        AdministrationsAction::Set { municipality, digital_signature, pec } => {
+            let code = IstatCode::parse(&municipality)
+                .with_context(|| format!("{municipality:?} is not an ISTAT code (six digits, e.g. 001003)"))?;
+            print(&registry::set_administration(data_dir, code, digital_signature, pec)?);
+        }
+        AdministrationsAction::List => {
+            println!("{:<6}  {:<28}  {:<17}  {:<3}  bonus", "istat", "municipality", "digital signature", "pec");
+            for a in registry::list_administrations(data_dir)? {
+                print(&a);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn terminals(data_dir: &Path, action: TerminalsAction) -> anyhow::Result<()> {
