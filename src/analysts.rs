@@ -201,27 +201,41 @@ impl SqlService {
     }
 }
 
-/// Rewrites JDBC/ADBC-style `?` placeholders as DataFusion's positional `$1`, `$2`, … (string
-/// literals and comments are tokens of their own and stay as they are). Text that does not
-/// tokenize is returned unchanged for the planner to report.
+/// Rewrites JDBC/ADBC-style `?` placeholders as DataFusion's positional `$1`, `$2`, …: only the
+/// characters the SQL tokenizer reads as a `?` placeholder are replaced, so string literals and
+/// comments stay byte for byte. Text that does not tokenize is returned unchanged for the
+/// planner to report.
 pub fn number_placeholders(sql: &str) -> String {
     use datafusion::sql::sqlparser::dialect::GenericDialect;
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
     if !sql.contains('?') {
         return sql.to_string();
     }
-    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else { return sql.to_string() };
-    let mut position = 0;
-    tokens
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location() else { return sql.to_string() };
+    // (line, column) of every `?` placeholder, 1-based, in order.
+    let mut marks: Vec<(u64, u64)> = tokens
         .iter()
-        .map(|token| match token {
-            Token::Placeholder(p) if p == "?" => {
-                position += 1;
-                format!("${position}")
-            }
-            other => other.to_string(),
-        })
-        .collect()
+        .filter(|t| matches!(&t.token, Token::Placeholder(p) if p == "?"))
+        .map(|t| (t.span.start.line, t.span.start.column))
+        .collect();
+    marks.reverse();
+    let (mut out, mut position) = (String::with_capacity(sql.len() + 8), 0);
+    let (mut line, mut column) = (1, 1);
+    for c in sql.chars() {
+        if c == '?' && marks.last() == Some(&(line, column)) {
+            marks.pop();
+            position += 1;
+            out.push_str(&format!("${position}"));
+        } else {
+            out.push(c);
+        }
+        if c == '\n' {
+            (line, column) = (line + 1, 1);
+        } else {
+            column += 1;
+        }
+    }
+    out
 }
 
 /// DataFusion's message, which already holds its causes.
@@ -241,9 +255,10 @@ mod tests {
     #[test]
     fn question_marks_become_positional_placeholders() {
         assert_eq!(
-            number_placeholders("SELECT '?' AS q, x FROM t WHERE a = ? AND b > ?"),
-            "SELECT '?' AS q, x FROM t WHERE a = $1 AND b > $2"
+            number_placeholders("SELECT '?', 'it''s' AS q, x FROM t WHERE a = ? AND b > ? -- why?"),
+            "SELECT '?', 'it''s' AS q, x FROM t WHERE a = $1 AND b > $2 -- why?"
         );
+        assert_eq!(number_placeholders("SELECT\n  ?,\n ?"), "SELECT\n  $1,\n $2");
         assert_eq!(number_placeholders("SELECT 1"), "SELECT 1");
     }
 

@@ -38,7 +38,7 @@ pub use indices::{Z_95, csat, happy_index, net_score, wilson};
 use crate::engine::Engine;
 use crate::limits::QueryLimits;
 use crate::store;
-use votes::{EngineRows, Fresh, LogTail, VotesTable};
+use votes::{EngineRows, Fresh, LogTail, Shape, VotesTable};
 
 /// Opens a SQL context over the data directory as a separate process sees it: the Parquet
 /// dataset plus the log records above the checkpoint, read without changing anything (so it is
@@ -76,8 +76,10 @@ async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits) -> 
         .with_memory_limit(limits.query_memory_bytes_max, 1.0)
         .build_arc()?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    let files = Arc::new(parquet_files(data_dir)?);
-    ctx.register_table("votes", Arc::new(VotesTable::new(files, fresh, data_dir)))?;
+    let votes = Arc::new(parquet_files(data_dir, store::VOTES_DIR, store::schema(), true)?);
+    ctx.register_table("votes", Arc::new(VotesTable::new(votes, Arc::clone(&fresh), Shape::Votes, data_dir)))?;
+    let counts = Arc::new(parquet_files(data_dir, store::COUNTS_DIR, store::counts_schema(), false)?);
+    ctx.register_table("vote_counts", Arc::new(VotesTable::new(counts, fresh, Shape::Counts, data_dir)))?;
     tables::register(&ctx, data_dir.to_path_buf())?;
     for udf in indices::scalar_functions().into_iter().chain(calendar::functions()) {
         ctx.register_udf(udf);
@@ -89,18 +91,23 @@ async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits) -> 
     Ok(ctx)
 }
 
-/// The Parquet dataset as DataFusion lists it: Hive partitions by `date`, the storage sort order.
-fn parquet_files(data_dir: &Path) -> DfResult<ListingTable> {
-    let votes_dir = data_dir.join(store::VOTES_DIR);
-    std::fs::create_dir_all(&votes_dir).map_err(|e| DataFusionError::External(Box::new(e)))?;
-    let absolute = votes_dir.canonicalize().map_err(|e| DataFusionError::External(Box::new(e)))?;
+/// Parquet files under `dir` as DataFusion lists them: Hive partitions by `date`, and for the
+/// votes the storage sort order.
+fn parquet_files(data_dir: &Path, dir: &str, schema: SchemaRef, sorted: bool) -> DfResult<ListingTable> {
+    let path = data_dir.join(dir);
+    // The query path writes nothing: a missing directory (a dataset being created) lists empty.
+    let absolute = match path.canonicalize() {
+        Ok(absolute) => absolute,
+        Err(_) => std::path::absolute(&path).map_err(|e| DataFusionError::External(Box::new(e)))?,
+    };
     let url = ListingTableUrl::parse(format!("file://{}/", absolute.display()))?;
-    let sort_order = vec![["municipality", "service", "ts"].map(|c| col(c).sort(true, false)).to_vec()];
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+    let mut options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
-        .with_table_partition_cols(vec![("date".to_string(), DataType::Date32)])
-        .with_file_sort_order(sort_order);
-    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(store::schema());
+        .with_table_partition_cols(vec![("date".to_string(), DataType::Date32)]);
+    if sorted {
+        options = options.with_file_sort_order(vec![["municipality", "service", "ts"].map(|c| col(c).sort(true, false)).to_vec()]);
+    }
+    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(schema);
     ListingTable::try_new(config)
 }
 

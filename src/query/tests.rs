@@ -247,7 +247,10 @@ async fn a_flush_in_progress_is_counted_once() {
             let fresh = Arc::new(Fixed(MemorySnapshot { watermark, generations }));
             let ctx = build(&dir, fresh, &QueryLimits::default()).await.unwrap();
             let b = run(&ctx, "SELECT count(*) FROM votes WHERE date = DATE '2026-11-16'").await.unwrap();
-            b[0].column(0).as_primitive::<Int64Type>().value(0)
+            let votes = b[0].column(0).as_primitive::<Int64Type>().value(0);
+            let b = run(&ctx, "SELECT CAST(sum(votes) AS BIGINT) FROM vote_counts WHERE date = DATE '2026-11-16'").await.unwrap();
+            assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), votes, "the counts agree with the votes");
+            votes
         }
     };
     // Before the commit: the 20 rows come from memory, their file is left out.

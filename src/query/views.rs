@@ -42,6 +42,24 @@ fn counts(keys: &[(&str, &str)]) -> String {
     format!("SELECT {names}, {UNPACKED} FROM (SELECT {select}, {COUNTS} FROM votes WHERE misuse = 0 GROUP BY {positions})")
 }
 
+/// The same counts from the `vote_counts` rollup, grouped by `keys` (expression, name): what
+/// every view by service, channel, region, hour of the day or day uses.
+fn rolled(keys: &[(&str, &str)]) -> String {
+    let select = keys.iter().map(|(e, n)| format!("{e} AS {n}")).collect::<Vec<_>>().join(", ");
+    let positions = (1..=keys.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let face = |f: i8| format!("CAST(coalesce(sum(votes) FILTER (WHERE face = {f}), 0) AS BIGINT)");
+    format!(
+        "SELECT {select}, CAST(sum(votes) AS BIGINT) AS votes, {} AS positive, {} AS neutral, {} AS negative \
+         FROM vote_counts WHERE misuse = 0 GROUP BY {positions}",
+        face(1),
+        face(0),
+        face(-1)
+    )
+}
+
+/// Region names by code.
+const REGIONS: &str = "(SELECT DISTINCT region_code, region FROM municipalities)";
+
 /// A view with the index columns after `select`, over `from` (which yields the counts).
 fn index_view(name: &str, select: &str, from: &str) -> String {
     format!("CREATE VIEW {name} AS SELECT {select}, {INDICES} FROM {from}")
@@ -55,18 +73,17 @@ fn by_registry(dims: &str) -> String {
     )
 }
 
-/// Per-service index over a time bucket (`expression` names the bucket column `bucket`).
-fn bucket_view(name: &str, bucket: &str, expression: &str) -> String {
-    index_view(
-        name,
-        &format!("c.{bucket}, c.service, s.name"),
-        &format!("({}) c JOIN services s ON s.service = c.service", counts(&[(expression, bucket), ("service", "service")])),
-    )
+/// Per-service index over a time bucket (`expression` names the bucket column `bucket`), from
+/// the votes (`raw`) or from the counts rollup.
+fn bucket_view(name: &str, bucket: &str, expression: &str, raw: bool) -> String {
+    let keys = [(expression, bucket), ("service", "service")];
+    let from = if raw { counts(&keys) } else { rolled(&keys) };
+    index_view(name, &format!("c.{bucket}, c.service, s.name"), &format!("({from}) c JOIN services s ON s.service = c.service"))
 }
 
 /// This period against the previous one, per service (`step` is the interval between periods).
 fn trend_view(name: &str, unit: &str, step: &str) -> String {
-    let periods = counts(&[(&format!("CAST(date_trunc('{unit}', date) AS DATE)"), "period"), ("service", "service")]);
+    let periods = rolled(&[(&format!("CAST(date_trunc('{unit}', date) AS DATE)"), "period"), ("service", "service")]);
     format!(
         "CREATE VIEW {name} AS
          WITH p AS ({periods})
@@ -86,32 +103,37 @@ fn trend_view(name: &str, unit: &str, step: &str) -> String {
 pub fn definitions() -> Vec<String> {
     let mut views = vec![
         "CREATE VIEW counted_votes AS SELECT * FROM votes WHERE misuse = 0".to_string(),
-        index_view("service_index", "c.service, s.name", &format!("({}) c JOIN services s ON s.service = c.service", counts(&[("service", "service")]))),
-        index_view("channel_index", "c.channel, ch.name", &format!("({}) c JOIN channels ch ON ch.channel = c.channel", counts(&[("channel", "channel")]))),
+        index_view("service_index", "c.service, s.name", &format!("({}) c JOIN services s ON s.service = c.service", rolled(&[("service", "service")]))),
+        index_view("channel_index", "c.channel, ch.name", &format!("({}) c JOIN channels ch ON ch.channel = c.channel", rolled(&[("channel", "channel")]))),
         index_view(
             "municipality_index",
             "c.municipality, m.istat_code, m.name, m.province, m.region",
             &format!("({}) c JOIN municipalities m ON m.municipality = c.municipality", counts(&[("municipality", "municipality")])),
         ),
         index_view("province_index", "province, region", &by_registry("m.province, m.region")),
-        index_view("region_index", "region_code, region", &by_registry("m.region_code, m.region")),
-        bucket_view("service_index_hourly", "hour", "date_trunc('hour', ts)"),
-        bucket_view("service_index_daily", "day", "date"),
-        bucket_view("service_index_weekly", "week", "CAST(date_trunc('week', date) AS DATE)"),
-        bucket_view("service_index_monthly", "month", "CAST(date_trunc('month', date) AS DATE)"),
+        index_view(
+            "region_index",
+            "c.region_code, r.region",
+            &format!("({}) c JOIN {REGIONS} r ON r.region_code = c.region_code", rolled(&[("region_code", "region_code")])),
+        ),
+        bucket_view("service_index_hourly", "hour", "date_trunc('hour', ts)", true),
+        bucket_view("service_index_daily", "day", "date", false),
+        bucket_view("service_index_weekly", "week", "CAST(date_trunc('week', date) AS DATE)", false),
+        bucket_view("service_index_monthly", "month", "CAST(date_trunc('month', date) AS DATE)", false),
         trend_view("service_trend_weekly", "week", "7 days"),
         trend_view("service_trend_monthly", "month", "1 month"),
     ];
-    views.push(format!(
-        "CREATE VIEW heat_map AS SELECT region_code, region, weekday, hour, {INDICES} FROM (
-         SELECT region_code, region, weekday, hour, {UNPACKED} FROM (
-           SELECT m.region_code, m.region,
-                  local_weekday(v.ts) AS weekday,
-                  local_hour(v.ts) AS hour,
-                  {COUNTS}
-           FROM votes v JOIN municipalities m ON m.municipality = v.municipality
-           WHERE v.misuse = 0
-           GROUP BY 1, 2, 3, 4))"
+    views.push(index_view(
+        "heat_map",
+        "c.region_code, r.region, c.weekday, c.hour",
+        &format!(
+            "({}) c JOIN {REGIONS} r ON r.region_code = c.region_code",
+            rolled(&[
+                ("region_code", "region_code"),
+                ("CAST((date_part('dow', date) + 6) % 7 + 1 AS TINYINT UNSIGNED)", "weekday"),
+                ("hour", "hour"),
+            ])
+        ),
     ));
     views.push(format!(
         "CREATE VIEW municipality_service_ranking AS
@@ -143,7 +165,8 @@ pub fn definitions() -> Vec<String> {
          SELECT n.service, s.name AS service_name, n.reason, coalesce(r.name, 'not given') AS reason_name,
                 n.votes AS negative_votes,
                 round(share_pct(n.votes, sum(n.votes) OVER (PARTITION BY n.service)), 1) AS share_pct
-         FROM (SELECT service, reason, count(*) AS votes FROM votes WHERE misuse = 0 AND face = -1 GROUP BY service, reason) n
+         FROM (SELECT service, reason, CAST(sum(votes) AS BIGINT) AS votes FROM vote_counts
+               WHERE misuse = 0 AND face = -1 GROUP BY service, reason) n
          JOIN services s ON s.service = n.service
          LEFT JOIN reasons r ON r.reason = n.reason"
             .to_string(),

@@ -1,4 +1,6 @@
-//! The `votes` table: every acknowledged vote, whether it is already in Parquet or not.
+//! The `votes` table: every acknowledged vote, whether it is already in Parquet or not; and
+//! the `vote_counts` table, the same votes counted (`store::count_votes`), from the counts files
+//! written beside each vote file plus the fresh rows counted on the fly.
 //!
 //! A scan reads two sources and never counts a vote twice:
 //!
@@ -111,20 +113,28 @@ impl Fresh for LogTail {
     }
 }
 
-/// The `votes` table over the Parquet dataset (`files`) and a `Fresh` source.
+/// Which table: the votes themselves, or their counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Votes,
+    Counts,
+}
+
+/// The `votes` or `vote_counts` table over its Parquet files (`files`) and a `Fresh` source.
 #[derive(Debug)]
 pub struct VotesTable {
     files: Arc<ListingTable>,
     fresh: Arc<dyn Fresh>,
+    shape: Shape,
     /// This node's id: its files above the watermark are left to the fresh rows. `None` when
     /// the directory has no node yet (then no file can be above any watermark).
     node: Option<String>,
 }
 
 impl VotesTable {
-    pub fn new(files: Arc<ListingTable>, fresh: Arc<dyn Fresh>, data_dir: &Path) -> VotesTable {
+    pub fn new(files: Arc<ListingTable>, fresh: Arc<dyn Fresh>, shape: Shape, data_dir: &Path) -> VotesTable {
         let node = std::fs::read_to_string(data_dir.join("node-id")).ok().map(|t| t.trim().to_string());
-        VotesTable { files, fresh, node: node.filter(|n| !n.is_empty()) }
+        VotesTable { files, fresh, shape, node: node.filter(|n| !n.is_empty()) }
     }
 
     /// Whether a listed file holds rows that the snapshot does not (see module docs).
@@ -146,8 +156,8 @@ impl VotesTable {
                 group.iter().filter(|f| self.committed(f.object_meta.location.as_ref(), watermark)).cloned().collect();
             *group = kept.into();
         }
-        config.file_groups.retain(|g| !g.is_empty());
-        if config.file_groups.is_empty() {
+        // Empty groups stay: the scan may have declared its partitioning by group.
+        if config.file_groups.iter().all(|g| g.is_empty()) {
             return Ok(Arc::new(datafusion::physical_plan::empty::EmptyExec::new(plan.schema())));
         }
         Ok(DataSourceExec::from_data_source(config))
@@ -162,11 +172,21 @@ impl VotesTable {
         filters: &[Expr],
     ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
         let schema = self.schema();
-        let batches = snapshot
-            .batches()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| with_date(b, &schema))
-            .collect::<DfResult<Vec<_>>>()?;
+        let mut batches = Vec::new();
+        for batch in snapshot.batches().filter(|b| b.num_rows() > 0) {
+            match self.shape {
+                Shape::Votes => {
+                    let days = store::partition_days(batch.column(store::col::TS).as_primitive());
+                    batches.push(with_date(batch, Arc::new(days), &schema)?);
+                }
+                Shape::Counts => {
+                    for (day, counts) in store::count_votes(batch).map_err(|e| DataFusionError::External(Box::new(e)))? {
+                        let days = arrow::array::Date32Array::from(vec![day; counts.num_rows()]);
+                        batches.push(with_date(&counts, Arc::new(days), &schema)?);
+                    }
+                }
+            }
+        }
         if batches.is_empty() {
             return Ok(None);
         }
@@ -180,11 +200,10 @@ impl VotesTable {
     }
 }
 
-/// Adds the `date` partition column to rows in the stored schema.
-fn with_date(batch: &RecordBatch, schema: &SchemaRef) -> DfResult<RecordBatch> {
-    let days = store::partition_days(batch.column(store::col::TS).as_primitive());
+/// Adds the `date` partition column to rows as stored.
+fn with_date(batch: &RecordBatch, days: ArrayRef, schema: &SchemaRef) -> DfResult<RecordBatch> {
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-    columns.push(Arc::new(days));
+    columns.push(days);
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
