@@ -259,4 +259,6 @@ async fn a_flush_in_progress_is_counted_once() {
     assert_eq!(count(4, vec![]).await, 70);
     // Rows still in memory with no file yet.
     assert_eq!(count(4, vec![(6, vec![rows(5)])]).await, 75);
+    // A generation at or below the watermark is in its file already.
+    assert_eq!(count(4, vec![(4, vec![rows(20)]), (6, vec![rows(5)])]).await, 75);
 }

@@ -173,7 +173,10 @@ impl VotesTable {
     ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
         let schema = self.schema();
         let mut batches = Vec::new();
-        for batch in snapshot.batches().filter(|b| b.num_rows() > 0) {
+        // Only generations above the watermark: one at or below it is already in a file (a
+        // commit that retires two generations at once may be seen half done).
+        let above = snapshot.generations.iter().filter(|(last, _)| *last > snapshot.watermark);
+        for batch in above.flat_map(|(_, batches)| batches).filter(|b| b.num_rows() > 0) {
             match self.shape {
                 Shape::Votes => {
                     let days = store::partition_days(batch.column(store::col::TS).as_primitive());
