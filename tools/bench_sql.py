@@ -166,7 +166,9 @@ def main():
     ).fetchone()[0]
     params = {"end": end, "municipality": busiest, "day": end}
     size = sum(os.path.getsize(f) for f in files)
+    counts = sum(os.path.getsize(f) for f in glob.glob(f"{args.data_dir}/vote_counts/*/*.parquet"))
     print(f"{votes} votes in {len(files)} files, {size} bytes: {size / votes:.2f} bytes per vote")
+    print(f"vote_counts rollup: {counts} bytes, {counts / votes:.3f} bytes per vote; together {(size + counts) / votes:.2f}")
     print(f"DuckDB {duckdb.__version__}, {args.repeat} runs each after a warm-up, medians (min)\n")
     print("| query | faccia (DataFusion) ms | DuckDB over votes ms | faccia / DuckDB | DuckDB over vote_counts ms |")
     print("|---|---:|---:|---:|---:|")
