@@ -293,6 +293,14 @@ impl FaceGroups {
     fn take(&mut self, emit_to: EmitTo) -> Vec<[u64; 3]> {
         emit_to.take_needed(&mut self.counts)
     }
+
+    fn add_run(&mut self, (group, counts): (usize, [u64; 3])) {
+        if let Some(slot) = self.counts.get_mut(group) {
+            for (total, count) in slot.iter_mut().zip(counts) {
+                *total += count;
+            }
+        }
+    }
 }
 
 impl GroupsAccumulator for FaceGroups {
@@ -307,9 +315,17 @@ impl GroupsAccumulator for FaceGroups {
         let faces = values[0].as_primitive::<Int8Type>();
         let counted = |row: usize| faces.is_valid(row) && opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row));
         if faces.null_count() == 0 && opt_filter.is_none() {
+            // Votes are stored sorted by municipality and service: groups come in runs, so
+            // count a run locally and touch the group's slot once per run.
+            let mut run = (usize::MAX, [0u64; 3]);
             for (&group, &face) in group_indices.iter().zip(faces.values().iter()) {
-                count_face(&mut self.counts[group], face);
+                if group != run.0 {
+                    self.add_run(run);
+                    run = (group, [0; 3]);
+                }
+                count_face(&mut run.1, face);
             }
+            self.add_run(run);
         } else {
             for (row, &group) in group_indices.iter().enumerate() {
                 if counted(row) {
@@ -417,5 +433,12 @@ mod tests {
         // Group 0's state went to group 1: 2 of 4 positive; group 1's (empty) to group 0: NULL.
         assert!(values.is_null(0));
         assert_eq!(values.value(1), 50.0);
+        // Without a filter, runs of one group are counted together; a group may come back.
+        let mut runs = FaceGroups { counts: vec![], finish: Finish::Index(csat_of) };
+        runs.update_batch(&[faces], &[1, 1, 0, 1, 1], None, 2).unwrap();
+        let values = runs.evaluate(EmitTo::All).unwrap();
+        let values = values.as_primitive::<Float64Type>();
+        // Group 0: face +1 → 100 %; group 1: −1, 0, +1, +1 → 50 %.
+        assert_eq!((values.value(0), values.value(1)), (100.0, 50.0));
     }
 }
