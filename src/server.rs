@@ -64,10 +64,10 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let engine_config = EngineConfig { data_dir: data_dir.clone(), storage: config.storage.clone() };
         let engine = Engine::open(engine_config, metrics).await.context("opening the data directory")?;
-        // A dataset written before the counts rollup existed gets it now (the views read it).
-        let backfilled = engine.dataset.backfill_counts().await.context("writing the missing vote counts")?;
+        // A dataset written before a rollup existed gets it now (the views read the rollups).
+        let backfilled = engine.dataset.backfill_rollups().await.context("writing the missing rollups")?;
         if backfilled > 0 {
-            tracing::info!(files = backfilled, "vote counts written for older vote files");
+            tracing::info!(files = backfilled, "rollups written for older vote files");
         }
         let directory = Arc::new(TerminalDirectory::open(&data_dir).context("reading the terminal directory")?);
         let (identity, ca_path) = match (&config.tls_cert, &config.tls_key) {

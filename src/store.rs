@@ -44,6 +44,47 @@ pub const TIME_ZONE: &str = "Europe/Rome";
 pub const VOTES_DIR: &str = "votes";
 /// Top-level directory of the vote counts rollup: one file beside each vote file, same name.
 pub const COUNTS_DIR: &str = "vote_counts";
+/// Top-level directory of the municipality × service counts rollup, likewise.
+pub const PAIRS_DIR: &str = "municipality_service_counts";
+
+/// The rollups written beside every vote file, each an aggregate of the file's rows that the
+/// index views read instead of the votes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollup {
+    /// `vote_counts`: by region, service, hour, channel, face, reason, misuse (`count_votes`).
+    Counts,
+    /// `municipality_service_counts`: by municipality, service, misuse (`count_pairs`).
+    Pairs,
+}
+
+impl Rollup {
+    pub const ALL: [Rollup; 2] = [Rollup::Counts, Rollup::Pairs];
+
+    pub fn dir(self) -> &'static str {
+        match self {
+            Rollup::Counts => COUNTS_DIR,
+            Rollup::Pairs => PAIRS_DIR,
+        }
+    }
+
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Rollup::Counts => counts_schema(),
+            Rollup::Pairs => pairs_schema(),
+        }
+    }
+
+    /// The rollup of rows in the stored schema, by day in Italy. Pure: no I/O.
+    ///
+    /// # Errors
+    /// Arrow errors (none expected for rows in the stored schema).
+    pub fn of(self, rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, StoreError> {
+        match self {
+            Rollup::Counts => count_votes(rows),
+            Rollup::Pairs => count_pairs(rows),
+        }
+    }
+}
 /// Version of the stored layout, written into every file's key-value metadata.
 pub const STORAGE_FORMAT_VERSION: &str = "1";
 
@@ -310,16 +351,16 @@ impl PartFile {
         Some((fields.next()?.to_string(), lsn_first, lsn_last))
     }
 
-    /// The path of the counts file written with this vote file.
-    pub fn counts_path(&self) -> ObjectPath {
+    /// The path of a rollup file written with this vote file.
+    pub fn rollup_path(&self, rollup: Rollup) -> ObjectPath {
         let name = self.path.filename().expect("a part file has a name");
-        ObjectPath::from(format!("{COUNTS_DIR}/date={}/{name}", self.date))
+        ObjectPath::from(format!("{}/date={}/{name}", rollup.dir(), self.date))
     }
 
     /// Parses a dataset path (a vote file, or a counts file); `None` for anything else.
     pub fn parse(path: &ObjectPath) -> Option<PartFile> {
         let mut parts = path.parts();
-        if ![VOTES_DIR, COUNTS_DIR].contains(&parts.next()?.as_ref()) {
+        if ![VOTES_DIR, COUNTS_DIR, PAIRS_DIR].contains(&parts.next()?.as_ref()) {
             return None;
         }
         let date = parts.next()?.as_ref().strip_prefix("date=")?.parse().ok()?;
@@ -389,46 +430,53 @@ impl Dataset {
             let mut len = bytes.len();
             self.store.put(&part.path, PutPayload::from(bytes)).await?;
             self.make_durable(&part.path)?;
-            len += self.write_counts(&part, &rows).await?;
+            for rollup in Rollup::ALL {
+                len += self.write_rollup(&part, rollup, &rows).await?;
+            }
             written.push((part, len));
         }
         Ok(written)
     }
 
-    /// Writes the counts file of a vote file's rows; returns its size.
-    async fn write_counts(&self, part: &PartFile, rows: &RecordBatch) -> Result<usize, StoreError> {
-        let counts = count_votes(rows)?;
+    /// Writes one rollup file of a vote file's rows; returns its size.
+    async fn write_rollup(&self, part: &PartFile, rollup: Rollup, rows: &RecordBatch) -> Result<usize, StoreError> {
+        let counts = rollup.of(rows)?;
         let counts = counts.into_iter().map(|(_, batch)| batch).collect::<Vec<_>>();
-        let counts = concat_batches(&counts_schema(), &counts)?;
+        let counts = concat_batches(&rollup.schema(), &counts)?;
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
             .build();
         let bytes = encode_parquet(&counts, properties)?;
         let len = bytes.len();
-        let path = part.counts_path();
+        let path = part.rollup_path(rollup);
         self.store.put(&path, PutPayload::from(bytes)).await?;
         self.make_durable(&path)?;
         Ok(len)
     }
 
-    /// Writes the missing counts files of committed vote files (a dataset written before counts
-    /// existed). Returns how many were written.
+    /// Writes the missing rollup files of committed vote files (a dataset written before a
+    /// rollup existed). Returns how many were written.
     ///
     /// # Errors
     /// Listing, reading or writing errors.
-    pub async fn backfill_counts(&self) -> Result<usize, StoreError> {
-        let counted: std::collections::HashSet<ObjectPath> =
-            list_parts_in(self.store.as_ref(), COUNTS_DIR).await?.into_iter().map(|p| p.path).collect();
+    pub async fn backfill_rollups(&self) -> Result<usize, StoreError> {
+        let mut present = std::collections::HashSet::new();
+        for rollup in Rollup::ALL {
+            present.extend(list_parts_in(self.store.as_ref(), rollup.dir()).await?.into_iter().map(|p| p.path));
+        }
         let mut written = 0;
         for part in list_parts(self.store.as_ref()).await? {
-            if counted.contains(&part.counts_path()) {
+            let missing: Vec<Rollup> = Rollup::ALL.into_iter().filter(|r| !present.contains(&part.rollup_path(*r))).collect();
+            if missing.is_empty() {
                 continue;
             }
             let bytes = self.store.get(&part.path).await?.bytes().await?;
             let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-            let batches = reader.collect::<Result<Vec<_>, _>>()?;
-            self.write_counts(&part, &concat_batches(&schema(), &batches)?).await?;
-            written += 1;
+            let rows = concat_batches(&schema(), &reader.collect::<Result<Vec<_>, _>>()?)?;
+            for rollup in missing {
+                self.write_rollup(&part, rollup, &rows).await?;
+                written += 1;
+            }
         }
         Ok(written)
     }
@@ -451,7 +499,7 @@ impl Dataset {
     /// Listing or deleting errors.
     pub async fn remove_uncommitted(&self, watermark: u64) -> Result<usize, StoreError> {
         let mut removed = 0;
-        for dir in [VOTES_DIR, COUNTS_DIR] {
+        for dir in [VOTES_DIR, COUNTS_DIR, PAIRS_DIR] {
             for part in list_parts_in(self.store.as_ref(), dir).await? {
                 if part.node == self.node && part.lsn_last > watermark {
                     tracing::warn!(file = %part.path, watermark, "removing a file of a flush that did not commit");
@@ -536,6 +584,64 @@ pub fn count_votes(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, StoreE
                 Arc::new(keys.values().copied().collect::<arrow::array::UInt64Array>()),
             ];
             Ok((day, RecordBatch::try_new(counts_schema(), columns)?))
+        })
+        .collect()
+}
+
+/// The schema of the municipality × service rollup (the `date` partition column is added by
+/// readers): counted faces of every municipality, service and misuse flag on a day. Rankings,
+/// municipality and province indices read these instead of the votes.
+pub fn pairs_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("municipality", DataType::UInt32, false),
+            Field::new("service", DataType::UInt16, false),
+            Field::new("misuse", DataType::UInt8, false),
+            Field::new("votes", DataType::UInt64, false),
+            Field::new("positive", DataType::UInt64, false),
+            Field::new("neutral", DataType::UInt64, false),
+            Field::new("negative", DataType::UInt64, false),
+        ]))
+    }))
+}
+
+/// Counts faces of rows in the stored schema by day (in Italy), municipality, service and
+/// misuse flag (`pairs_schema`). Pure: no I/O.
+///
+/// # Errors
+/// Arrow errors (none expected for rows in the stored schema).
+pub fn count_pairs(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, StoreError> {
+    use arrow::array::{UInt8Array, UInt16Array, UInt32Array, UInt64Array};
+    use arrow::datatypes::{Int8Type, TimestampMillisecondType, UInt8Type, UInt16Type, UInt32Type};
+    let municipality = rows.column(col::MUNICIPALITY).as_primitive::<UInt32Type>();
+    let service = rows.column(col::SERVICE).as_primitive::<UInt16Type>();
+    let ts = rows.column(col::TS).as_primitive::<TimestampMillisecondType>();
+    let face = rows.column(col::FACE).as_primitive::<Int8Type>();
+    let misuse = rows.column(col::MISUSE).as_primitive::<UInt8Type>();
+    let mut clock = LocalClock::default();
+    let mut counts: BTreeMap<i32, BTreeMap<(u32, u16, u8), [u64; 3]>> = BTreeMap::new();
+    for row in 0..rows.num_rows() {
+        let key = (municipality.value(row), service.value(row), misuse.value(row));
+        let faces = counts.entry(clock.day(ts.value(row))).or_default().entry(key).or_default();
+        if let Some(slot) = faces.get_mut((i16::from(face.value(row)) + 1) as usize) {
+            *slot += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(day, keys)| {
+            let face = |i: usize| -> ArrayRef { Arc::new(keys.values().map(|c| c[i]).collect::<UInt64Array>()) };
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(keys.keys().map(|k| k.0).collect::<UInt32Array>()),
+                Arc::new(keys.keys().map(|k| k.1).collect::<UInt16Array>()),
+                Arc::new(keys.keys().map(|k| k.2).collect::<UInt8Array>()),
+                Arc::new(keys.values().map(|c| c[0] + c[1] + c[2]).collect::<UInt64Array>()),
+                face(2),
+                face(1),
+                face(0),
+            ];
+            Ok((day, RecordBatch::try_new(pairs_schema(), columns)?))
         })
         .collect()
 }
@@ -630,18 +736,22 @@ mod tests {
         assert!(kv.iter().any(|k| k.key == "faccia.lsn_last" && k.value.as_deref() == Some("2")));
         let read: Vec<RecordBatch> = reader.build().unwrap().collect::<Result<_, _>>().unwrap();
         assert_eq!(rows(&read), 2);
-        let counts = list_parts_in(dataset.store.as_ref(), COUNTS_DIR).await.unwrap();
-        assert_eq!(counts.iter().map(|p| p.path.clone()).collect::<Vec<_>>(), vec![written[0].0.counts_path()]);
+        for rollup in Rollup::ALL {
+            let files = list_parts_in(dataset.store.as_ref(), rollup.dir()).await.unwrap();
+            assert_eq!(files.iter().map(|p| p.path.clone()).collect::<Vec<_>>(), vec![written[0].0.rollup_path(rollup)]);
+        }
         assert_eq!(dataset.remove_uncommitted(2).await.unwrap(), 0);
         assert_eq!(dataset.remove_uncommitted(1).await.unwrap(), 1);
         assert!(list_parts(dataset.store.as_ref()).await.unwrap().is_empty());
-        assert!(list_parts_in(dataset.store.as_ref(), COUNTS_DIR).await.unwrap().is_empty(), "counts go with their file");
+        for rollup in Rollup::ALL {
+            assert!(list_parts_in(dataset.store.as_ref(), rollup.dir()).await.unwrap().is_empty(), "rollups go with their file");
+        }
     }
 
     #[test]
     fn counts_group_by_region_service_hour_and_face() {
         // Agliè (Piemonte, 1) at 10:00 and 10:59 and Ala di Stura (Piemonte) at 11:00 Rome time,
-        // service 2, neutral, phone, reason 2 given (kept as is): two keys, counts 2 and 1.
+        // service 2, negative, phone, reason 2 (the test batches' vote): two keys, counts 2 and 1.
         let ten = chrono::NaiveDate::from_ymd_opt(2026, 11, 16).unwrap().and_hms_opt(9, 0, 0).unwrap().and_utc().timestamp_millis();
         let rows = buffer_with(&[(1001, 2, ten), (1003, 2, ten + 59 * 60_000), (1003, 2, ten + 3_600_000)]);
         let counts = count_votes(&rows).unwrap();
@@ -651,6 +761,12 @@ mod tests {
         let hours: Vec<u8> = batch.column(2).as_primitive::<arrow::datatypes::UInt8Type>().values().to_vec();
         let votes: Vec<u64> = batch.column(7).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
         assert_eq!((hours, votes), (vec![10, 11], vec![2, 1]));
+        // By municipality × service: Agliè 1 negative, Ala di Stura 2 negative.
+        let pairs = count_pairs(&rows).unwrap();
+        let batch = &pairs[0].1;
+        let municipalities: Vec<u32> = batch.column(0).as_primitive::<arrow::datatypes::UInt32Type>().values().to_vec();
+        let negative: Vec<u64> = batch.column(6).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
+        assert_eq!((municipalities, negative), (vec![1001, 1003], vec![1, 2]));
     }
 
     #[tokio::test]
@@ -658,10 +774,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dataset = Dataset::local(dir.path(), "n1").unwrap();
         let written = dataset.write_flush(&[buffer_with(&[(1003, 2, 1_790_000_000_000)])], 1, 1).await.unwrap();
-        let counts = dir.path().join(written[0].0.counts_path().as_ref());
-        std::fs::remove_file(&counts).unwrap();
-        assert_eq!(dataset.backfill_counts().await.unwrap(), 1);
-        assert!(counts.exists());
-        assert_eq!(dataset.backfill_counts().await.unwrap(), 0);
+        let pairs = dir.path().join(written[0].0.rollup_path(Rollup::Pairs).as_ref());
+        std::fs::remove_file(&pairs).unwrap();
+        assert_eq!(dataset.backfill_rollups().await.unwrap(), 1);
+        assert!(pairs.exists());
+        assert_eq!(dataset.backfill_rollups().await.unwrap(), 0);
     }
 }

@@ -78,8 +78,11 @@ async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits) -> 
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     let votes = Arc::new(parquet_files(data_dir, store::VOTES_DIR, store::schema(), true)?);
     ctx.register_table("votes", Arc::new(VotesTable::new(votes, Arc::clone(&fresh), Shape::Votes, data_dir)))?;
-    let counts = Arc::new(parquet_files(data_dir, store::COUNTS_DIR, store::counts_schema(), false)?);
-    ctx.register_table("vote_counts", Arc::new(VotesTable::new(counts, fresh, Shape::Counts, data_dir)))?;
+    for rollup in store::Rollup::ALL {
+        let files = Arc::new(parquet_files(data_dir, rollup.dir(), rollup.schema(), false)?);
+        let table = VotesTable::new(files, Arc::clone(&fresh), Shape::Rollup(rollup), data_dir);
+        ctx.register_table(rollup.dir(), Arc::new(table))?;
+    }
     tables::register(&ctx, data_dir.to_path_buf())?;
     for udf in indices::scalar_functions().into_iter().chain(calendar::functions()) {
         ctx.register_udf(udf);

@@ -57,6 +57,21 @@ fn rolled(keys: &[(&str, &str)]) -> String {
     )
 }
 
+/// The same counts from the `municipality_service_counts` rollup, grouped by `keys`: what the
+/// views by municipality, province and municipality × service use.
+fn paired(keys: &[(&str, &str)]) -> String {
+    let select = keys.iter().map(|(e, n)| format!("{e} AS {n}")).collect::<Vec<_>>().join(", ");
+    let positions = (1..=keys.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let sum = |c: &str| format!("CAST(sum({c}) AS BIGINT) AS {c}");
+    format!(
+        "SELECT {select}, {}, {}, {}, {} FROM municipality_service_counts WHERE misuse = 0 GROUP BY {positions}",
+        sum("votes"),
+        sum("positive"),
+        sum("neutral"),
+        sum("negative")
+    )
+}
+
 /// Region names by code.
 const REGIONS: &str = "(SELECT DISTINCT region_code, region FROM municipalities)";
 
@@ -69,7 +84,7 @@ fn index_view(name: &str, select: &str, from: &str) -> String {
 fn by_registry(dims: &str) -> String {
     format!(
         "(SELECT {dims}, {SUMMED} FROM ({}) c JOIN municipalities m ON m.municipality = c.municipality GROUP BY {dims}) g",
-        counts(&[("municipality", "municipality")])
+        paired(&[("municipality", "municipality")])
     )
 }
 
@@ -108,7 +123,7 @@ pub fn definitions() -> Vec<String> {
         index_view(
             "municipality_index",
             "c.municipality, m.istat_code, m.name, m.province, m.region",
-            &format!("({}) c JOIN municipalities m ON m.municipality = c.municipality", counts(&[("municipality", "municipality")])),
+            &format!("({}) c JOIN municipalities m ON m.municipality = c.municipality", paired(&[("municipality", "municipality")])),
         ),
         index_view("province_index", "province, region", &by_registry("m.province, m.region")),
         index_view(
@@ -158,7 +173,7 @@ pub fn definitions() -> Vec<String> {
                 CASE WHEN ranked THEN rank() OVER (PARTITION BY ranked ORDER BY wilson DESC) END AS rank_wilson,
                 CASE WHEN ranked THEN rank() OVER (PARTITION BY ranked ORDER BY eb DESC) END AS rank_eb
          FROM scored c JOIN municipalities m ON m.municipality = c.municipality JOIN services s ON s.service = c.service",
-        groups = counts(&[("municipality", "municipality"), ("service", "service")]),
+        groups = paired(&[("municipality", "municipality"), ("service", "service")]),
     ));
     views.push(
         "CREATE VIEW reason_shares AS
@@ -190,8 +205,8 @@ fn coverage_views() -> Vec<String> {
          FROM municipalities m JOIN administrations a ON a.municipality = m.municipality
          LEFT JOIN (SELECT municipality, count(*) FILTER (WHERE active) AS active FROM terminals GROUP BY municipality) t
                 ON t.municipality = m.municipality
-         LEFT JOIN (SELECT municipality, count(*) AS votes, min(date) AS first_day, max(date) AS last_day
-                    FROM votes WHERE misuse = 0 GROUP BY municipality) v ON v.municipality = m.municipality"
+         LEFT JOIN (SELECT municipality, CAST(sum(votes) AS BIGINT) AS votes, min(date) AS first_day, max(date) AS last_day
+                    FROM municipality_service_counts WHERE misuse = 0 GROUP BY municipality) v ON v.municipality = m.municipality"
             .to_string(),
         "CREATE VIEW coverage_by_region AS
          SELECT region_code, region,
@@ -207,7 +222,7 @@ fn coverage_views() -> Vec<String> {
                 round(share_pct(count(v.municipality), e.eligible), 1) AS coverage_pct
          FROM (SELECT region_code, region, count(*) AS eligible FROM municipalities WHERE eligible GROUP BY region_code, region) e
          JOIN (SELECT DISTINCT m.region_code, CAST(date_trunc('month', c.date) AS DATE) AS month, c.municipality
-               FROM (SELECT DISTINCT municipality, date FROM votes WHERE misuse = 0) c
+               FROM (SELECT DISTINCT municipality, date FROM municipality_service_counts WHERE misuse = 0) c
                JOIN municipalities m ON m.municipality = c.municipality WHERE m.eligible) v ON v.region_code = e.region_code
          GROUP BY e.region_code, e.region, v.month, e.eligible"
             .to_string(),

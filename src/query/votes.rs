@@ -1,6 +1,7 @@
 //! The `votes` table: every acknowledged vote, whether it is already in Parquet or not; and
-//! the `vote_counts` table, the same votes counted (`store::count_votes`), from the counts files
-//! written beside each vote file plus the fresh rows counted on the fly.
+//! the rollup tables (`vote_counts`, `municipality_service_counts`), the same votes counted
+//! (`store::Rollup`), from the rollup files written beside each vote file plus the fresh rows
+//! counted on the fly.
 //!
 //! A scan reads two sources and never counts a vote twice:
 //!
@@ -113,11 +114,11 @@ impl Fresh for LogTail {
     }
 }
 
-/// Which table: the votes themselves, or their counts.
+/// Which table: the votes themselves, or one of their rollups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     Votes,
-    Counts,
+    Rollup(store::Rollup),
 }
 
 /// The `votes` or `vote_counts` table over its Parquet files (`files`) and a `Fresh` source.
@@ -182,8 +183,8 @@ impl VotesTable {
                     let days = store::partition_days(batch.column(store::col::TS).as_primitive());
                     batches.push(with_date(batch, Arc::new(days), &schema)?);
                 }
-                Shape::Counts => {
-                    for (day, counts) in store::count_votes(batch).map_err(|e| DataFusionError::External(Box::new(e)))? {
+                Shape::Rollup(rollup) => {
+                    for (day, counts) in rollup.of(batch).map_err(|e| DataFusionError::External(Box::new(e)))? {
                         let days = arrow::array::Date32Array::from(vec![day; counts.num_rows()]);
                         batches.push(with_date(&counts, Arc::new(days), &schema)?);
                     }
