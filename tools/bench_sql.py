@@ -73,11 +73,13 @@ QUERIES = [
     ),
     (
         "one municipality, one day",
-        "SELECT service, count(*) AS votes, csat_of(face) AS csat FROM votes "
+        "SELECT service, CAST(sum(votes) AS BIGINT) AS votes, csat(sum(positive), sum(votes)) AS csat "
+        "FROM municipality_service_counts "
         "WHERE municipality = {municipality} AND date = DATE '{day}' AND misuse = 0 GROUP BY service ORDER BY service",
         "SELECT service, count(*) AS votes, 100.0 * count(*) FILTER (WHERE face = 1) / count(*) AS csat FROM votes "
         "WHERE municipality = {municipality} AND date = DATE '{day}' AND misuse = 0 GROUP BY service ORDER BY service",
-        None,
+        "SELECT service, sum(votes) AS votes, 100.0 * sum(positive) / sum(votes) AS csat FROM municipality_service_counts "
+        "WHERE municipality = {municipality} AND date = DATE '{day}' AND misuse = 0 GROUP BY service ORDER BY service",
     ),
     (
         "reason shares, 7 days",
