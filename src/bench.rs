@@ -334,9 +334,8 @@ fn setup(plan: &Plan, temporary: &Path, rng: &mut rand::rngs::StdRng) -> anyhow:
             let credentials = registry::add_terminals_bulk(&data_dir, &slots, "bench")?;
             let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
             let config_path = temporary.join("bench.toml");
-            let mut text = config.as_ref().map(std::fs::read_to_string).transpose()?.unwrap_or_default();
-            text = format!("listen = \"{addr}\"\n{text}");
-            std::fs::write(&config_path, text)?;
+            let text = config.as_ref().map(std::fs::read_to_string).transpose()?.unwrap_or_default();
+            std::fs::write(&config_path, crate::process::loopback_config(addr, &text))?;
             let server = ServerProcess::start(exe, &data_dir, &config_path, addr, &[])?;
             let target = ServerTarget::new(addr, "localhost", &server.ca)?;
             Ok((Some(server), credentials, target, Some(data_dir)))

@@ -39,6 +39,16 @@ pub enum Command {
         /// UDP address for terminal connections (QUIC) [default: 127.0.0.1:4747].
         #[arg(long, short = 'l')]
         listen: Option<SocketAddr>,
+        /// TCP address of the Arrow Flight SQL server for analysts [default: 127.0.0.1:4748].
+        #[arg(long)]
+        flight_listen: Option<SocketAddr>,
+        /// TCP address of the HTTP server (/query, /health, /metrics) [default: 127.0.0.1:4749].
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Analyst bearer token for Flight SQL and HTTP (instead of the configuration file's
+        /// `analyst_tokens` or the generated DATA_DIR/analyst-token).
+        #[arg(long, env = crate::analysts::TOKEN_ENV, hide_env_values = true)]
+        analyst_token: Option<String>,
         /// TOML configuration file (listen address, TLS certificate, limits, storage).
         #[arg(long, short = 'c')]
         config: Option<PathBuf>,
@@ -50,6 +60,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Run the query this many times and print its timings to stderr (measurements).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
         /// The query, e.g. "SELECT * FROM service_index".
         query: Option<String>,
     },
@@ -59,6 +72,13 @@ pub enum Command {
         data: DataDir,
         #[command(subcommand)]
         action: TerminalsAction,
+    },
+    /// Record what the programme's bonus rule needs about administrations.
+    Administrations {
+        #[command(flatten)]
+        data: DataDir,
+        #[command(subcommand)]
+        action: AdministrationsAction,
     },
     /// Send simulated votes from registered terminals to a server.
     Terminal {
@@ -108,6 +128,24 @@ pub enum Command {
         /// Seed of the random kill times and votes (printed; a run is replayed with it).
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// Write a synthetic dataset (realistic votes over the real small municipalities) through
+    /// the server's Parquet writer, for measuring SQL at scale.
+    Generate {
+        #[command(flatten)]
+        data: DataDir,
+        /// How many votes in all.
+        #[arg(long, default_value_t = 100_000_000)]
+        votes: u64,
+        /// How many days, ending with --end.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// The last day (YYYY-MM-DD) [default: yesterday].
+        #[arg(long)]
+        end: Option<chrono::NaiveDate>,
+        /// Random seed: the same seed writes the same votes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Start a server on a temporary directory, run simulated terminals across small
     /// municipalities, stop the server and print the per-service satisfaction index.
@@ -192,6 +230,23 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AdministrationsAction {
+    /// Record whether an administration has a digital signature and a certified e-mail (PEC).
+    Set {
+        /// ISTAT code of the municipality, e.g. 001003.
+        municipality: String,
+        /// Whether it has a digital signature (yes/no).
+        #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+        digital_signature: Option<bool>,
+        /// Whether it has a certified e-mail box, PEC (yes/no).
+        #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+        pec: Option<bool>,
+    },
+    /// List the recorded attributes and the bonus each administration would receive.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TerminalsAction {
     /// Register terminals for a municipality and print their credentials (shown only once).
     Add {
@@ -223,9 +278,20 @@ pub enum TerminalsAction {
 /// Whatever the command fails with; `main` prints the chain.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { data, listen, config } => serve(&data.data_dir, listen, config.as_deref()).await,
-        Command::Sql { data, format, query } => sql(&data.data_dir, format, query.as_deref()).await,
+        Command::Serve { data, listen, flight_listen, http_listen, analyst_token, config } => {
+            let mut config = match config {
+                Some(path) => Config::read(&path)?,
+                None => Config::default(),
+            };
+            config.listen = listen.unwrap_or(config.listen);
+            config.flight_listen = flight_listen.or(config.flight_listen);
+            config.http_listen = http_listen.or(config.http_listen);
+            config.analyst_tokens.extend(analyst_token);
+            serve(&data.data_dir, config).await
+        }
+        Command::Sql { data, format, repeat, query } => sql(&data.data_dir, format, repeat, query.as_deref()).await,
         Command::Terminals { data, action } => terminals(&data.data_dir, action),
+        Command::Administrations { data, action } => administrations(&data.data_dir, action),
         Command::Terminal { server, server_name, ca, credentials, seconds, batch_votes, think_ms } => {
             let credentials = Credential::read_csv(&credentials)?;
             let target = ServerTarget::new(server, &server_name, &ca)?;
@@ -252,17 +318,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Crashtest { data_dir, rounds, terminals, min_ms, max_ms, seed } => {
             crashtest(data_dir, rounds, terminals, (min_ms, max_ms), seed).await
         }
+        Command::Generate { data, votes, days, end, seed } => generate(&data.data_dir, votes, days, end, seed).await,
     }
 }
 
-async fn serve(data_dir: &Path, listen: Option<SocketAddr>, config_path: Option<&Path>) -> anyhow::Result<()> {
-    let mut config = match config_path {
-        Some(path) => Config::read(path)?,
-        None => Config::default(),
-    };
-    if let Some(listen) = listen {
-        config.listen = listen;
-    }
+async fn serve(data_dir: &Path, config: Config) -> anyhow::Result<()> {
     let server = Server::start(data_dir.to_path_buf(), config).await?;
     if let Some(ca) = &server.ca_path {
         tracing::info!(ca = %ca.display(), "development CA (give it to terminals with --ca)");
@@ -270,7 +330,29 @@ async fn serve(data_dir: &Path, listen: Option<SocketAddr>, config_path: Option<
     server.run_until_signal().await
 }
 
-async fn sql(data_dir: &Path, format: Format, query: Option<&str>) -> anyhow::Result<()> {
+async fn generate(data_dir: &Path, votes: u64, days: u32, end: Option<chrono::NaiveDate>, seed: u64) -> anyhow::Result<()> {
+    if days == 0 {
+        bail!("--days must be at least 1");
+    }
+    let yesterday = crate::store::partition_date(crate::clock::now_ms()) - chrono::Days::new(1);
+    let plan = crate::generate::GeneratePlan { votes, days, end: end.unwrap_or(yesterday), seed };
+    let started = Instant::now();
+    let report = crate::generate::generate(data_dir, &plan, |day, so_far| {
+        eprintln!("{day}: {} votes, {} files, {:.2} bytes per vote so far", so_far.votes, so_far.files, so_far.bytes as f64 / so_far.votes.max(1) as f64);
+    })
+    .await?;
+    println!(
+        "generated {} votes in {} files, {} bytes ({:.2} bytes per vote) in {:.1} s",
+        report.votes,
+        report.files,
+        report.bytes,
+        report.bytes as f64 / report.votes.max(1) as f64,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn sql(data_dir: &Path, format: Format, repeat: u32, query: Option<&str>) -> anyhow::Result<()> {
     if !data_dir.is_dir() {
         bail!("data directory {} does not exist (give one with --data-dir)", data_dir.display());
     }
@@ -278,9 +360,22 @@ async fn sql(data_dir: &Path, format: Format, query: Option<&str>) -> anyhow::Re
     let mut stdout = std::io::stdout().lock();
     match query {
         Some(sql) => {
-            // DataFusion's message already holds its causes: print it once.
-            let batches = query::run(&ctx, sql).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            query::write_results(&batches, format, &mut stdout)?;
+            let mut timings = Vec::new();
+            let mut result = None;
+            for _ in 0..repeat.max(1) {
+                let started = Instant::now();
+                // DataFusion's message already holds its causes: print it once.
+                result = Some(query::run_with_schema(&ctx, sql).await.map_err(|e| anyhow::anyhow!("{e}"))?);
+                timings.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            let (schema, batches) = result.expect("ran at least once");
+            query::write_results(&schema, &batches, format, &mut stdout)?;
+            if repeat > 1 {
+                let mut sorted = timings.clone();
+                sorted.sort_by(f64::total_cmp);
+                let runs: Vec<String> = timings.iter().map(|t| format!("{t:.1}")).collect();
+                eprintln!("timing_ms min {:.1} median {:.1} runs {}", sorted[0], sorted[sorted.len() / 2], runs.join(" "));
+            }
         }
         None => repl(&ctx, format, &mut stdout).await?,
     }
@@ -313,9 +408,9 @@ async fn repl(ctx: &datafusion::prelude::SessionContext, format: Format, out: &m
         }
         let _ = editor.add_history_entry(statement.trim());
         let started = Instant::now();
-        match query::run(ctx, statement.trim().trim_end_matches(';')).await {
-            Ok(batches) => {
-                query::write_results(&batches, format, out)?;
+        match query::run_with_schema(ctx, statement.trim().trim_end_matches(';')).await {
+            Ok((schema, batches)) => {
+                query::write_results(&schema, &batches, format, out)?;
                 let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
                 println!("{rows} rows in {:.3} s", started.elapsed().as_secs_f64());
             }
@@ -323,6 +418,32 @@ async fn repl(ctx: &datafusion::prelude::SessionContext, format: Format, out: &m
         }
         statement.clear();
     }
+}
+
+fn administrations(data_dir: &Path, action: AdministrationsAction) -> anyhow::Result<()> {
+    let catalog = registry::Catalog::builtin();
+    let yes_no = |v: Option<bool>| v.map_or("?", |v| if v { "yes" } else { "no" });
+    let print = |a: &registry::AdministrationRecord| {
+        let m = IstatCode::parse(&a.municipality).and_then(|c| catalog.municipality(c));
+        let name = m.map_or("?", |m| m.name.as_str());
+        let bonus = registry::bonus_eur(m.is_some_and(|m| m.eligible()), a.digital_signature, a.pec)
+            .map_or_else(|| "not eligible".to_string(), |b| format!("{b} €"));
+        println!("{:<6}  {:<28}  {:<17}  {:<3}  {bonus}", a.municipality, name, yes_no(a.digital_signature), yes_no(a.pec));
+    };
+    match action {
+        AdministrationsAction::Set { municipality, digital_signature, pec } => {
+            let code = IstatCode::parse(&municipality)
+                .with_context(|| format!("{municipality:?} is not an ISTAT code (six digits, e.g. 001003)"))?;
+            print(&registry::set_administration(data_dir, code, digital_signature, pec)?);
+        }
+        AdministrationsAction::List => {
+            println!("{:<6}  {:<28}  {:<17}  {:<3}  bonus", "istat", "municipality", "digital signature", "pec");
+            for a in registry::list_administrations(data_dir)? {
+                print(&a);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn terminals(data_dir: &Path, action: TerminalsAction) -> anyhow::Result<()> {

@@ -2,6 +2,10 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:4747"          # QUIC ingest (UDP)
+//! flight_listen = "127.0.0.1:4748"   # Arrow Flight SQL for analysts (TCP, gRPC)
+//! http_listen = "127.0.0.1:4749"     # HTTP: /query, /health, /metrics (TCP)
+//! analyst_tokens = ["…"]             # bearer tokens; or FACCIA_ANALYST_TOKEN; or, with none,
+//!                                    # one generated into DATA_DIR/analyst-token
 //! tls_cert = "/etc/faccia/cert.pem"  # production certificate chain (PEM); omit for the
 //! tls_key = "/etc/faccia/key.pem"    # development certificate kept in DATA_DIR/tls
 //!
@@ -10,6 +14,9 @@
 //!
 //! [storage]
 //! flush_rows = 1048576
+//!
+//! [query]                            # limits of the SQL endpoints (src/limits.rs)
+//! http_result_rows_max = 1000000
 //! ```
 
 use std::net::SocketAddr;
@@ -17,10 +24,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{Limits, StorageLimits};
+use crate::limits::{Limits, QueryLimits, StorageLimits};
 
 /// Default QUIC ingest address: loopback, so that a first start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4747";
+/// Default Arrow Flight SQL address (TCP), next to the ingest port.
+pub const DEFAULT_FLIGHT_LISTEN: &str = "127.0.0.1:4748";
+/// Default HTTP address (TCP): `/query`, `/health`, `/metrics`.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:4749";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -29,10 +40,17 @@ pub struct Config {
     /// UDP sockets sharing the ingest address (`SO_REUSEPORT`), each with its own endpoint
     /// driver; one per core by default.
     pub ingest_sockets: usize,
+    /// Flight SQL address; `None` serves no Flight SQL (the demo, some tests).
+    pub flight_listen: Option<SocketAddr>,
+    /// HTTP address; `None` serves no HTTP.
+    pub http_listen: Option<SocketAddr>,
+    /// Analyst bearer tokens (see `analysts`).
+    pub analyst_tokens: Vec<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub limits: Limits,
     pub storage: StorageLimits,
+    pub query: QueryLimits,
 }
 
 impl Default for Config {
@@ -40,10 +58,14 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             ingest_sockets: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            flight_listen: Some(DEFAULT_FLIGHT_LISTEN.parse().expect("valid default address")),
+            http_listen: Some(DEFAULT_HTTP_LISTEN.parse().expect("valid default address")),
+            analyst_tokens: Vec::new(),
             tls_cert: None,
             tls_key: None,
             limits: Limits::default(),
             storage: StorageLimits::default(),
+            query: QueryLimits::default(),
         }
     }
 }

@@ -70,10 +70,8 @@ impl Report {
 /// # Errors
 /// When the file cannot be written.
 pub fn write_busy_config(path: &Path, listen: SocketAddr) -> std::io::Result<()> {
-    let text = format!(
-        "listen = \"{listen}\"\n\n[storage]\nflush_rows = 20000\nflush_interval_ms = 300\nwal_segment_bytes = 262144\n"
-    );
-    std::fs::write(path, text)
+    let storage = "\n[storage]\nflush_rows = 20000\nflush_interval_ms = 300\nwal_segment_bytes = 262144\n";
+    std::fs::write(path, crate::process::loopback_config(listen, storage))
 }
 
 /// The votes each terminal was told were stored, as ranges of its vote counter.

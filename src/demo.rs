@@ -52,7 +52,13 @@ pub async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usize) -> a
     let credentials = registry::add_terminals_bulk(&dir, &slots, "demo")?;
     let municipalities: std::collections::HashSet<_> = slots.iter().collect();
 
-    let config = Config { listen: "127.0.0.1:0".parse().expect("valid address"), ..Config::default() };
+    // The demo answers with SQL itself: no analysts' endpoints.
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("valid address"),
+        flight_listen: None,
+        http_listen: None,
+        ..Config::default()
+    };
     let server = Server::start(dir.clone(), config).await?;
     let ca = server.ca_path.clone().expect("the demo uses the development certificate");
     println!(
@@ -69,9 +75,9 @@ pub async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usize) -> a
     server.stop().await;
 
     let ctx = query::context(&dir).await?;
-    let index = query::run(&ctx, "SELECT * FROM service_index ORDER BY wilson_low_pct DESC, service").await?;
+    let (schema, index) = query::run_with_schema(&ctx, "SELECT * FROM service_index ORDER BY wilson_low_pct DESC, service").await?;
     println!("\nPer-service satisfaction index (SQL over the Parquet files, ranked by the Wilson lower bound):");
-    query::write_results(&index, Format::Table, &mut std::io::stdout().lock())?;
+    query::write_results(&schema, &index, Format::Table, &mut std::io::stdout().lock())?;
     let counted = query::run(&ctx, "SELECT count(*) FROM votes").await?;
     let in_parquet = counted[0].column(0).as_primitive::<Int64Type>().value(0) as u64;
     let acknowledged = report.votes();

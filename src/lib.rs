@@ -2,6 +2,7 @@
 //! durably as Parquet, and queried with SQL. `ARCHITECTURE.md` is the map; each module's own
 //! documentation says what it owns and what it must not do.
 
+pub mod analysts;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
@@ -12,7 +13,10 @@ pub mod dedup;
 pub mod demo;
 pub mod engine;
 pub mod faults;
+pub mod flight;
 pub mod fsutil;
+pub mod generate;
+pub mod http;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;

@@ -86,3 +86,39 @@ impl Default for StorageLimits {
         }
     }
 }
+
+/// Limits of the analysts' SQL endpoints (Flight SQL, HTTP) and of every SQL context. Overridable
+/// in the `[query]` table of the configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryLimits {
+    /// Memory one SQL context may hold for sorts, joins and aggregations. A quarter of a 24 GiB
+    /// machine: the ingest buffer and the page cache keep the rest. A query past it fails with
+    /// DataFusion's "resources exhausted" naming the pool, and ingest is not disturbed.
+    pub query_memory_bytes_max: usize,
+    /// Longest SQL text accepted over Flight SQL and HTTP. Real analyst queries are a few
+    /// kilobytes; a megabyte is generous and stops a client from making the planner chew on
+    /// garbage.
+    pub sql_bytes_max: usize,
+    /// Rows one HTTP answer may hold (it is built in memory before it is sent). Dashboards ask for
+    /// aggregates; for raw exports use Flight SQL (streamed) or read the Parquet files.
+    pub http_result_rows_max: usize,
+    /// Prepared statements open at once on the Flight SQL server (each keeps its SQL and
+    /// parameters). JDBC pools keep a few per connection; past it the oldest is closed.
+    pub prepared_statements_max: usize,
+    /// Queries running at once over Flight SQL and HTTP. On 2 cores more would only share the
+    /// same CPU and multiply memory; the others wait their turn.
+    pub concurrent_queries_max: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            query_memory_bytes_max: 6 << 30,
+            sql_bytes_max: 1 << 20,
+            http_result_rows_max: 1_000_000,
+            prepared_statements_max: 1024,
+            concurrent_queries_max: 4,
+        }
+    }
+}

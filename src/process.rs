@@ -14,6 +14,20 @@ use anyhow::{Context, bail};
 /// How long a server may take to start (log replay included).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The top of a configuration file for a child server on loopback: ingest on `listen`, and
+/// Flight SQL and HTTP on ports the system picks (the fixed defaults would collide with
+/// another server on the machine), unless `rest` sets them itself.
+pub fn loopback_config(listen: SocketAddr, rest: &str) -> String {
+    let mut text = format!("listen = \"{listen}\"\n");
+    for key in ["flight_listen", "http_listen"] {
+        if !rest.lines().any(|l| l.trim_start().starts_with(key)) {
+            text.push_str(&format!("{key} = \"127.0.0.1:0\"\n"));
+        }
+    }
+    text.push_str(rest);
+    text
+}
+
 /// A `faccia serve` child process. Dropping it kills the process: a server must never outlive
 /// the test or tool that started it.
 pub struct ServerProcess {

@@ -1,6 +1,9 @@
 //! The server process: assembles the engine, the terminal directory, TLS and the ingest
 //! endpoint, runs them, and stops them in order.
 //!
+//! Analysts reach the same engine over Flight SQL (`flight`) and HTTP (`http`), both on one SQL
+//! context that sees the engine's memory (`query::server_context`).
+//!
 //! Shutdown order is what makes Ctrl-C lose nothing: stop accepting connections and streams →
 //! answer every batch already read (the log writer makes them durable) → close connections with
 //! `shutting_down` → drain the log writer → flush the buffer to Parquet → commit the checkpoint.
@@ -13,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::analysts::{AnalystTokens, SqlService, TokenSource};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
@@ -42,6 +46,10 @@ impl Default for Hooks {
 pub struct Server {
     /// The UDP address terminals connect to.
     pub ingest_addr: SocketAddr,
+    /// The TCP address of the Flight SQL server, when it serves one.
+    pub flight_addr: Option<SocketAddr>,
+    /// The TCP address of the HTTP server, when it serves one.
+    pub http_addr: Option<SocketAddr>,
     /// The CA certificate terminals must trust (the development CA unless one was configured).
     pub ca_path: Option<PathBuf>,
     pub engine: Arc<Engine>,
@@ -70,6 +78,11 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let engine_config = EngineConfig { faults, ..EngineConfig::new(data_dir.clone(), config.storage.clone()) };
         let engine = Engine::open(engine_config, metrics).await.context("opening the data directory")?;
+        // A dataset written before a rollup existed gets it now (the views read the rollups).
+        let backfilled = engine.dataset.backfill_rollups().await.context("writing the missing rollups")?;
+        if backfilled > 0 {
+            tracing::info!(files = backfilled, "rollups written for older vote files");
+        }
         let directory = Arc::new(TerminalDirectory::open(&data_dir).context("reading the terminal directory")?);
         let (identity, ca_path) = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => (tls::load_identity(cert, key)?, None),
@@ -90,15 +103,19 @@ impl Server {
         let accept_loop = tokio::spawn(async move {
             futures::future::join_all(loops).await;
         });
-        let background = vec![tokio::spawn(reload_directory(directory, shutdown_rx))];
+        let mut background = vec![tokio::spawn(reload_directory(directory, shutdown_rx.clone()))];
+        let (flight_addr, http_addr) = start_sql(&data_dir, &config, &engine, &shutdown_rx, &mut background).await?;
+        let url = |scheme: &str, addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_string(), |a| format!("{scheme}://{a}"));
         tracing::info!(
             ingest = %format!("quic://{ingest_addr}"),
             sockets = endpoints.len(),
+            flight_sql = %url("grpc", flight_addr),
+            http = %url("http", http_addr),
             data_dir = %data_dir.display(),
             terminals = %engine_terminals(&data_dir),
             "faccia serving"
         );
-        Ok(Server { ingest_addr, ca_path, engine, data_dir, endpoints, shutdown, accept_loop, background })
+        Ok(Server { ingest_addr, flight_addr, http_addr, ca_path, engine, data_dir, endpoints, shutdown, accept_loop, background })
     }
 
     /// Stops the server without losing anything acknowledged or accepted (see module docs).
@@ -130,6 +147,49 @@ impl Server {
         self.stop().await;
         Ok(())
     }
+}
+
+/// Starts the analysts' endpoints that `config` asks for; returns their addresses.
+async fn start_sql(
+    data_dir: &std::path::Path,
+    config: &Config,
+    engine: &Arc<Engine>,
+    shutdown: &watch::Receiver<bool>,
+    background: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<(Option<SocketAddr>, Option<SocketAddr>)> {
+    if config.flight_listen.is_none() && config.http_listen.is_none() {
+        return Ok((None, None));
+    }
+    let (tokens, source) = AnalystTokens::resolve(data_dir, &config.analyst_tokens).context("analyst tokens")?;
+    match source {
+        TokenSource::Configured(count) => tracing::info!(tokens = count, "analyst tokens from the configuration"),
+        TokenSource::File { path, generated } => {
+            let how = if generated { "generated" } else { "read" };
+            tracing::info!(path = %path.display(), "analyst token {how}: give it to SQL clients as a bearer token");
+        }
+    }
+    let ctx = crate::query::server_context(data_dir, Arc::clone(engine), &config.query)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the SQL context: {e}"))?;
+    let sql = Arc::new(SqlService::new(ctx, tokens, config.query.clone()));
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the {what} address {addr}"))
+    };
+    let mut flight_addr = None;
+    if let Some(addr) = config.flight_listen {
+        let listener = bind(addr, "Flight SQL").await?;
+        flight_addr = Some(listener.local_addr()?);
+        let service = crate::flight::FlightSql::new(Arc::clone(&sql));
+        background.push(tokio::spawn(crate::flight::serve(listener, service, shutdown.clone())));
+    }
+    let mut http_addr = None;
+    if let Some(addr) = config.http_listen {
+        let listener = bind(addr, "HTTP").await?;
+        http_addr = Some(listener.local_addr()?);
+        let state = Arc::new(crate::http::HttpState { sql, metrics: Arc::clone(&engine.metrics) });
+        background.push(tokio::spawn(crate::http::serve(listener, state, shutdown.clone())));
+    }
+    Ok((flight_addr, http_addr))
 }
 
 fn engine_terminals(data_dir: &std::path::Path) -> usize {

@@ -301,6 +301,45 @@ fn keep_corrupt_copy(dir: &Path, segment: &Path) {
     }
 }
 
+/// Reads, without repairing or writing anything, every intact record above `after_lsn`: what a
+/// reader in another process (`faccia sql`) sees of a log a server may be appending to. Each
+/// segment is read up to its first incomplete or damaged record (the writer may be in the middle
+/// of it); records past the next segment's first LSN are ignored as at replay. Returns the last
+/// LSN read, or `after_lsn` when there is none.
+///
+/// # Errors
+/// I/O errors, including a segment removed while it is read (a flush committed meanwhile: the
+/// caller reads the checkpoint again and retries).
+pub fn read_tail(dir: &Path, after_lsn: u64, mut apply: impl FnMut(WalRecord)) -> Result<u64, WalError> {
+    if !dir.is_dir() {
+        return Ok(after_lsn);
+    }
+    let segments = list_segments(dir)?;
+    let mut last = after_lsn;
+    for (index, (first_lsn, path)) in segments.iter().enumerate() {
+        let limit = segments.get(index + 1).map_or(u64::MAX, |(next, _)| *next);
+        if limit <= after_lsn.saturating_add(1) {
+            continue;
+        }
+        let bytes = fs::read(path).map_err(io_error(path))?;
+        if bytes.len() < SEGMENT_HEADER_BYTES || check_segment_header(path, &bytes, *first_lsn).is_err() {
+            // A segment being created: its header is not complete yet.
+            continue;
+        }
+        let (mut offset, mut expected) = (SEGMENT_HEADER_BYTES, *first_lsn);
+        while expected < limit {
+            let Some((record, len)) = decode_record(&bytes[offset..]).filter(|(r, _)| r.lsn == expected) else { break };
+            offset += len;
+            expected += 1;
+            if record.lsn > after_lsn {
+                last = record.lsn;
+                apply(record);
+            }
+        }
+    }
+    Ok(last)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Writing.
 

@@ -17,9 +17,10 @@ pub const AGLIE: IstatCode = IstatCode(1001);
 /// Ala di Stura (TO), 462 inhabitants.
 pub const ALA_DI_STURA: IstatCode = IstatCode(1003);
 
-/// A configuration listening on an ephemeral loopback port.
+/// A configuration listening on ephemeral loopback ports.
 pub fn loopback_config() -> Config {
-    Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() }
+    let any = "127.0.0.1:0".parse().unwrap();
+    Config { listen: any, flight_listen: Some(any), http_listen: Some(any), ..Config::default() }
 }
 
 pub async fn start(dir: &Path) -> Server {

@@ -8,3 +8,4 @@ mod faults;
 mod hostile;
 mod proxy;
 mod roundtrip;
+mod sql;

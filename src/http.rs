@@ -1,0 +1,119 @@
+//! The HTTP endpoint for curl and dashboards (axum, HTTP/1.1):
+//!
+//! - `GET /health` — `ok` while the server runs (no authentication);
+//! - `GET /metrics` — Prometheus text (no authentication);
+//! - `GET /query?sql=…&format=…` and `POST /query?format=…` with the SQL as the body — the
+//!   analyst bearer token required; formats `json` (default), `jsonl`, `csv`, `parquet`, `arrow`.
+//!
+//! Errors answer with a status and a one-line text naming what was wrong: 401 (token), 400
+//! (SQL), 413 (a limit, named), 500 (execution).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::analysts::{SqlError, SqlService};
+use crate::metrics::Metrics;
+use crate::query::{Format, write_results};
+
+/// What the handlers share.
+pub struct HttpState {
+    pub sql: Arc<SqlService>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Deserialize)]
+struct QueryParams {
+    sql: Option<String>,
+    format: Option<Format>,
+}
+
+/// The routes.
+pub fn router(state: Arc<HttpState>) -> Router {
+    let body_max = state.sql.limits.sql_bytes_max;
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/query", get(query_get).post(query_post))
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<HttpState>, mut shutdown: watch::Receiver<bool>) {
+    let addr = listener.local_addr().map_or_else(|_| "?".into(), |a: SocketAddr| a.to_string());
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    if let Err(error) = axum::serve(listener, router(state)).with_graceful_shutdown(stop).await {
+        tracing::error!(%error, %addr, "the HTTP server stopped");
+    }
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    ([(header::CONTENT_TYPE, content_type)], state.metrics.render()).into_response()
+}
+
+async fn query_get(State(state): State<Arc<HttpState>>, headers: HeaderMap, Query(params): Query<QueryParams>) -> Response {
+    match params.sql {
+        Some(sql) => answer(&state, &headers, &sql, params.format).await,
+        None => text(StatusCode::BAD_REQUEST, "give the statement as ?sql=… (or POST it as the body)"),
+    }
+}
+
+async fn query_post(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    Query(params): Query<QueryParams>,
+    body: Bytes,
+) -> Response {
+    let sql = match (params.sql, std::str::from_utf8(&body)) {
+        (Some(sql), _) => sql,
+        (None, Ok(body)) if !body.trim().is_empty() => body.to_string(),
+        (None, Ok(_)) => return text(StatusCode::BAD_REQUEST, "the body is empty: POST the SQL statement as the body"),
+        (None, Err(_)) => return text(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"),
+    };
+    answer(&state, &headers, &sql, params.format).await
+}
+
+async fn answer(state: &HttpState, headers: &HeaderMap, sql: &str, format: Option<Format>) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Err(reason) = state.sql.tokens.check_bearer(authorization) {
+        let mut response = text(StatusCode::UNAUTHORIZED, reason);
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let format = format.unwrap_or(Format::Json);
+    if format == Format::Table {
+        return text(StatusCode::BAD_REQUEST, "format must be one of json, jsonl, csv, parquet, arrow");
+    }
+    let (schema, batches) = match state.sql.collect(sql).await {
+        Ok(result) => result,
+        Err(error) => {
+            let status = match error {
+                SqlError::Plan(_) => StatusCode::BAD_REQUEST,
+                SqlError::TooLong { .. } | SqlError::TooManyRows { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                SqlError::Execution(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return text(status, &error.to_string());
+        }
+    };
+    let mut body = Vec::new();
+    if let Err(error) = write_results(&schema, &batches, format, &mut body) {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding the result: {error:#}"));
+    }
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()))], body).into_response()
+}
+
+fn text(status: StatusCode, message: &str) -> Response {
+    (status, format!("{message}\n")).into_response()
+}

@@ -1,0 +1,174 @@
+//! The registry as SQL tables: the catalogs compiled into the binary (`municipalities`,
+//! `services`, `faces`, `channels`, `reasons`), and the data directory's own registry state
+//! (`terminals`, `administrations`), read again at every scan so that a long-running server
+//! sees terminals added after it started.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Int8Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array, UInt16Array,
+    UInt32Array,
+};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{MemTable, TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+
+use crate::model::{Channel, Face, IstatCode, Reason};
+use crate::registry::{self, Catalog, Municipality};
+use crate::store::TIME_ZONE;
+
+fn batch(columns: Vec<(&str, ArrayRef, bool)>) -> DfResult<RecordBatch> {
+    let schema = Arc::new(Schema::new(
+        columns.iter().map(|(n, a, nullable)| Field::new(*n, a.data_type().clone(), *nullable)).collect::<Vec<_>>(),
+    ));
+    Ok(RecordBatch::try_new(schema, columns.into_iter().map(|(_, a, _)| a).collect())?)
+}
+
+fn mem_table(ctx: &SessionContext, name: &str, columns: Vec<(&str, ArrayRef, bool)>) -> DfResult<()> {
+    let batch = batch(columns)?;
+    ctx.register_table(name, Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))?;
+    Ok(())
+}
+
+fn strings<T>(items: &[T], f: impl Fn(&T) -> String) -> ArrayRef {
+    Arc::new(items.iter().map(|x| Some(f(x))).collect::<StringArray>())
+}
+
+/// Registers the compiled-in catalogs and the data directory's registry state.
+///
+/// # Errors
+/// When a table cannot be built (never expected for the built-in catalogs).
+pub fn register(ctx: &SessionContext, data_dir: PathBuf) -> DfResult<()> {
+    let catalog = Catalog::builtin();
+    let m = &catalog.municipalities;
+    mem_table(ctx, "municipalities", vec![
+        ("municipality", Arc::new(m.iter().map(|x| x.code.0).collect::<UInt32Array>()), false),
+        ("istat_code", strings(m, |x| x.code.to_string()), false),
+        ("name", strings(m, |x| x.name.clone()), false),
+        ("province", strings(m, |x| x.province.clone()), false),
+        ("region_code", Arc::new(m.iter().map(|x| x.region_code).collect::<UInt8Array>()), false),
+        ("region", strings(m, |x| x.region.clone()), false),
+        ("area", strings(m, |x| x.area.clone()), false),
+        ("population", Arc::new(m.iter().map(|x| x.population).collect::<UInt32Array>()), false),
+        ("eligible", Arc::new(m.iter().map(|x| Some(x.eligible())).collect::<BooleanArray>()), false),
+    ])?;
+    let s = &catalog.services;
+    mem_table(ctx, "services", vec![
+        ("service", Arc::new(s.iter().map(|x| x.id).collect::<UInt16Array>()), false),
+        ("code", strings(s, |x| x.code.clone()), false),
+        ("name_it", strings(s, |x| x.name_it.clone()), false),
+        ("name", strings(s, |x| x.name_en.clone()), false),
+    ])?;
+    mem_table(ctx, "faces", vec![
+        ("face", Arc::new(Face::ALL.iter().map(|f| f.score()).collect::<Int8Array>()), false),
+        ("name", strings(&Face::ALL, |f| f.name().into()), false),
+    ])?;
+    mem_table(ctx, "channels", vec![
+        ("channel", Arc::new(Channel::ALL.iter().map(|c| c.code()).collect::<UInt8Array>()), false),
+        ("name", strings(&Channel::ALL, |c| c.name().into()), false),
+    ])?;
+    mem_table(ctx, "reasons", vec![
+        ("reason", Arc::new(Reason::ALL.iter().map(|r| r.code()).collect::<UInt8Array>()), false),
+        ("name", strings(&Reason::ALL, |r| r.name().into()), false),
+    ])?;
+    let dir = data_dir.clone();
+    ctx.register_table("terminals", Arc::new(ScanTimeTable::new(move || terminals(&dir))?))?;
+    ctx.register_table("administrations", Arc::new(ScanTimeTable::new(move || administrations(&data_dir))?))?;
+    Ok(())
+}
+
+fn registry_error(error: registry::RegistryError) -> DataFusionError {
+    DataFusionError::Execution(crate::wal::error_chain(&error))
+}
+
+/// `terminals`: the terminal directory (`terminals.json`), without secrets.
+fn terminals(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
+    let list = registry::list_terminals(data_dir).map_err(registry_error)?;
+    let time = |values: Vec<Option<i64>>| -> ArrayRef {
+        Arc::new(TimestampMillisecondArray::from(values).with_timezone(TIME_ZONE))
+    };
+    batch(vec![
+        ("terminal", Arc::new(list.iter().map(|t| t.id).collect::<UInt32Array>()), false),
+        (
+            "municipality",
+            Arc::new(list.iter().map(|t| IstatCode::parse(&t.municipality).map(|c| c.0)).collect::<UInt32Array>()),
+            true,
+        ),
+        ("added", time(list.iter().map(|t| Some(t.added_ms)).collect()), false),
+        ("revoked", time(list.iter().map(|t| t.revoked_ms).collect()), true),
+        ("active", Arc::new(list.iter().map(|t| Some(t.revoked_ms.is_none())).collect::<BooleanArray>()), false),
+        ("label", strings(&list, |t| t.label.clone()), false),
+    ])
+}
+
+/// `administrations`: every comune with the attributes the bonus rule needs and the bonus.
+fn administrations(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
+    let recorded = registry::list_administrations(data_dir).map_err(registry_error)?;
+    let by_code: std::collections::HashMap<&str, &registry::AdministrationRecord> =
+        recorded.iter().map(|a| (a.municipality.as_str(), a)).collect();
+    let m: &[Municipality] = &Catalog::builtin().municipalities;
+    let codes: Vec<String> = m.iter().map(|x| x.code.to_string()).collect();
+    let attribute = |f: fn(&registry::AdministrationRecord) -> Option<bool>| -> Vec<Option<bool>> {
+        codes.iter().map(|c| by_code.get(c.as_str()).and_then(|a| f(a))).collect()
+    };
+    let signature = attribute(|a| a.digital_signature);
+    let pec = attribute(|a| a.pec);
+    let bonus: UInt32Array =
+        m.iter().enumerate().map(|(i, x)| registry::bonus_eur(x.eligible(), signature[i], pec[i])).collect();
+    batch(vec![
+        ("municipality", Arc::new(m.iter().map(|x| x.code.0).collect::<UInt32Array>()), false),
+        ("eligible", Arc::new(m.iter().map(|x| Some(x.eligible())).collect::<BooleanArray>()), false),
+        ("digital_signature", Arc::new(BooleanArray::from(signature)), true),
+        ("pec", Arc::new(BooleanArray::from(pec)), true),
+        ("bonus_eur", Arc::new(bonus), true),
+    ])
+}
+
+/// A small table computed again at every scan.
+struct ScanTimeTable {
+    schema: SchemaRef,
+    rows: Box<dyn Fn() -> DfResult<RecordBatch> + Send + Sync>,
+}
+
+impl ScanTimeTable {
+    fn new(rows: impl Fn() -> DfResult<RecordBatch> + Send + Sync + 'static) -> DfResult<ScanTimeTable> {
+        let schema = rows()?.schema();
+        Ok(ScanTimeTable { schema, rows: Box::new(rows) })
+    }
+}
+
+impl fmt::Debug for ScanTimeTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScanTimeTable").field("schema", &self.schema).finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl TableProvider for ScanTimeTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let rows = (self.rows)()?;
+        Ok(MemorySourceConfig::try_new_exec(&[vec![rows]], self.schema(), projection.cloned())?)
+    }
+}
