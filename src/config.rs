@@ -10,6 +10,9 @@
 //!
 //! [storage]
 //! flush_rows = 1048576
+//!
+//! [misuse]                           # src/misuse.rs: the windows of the misuse rules
+//! debounce_ms = 1000
 //! ```
 
 use std::net::SocketAddr;
@@ -17,7 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{Limits, StorageLimits};
+use crate::limits::{LimitError, Limits, StorageLimits};
+use crate::misuse::MisuseRules;
 
 /// Default QUIC ingest address: loopback, so that a first start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4747";
@@ -30,6 +34,7 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     pub limits: Limits,
     pub storage: StorageLimits,
+    pub misuse: MisuseRules,
 }
 
 impl Default for Config {
@@ -40,6 +45,7 @@ impl Default for Config {
             tls_key: None,
             limits: Limits::default(),
             storage: StorageLimits::default(),
+            misuse: MisuseRules::default(),
         }
     }
 }
@@ -54,6 +60,15 @@ impl Config {
         use anyhow::Context;
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("in the configuration file {}", path.display()))
+    }
+
+    /// Checks that the limits and rules work together (see `Limits::check`).
+    ///
+    /// # Errors
+    /// The first value out of its range, named with its table.
+    pub fn check(&self) -> Result<(), LimitError> {
+        self.limits.check()?;
+        self.misuse.check()
     }
 }
 

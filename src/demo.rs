@@ -16,6 +16,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::model::IstatCode;
 use crate::query::{self, Format};
 use crate::registry::{self, Catalog};
@@ -52,7 +53,10 @@ pub async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usize) -> a
     let credentials = registry::add_terminals_bulk(&dir, &slots, "demo")?;
     let municipalities: std::collections::HashSet<_> = slots.iter().collect();
 
-    let config = Config { listen: "127.0.0.1:0".parse().expect("valid address"), ..Config::default() };
+    // Simulated terminals send a compressed day of votes in seconds (see `simulate`): lift the
+    // per-terminal vote budget, which is sized for people pressing buttons.
+    let limits = Limits { votes_per_terminal_per_minute_max: u32::MAX, ..Limits::default() };
+    let config = Config { listen: "127.0.0.1:0".parse().expect("valid address"), limits, ..Config::default() };
     let server = Server::start(dir.clone(), config).await?;
     let ca = server.ca_path.clone().expect("the demo uses the development certificate");
     println!(

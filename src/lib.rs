@@ -2,6 +2,7 @@
 //! durably as Parquet, and queried with SQL. `ARCHITECTURE.md` is the map; each module's own
 //! documentation says what it owns and what it must not do.
 
+pub mod admission;
 pub mod checkpoint;
 pub mod cli;
 pub mod clock;
@@ -13,6 +14,7 @@ pub mod fsutil;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod misuse;
 pub mod model;
 pub mod query;
 pub mod registry;

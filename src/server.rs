@@ -53,6 +53,7 @@ impl Server {
     /// # Errors
     /// As `start`.
     pub async fn start_with_clock(data_dir: PathBuf, config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Server> {
+        config.check()?;
         let metrics = Arc::new(Metrics::new());
         let engine_config = EngineConfig { data_dir: data_dir.clone(), storage: config.storage.clone() };
         let engine = Engine::open(engine_config, metrics).await.context("opening the data directory")?;
@@ -69,7 +70,7 @@ impl Server {
         let endpoint = ingest::bind(config.listen, quic).with_context(|| format!("binding the ingest address {}", config.listen))?;
         let ingest_addr = endpoint.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(Arc::clone(&engine), Arc::clone(&directory), config.limits.clone(), clock));
+        let shared = Arc::new(Shared::new(Arc::clone(&engine), Arc::clone(&directory), &config, clock));
         let accept_loop = tokio::spawn(ingest::run(endpoint.clone(), shared, shutdown_rx.clone()));
         let background = vec![tokio::spawn(reload_directory(directory, shutdown_rx))];
         tracing::info!(
