@@ -26,6 +26,11 @@ pub async fn start(dir: &Path) -> Server {
     Server::start(dir.to_path_buf(), loopback_config()).await.expect("server starts")
 }
 
+/// A server on loopback with `limits`.
+pub async fn start_with_limits(dir: &Path, limits: faccia::limits::Limits) -> Server {
+    Server::start(dir.to_path_buf(), Config { limits, ..loopback_config() }).await.expect("server starts")
+}
+
 pub fn target(server: &Server) -> ServerTarget {
     ServerTarget::new(server.ingest_addr, "localhost", server.ca_path.as_ref().unwrap()).unwrap()
 }
@@ -48,6 +53,15 @@ pub fn votes(at_ms: i64, count: usize) -> Vec<TerminalVote> {
             }
         })
         .collect()
+}
+
+/// Time between two citizens' votes in `human_votes`: longer than every misuse rule's window.
+pub const CITIZEN_GAP_MS: i64 = 7_000;
+
+/// `count` votes as people cast them, `CITIZEN_GAP_MS` apart from `at_ms`, each different from
+/// the one before: no misuse rule flags them.
+pub fn human_votes(at_ms: i64, count: usize) -> Vec<TerminalVote> {
+    votes(0, count).into_iter().enumerate().map(|(i, v)| TerminalVote { at_ms: at_ms + i as i64 * CITIZEN_GAP_MS, ..v }).collect()
 }
 
 pub async fn session(server: &Server, credential: &Credential) -> Session {

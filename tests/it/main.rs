@@ -4,4 +4,8 @@
 mod common;
 mod crash;
 mod hostile;
+mod identity;
+mod limits;
+mod misuse;
+mod properties;
 mod roundtrip;
