@@ -64,6 +64,19 @@ pub fn human_votes(at_ms: i64, count: usize) -> Vec<TerminalVote> {
     votes(0, count).into_iter().enumerate().map(|(i, v)| TerminalVote { at_ms: at_ms + i as i64 * CITIZEN_GAP_MS, ..v }).collect()
 }
 
+/// A copy of `bytes` aligned for in-place reading of archives.
+pub fn aligned(bytes: &[u8]) -> faccia::wire::ArchiveBuf {
+    let mut buf = faccia::wire::ArchiveBuf::with_capacity(bytes.len());
+    buf.extend_from_slice(bytes);
+    buf
+}
+
+/// The batch reply in `frame`, the bytes a stream answered (tests that speak raw QUIC).
+pub fn batch_reply(frame: &[u8]) -> faccia::wire::BatchReplyV1 {
+    let (_, payload) = faccia::wire::decode_frame(frame, 4096).expect("a reply frame");
+    faccia::wire::read_batch_reply(&aligned(payload)).expect("a batch reply")
+}
+
 pub async fn session(server: &Server, credential: &Credential) -> Session {
     let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
     Session::connect(&endpoint, &target(server), credential).await.expect("terminal connects")

@@ -159,7 +159,7 @@ use std::time::Duration;
 
 use faccia::limits::Limits;
 use faccia::server::Server;
-use faccia::wire::{ArchiveBuf, BatchRules, BatchView};
+use faccia::wire::{BatchRules, BatchView};
 use rand::{Rng, SeedableRng};
 
 /// A seed from `FACCIA_TEST_SEED` or a fresh one, printed so that a failure can be replayed.
@@ -201,12 +201,6 @@ fn assert_memory_within(server: &Server, limits: &Limits) -> i64 {
 async fn raw_connection(server: &Server, endpoint: &quinn::Endpoint) -> quinn::Connection {
     let target = target(server);
     endpoint.connect_with(target.client_config, target.addr, &target.server_name).unwrap().await.unwrap()
-}
-
-fn aligned(bytes: &[u8]) -> ArchiveBuf {
-    let mut buf = ArchiveBuf::with_capacity(bytes.len());
-    buf.extend_from_slice(bytes);
-    buf
 }
 
 /// Sends `bytes` as the first stream of a connection and reads the hello reply.
@@ -361,9 +355,7 @@ async fn slow_senders_hold_only_their_connections_share_and_time_out() {
         assert!(early.is_err(), "honest terminals were served while every stalled stream was still open");
     }
     for (_, mut recv) in stalled {
-        let reply = tokio::time::timeout(Duration::from_secs(20), recv.read_to_end(4096)).await.unwrap().unwrap();
-        let (_, payload) = wire::decode_frame(&reply, 4096).unwrap();
-        let reply = wire::read_batch_reply(&aligned(payload)).unwrap();
+        let reply = batch_reply(&tokio::time::timeout(Duration::from_secs(20), recv.read_to_end(4096)).await.unwrap().unwrap());
         assert_eq!((reply.status, reply.code), (Status::Rejected as u8, ErrorCode::Timeout as u16));
         assert!(reply.message_text().contains("frame_timeout_ms"), "{}", reply.message_text());
     }

@@ -46,22 +46,14 @@ async fn streams_per_connection_max_streams_are_open_at_once_and_the_next_waits(
     assert!(session.connection.open_bi().now_or_never().is_none(), "a fifth stream is not granted while four are open");
     let (mut send, mut recv) = open.remove(0);
     send.finish().unwrap();
-    let reply = recv.read_to_end(4096).await.unwrap();
-    assert_eq!(wire_status(&reply), Status::Stored as u8);
+    assert_eq!(batch_reply(&recv.read_to_end(4096).await.unwrap()).status, Status::Stored as u8);
     let fifth = tokio::time::timeout(Duration::from_secs(10), session.connection.open_bi()).await;
     assert!(matches!(fifth, Ok(Ok(_))), "the fifth stream is granted once one is answered");
     for (mut send, mut recv) in open {
         send.finish().unwrap();
-        assert_eq!(wire_status(&recv.read_to_end(4096).await.unwrap()), Status::Stored as u8);
+        assert_eq!(batch_reply(&recv.read_to_end(4096).await.unwrap()).status, Status::Stored as u8);
     }
     server.stop().await;
-}
-
-fn wire_status(reply: &[u8]) -> u8 {
-    let (_, payload) = faccia::wire::decode_frame(reply, 4096).unwrap();
-    let mut aligned = faccia::wire::ArchiveBuf::new();
-    aligned.extend_from_slice(payload);
-    faccia::wire::read_batch_reply(&aligned).unwrap().status
 }
 
 #[tokio::test]
@@ -155,11 +147,7 @@ async fn a_frame_not_complete_within_frame_timeout_ms_is_answered_timeout() {
     let session = session(&server, &credential).await;
     let (mut send, mut recv) = session.connection.open_bi().await.unwrap();
     send.write_all(&FrameHeader { kind: FrameKind::Batch, payload_bytes: 500 }.encode()).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(4096)).await.unwrap().unwrap();
-    let (_, payload) = faccia::wire::decode_frame(&reply, 4096).unwrap();
-    let mut aligned = faccia::wire::ArchiveBuf::new();
-    aligned.extend_from_slice(payload);
-    let reply = faccia::wire::read_batch_reply(&aligned).unwrap();
+    let reply = batch_reply(&tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(4096)).await.unwrap().unwrap());
     assert_eq!((reply.status, reply.code), (Status::Rejected as u8, ErrorCode::Timeout as u16));
     assert!(reply.message_text().contains("frame_timeout_ms"), "{}", reply.message_text());
     let ok = session.send_frame(&batch_frame(1, AGLIE, &human_votes(faccia::clock::now_ms() - 60_000, 2))).await.unwrap();

@@ -9,11 +9,11 @@ use faccia::limits::Limits;
 use faccia::model::{Channel, Face, Reason};
 use faccia::store::{self, VoteBuffer, col};
 use faccia::terminal::{TerminalVote, batch_frame};
-use faccia::wire::{self, ArchiveBuf, BatchRules, BatchView};
+use faccia::wire::{self, BatchRules, BatchView};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use proptest::prelude::*;
 
-use crate::common::AGLIE;
+use crate::common::{AGLIE, aligned};
 
 const NOW_MS: i64 = 1_790_000_000_000;
 
@@ -40,8 +40,7 @@ proptest! {
         prop_assume!(sent.iter().all(|v| v.at_ms - base <= i64::from(u32::MAX)));
         let frame = batch_frame(seq, AGLIE, &sent);
         let (_, payload) = wire::decode_frame(&frame, Limits::default().frame_bytes_max).unwrap();
-        let mut archive = ArchiveBuf::with_capacity(payload.len());
-        archive.extend_from_slice(payload);
+        let archive = aligned(payload);
         let rules = BatchRules::new(&Limits::default(), AGLIE, NOW_MS, 15);
         let view = BatchView::validate(&archive, &rules).unwrap();
         prop_assert_eq!(view.seq(), seq);
