@@ -213,10 +213,14 @@ impl History {
         self.recent.retain(|p| p.seq != seq);
     }
 
-    /// Keeps the newest `RECENT_PRESSES` presses (a batch may add more while it is judged).
+    /// Keeps the newest `RECENT_PRESSES` presses (a batch may add more while it is judged), and
+    /// gives back the memory a large batch took.
     fn trim(&mut self) {
         let excess = self.recent.len().saturating_sub(RECENT_PRESSES);
         self.recent.drain(..excess);
+        if self.recent.capacity() > 2 * RECENT_PRESSES {
+            self.recent.shrink_to(RECENT_PRESSES);
+        }
     }
 }
 
@@ -347,9 +351,11 @@ mod tests {
         for seq in 1..200u64 {
             detector.flags(9, seq, spaced(T0 + seq as i64 * 3_600_000, 7_000, 50));
         }
+        detector.flags(9, 200, spaced(T0 + 1_000 * 3_600_000, 7_000, 4_096));
         let shard = detector.shards[9].lock().unwrap();
         let history = &shard[&9];
         assert_eq!(history.recent.len(), RECENT_PRESSES);
+        assert!(history.recent.capacity() <= 2 * RECENT_PRESSES, "a large batch's memory is given back");
         assert!(history.windows.len() <= WINDOWS_KEPT);
     }
 
