@@ -152,11 +152,18 @@ fn key(vote: &Vote) -> u32 {
 }
 
 impl History {
-    fn judge(&mut self, rules: &MisuseRules, press: Press) -> u8 {
+    /// Judges one press of a batch, given the batch's press just before it in time (batches are
+    /// judged in time order, so that is its nearest earlier press within the batch).
+    fn judge(&mut self, rules: &MisuseRules, press: Press, previous: Option<Press>) -> u8 {
         let at = self.recent.partition_point(|p| p.at_ms <= press.at_ms);
-        let neighbours = [at.checked_sub(1).map(|i| self.recent[i]), self.recent.get(at).copied()];
+        let remembered = at.checked_sub(1).map(|i| self.recent[i]);
+        let before = match (remembered, previous) {
+            (Some(a), Some(b)) => Some(if b.at_ms >= a.at_ms { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let neighbours = [before, self.recent.get(at).copied()];
         let within = |p: &Press, window_ms: i64| p.at_ms.abs_diff(press.at_ms) < window_ms.unsigned_abs();
-        let flag = if neighbours.iter().flatten().any(|p| within(p, rules.debounce_ms)) {
+        if neighbours.iter().flatten().any(|p| within(p, rules.debounce_ms)) {
             Rule::Debounce.id()
         } else if neighbours.iter().flatten().any(|p| p.key == press.key && within(p, rules.repeat_window_ms)) {
             Rule::Repeat.id()
@@ -164,9 +171,7 @@ impl History {
             Rule::Burst.id()
         } else {
             0
-        };
-        self.recent.insert(at, press);
-        flag
+        }
     }
 
     /// Counts a vote in its window; `true` when the window is already full (a burst).
@@ -213,14 +218,22 @@ impl History {
         self.recent.retain(|p| p.seq != seq);
     }
 
-    /// Keeps the newest `RECENT_PRESSES` presses (a batch may add more while it is judged), and
-    /// gives back the memory a large batch took.
-    fn trim(&mut self) {
-        let excess = self.recent.len().saturating_sub(RECENT_PRESSES);
-        self.recent.drain(..excess);
-        if self.recent.capacity() > 2 * RECENT_PRESSES {
-            self.recent.shrink_to(RECENT_PRESSES);
+    /// Remembers a judged batch (sorted by time): the newest `RECENT_PRESSES` of the presses
+    /// remembered and the batch's.
+    fn remember(&mut self, batch: impl DoubleEndedIterator<Item = Press>) {
+        let mut newest = Vec::with_capacity(RECENT_PRESSES);
+        let (mut old, mut new) = (self.recent.iter().copied().rev().peekable(), batch.rev().peekable());
+        while newest.len() < RECENT_PRESSES {
+            let next = match (old.peek(), new.peek()) {
+                (Some(a), Some(b)) if a.at_ms > b.at_ms => old.next(),
+                (_, Some(_)) => new.next(),
+                (Some(_), None) => old.next(),
+                (None, None) => break,
+            };
+            newest.extend(next);
         }
+        newest.reverse();
+        self.recent = newest;
     }
 }
 
@@ -241,17 +254,19 @@ impl MisuseDetector {
     /// the store. Judged in time order, against the terminal's history, which then remembers
     /// them.
     pub fn flags(&self, terminal: TerminalId, seq: u64, votes: impl IntoIterator<Item = Vote>) -> Vec<u8> {
-        let presses: Vec<Press> = votes.into_iter().map(|v| Press { at_ms: v.at_ms, seq, key: key(&v) }).collect();
-        let mut order: Vec<usize> = (0..presses.len()).collect();
-        order.sort_by_key(|&i| (presses[i].at_ms, i));
+        let mut presses: Vec<(Press, usize)> =
+            votes.into_iter().enumerate().map(|(i, v)| (Press { at_ms: v.at_ms, seq, key: key(&v) }, i)).collect();
+        presses.sort_unstable_by_key(|(p, i)| (p.at_ms, *i));
         let mut shard = self.shards[terminal as usize % SHARDS].lock().expect("misuse shard lock");
         let history = shard.entry(terminal).or_default();
         history.forget_batch(seq);
         let mut flags = vec![0u8; presses.len()];
-        for i in order {
-            flags[i] = history.judge(&self.rules, presses[i]);
+        let mut previous = None;
+        for &(press, i) in &presses {
+            flags[i] = history.judge(&self.rules, press, previous);
+            previous = Some(press);
         }
-        history.trim();
+        history.remember(presses.iter().map(|(p, _)| *p));
         if flags.iter().all(|&f| f == 0) { Vec::new() } else { flags }
     }
 
@@ -355,7 +370,7 @@ mod tests {
         let shard = detector.shards[9].lock().unwrap();
         let history = &shard[&9];
         assert_eq!(history.recent.len(), RECENT_PRESSES);
-        assert!(history.recent.capacity() <= 2 * RECENT_PRESSES, "a large batch's memory is given back");
+        assert!(history.recent.capacity() <= RECENT_PRESSES, "a large batch leaves no memory behind");
         assert!(history.windows.len() <= WINDOWS_KEPT);
     }
 
