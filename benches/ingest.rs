@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the ingest path, without the network: encode, validate and read a batch
-//! (rkyv), append batches to the log with group commit (real fsyncs in a temporary directory),
-//! append to the Arrow buffer, flush a buffer to Parquet, and one batch through the server's
-//! whole pipeline (validation, dedup, log, acknowledgement, buffer).
+//! (rkyv); admit it (connection and vote budgets) and decide its misuse flags; append batches
+//! to the log with group commit (real fsyncs in a temporary directory); append to the Arrow
+//! buffer; flush a buffer to Parquet; and one batch through the server's whole pipeline
+//! (validation, dedup, log, acknowledgement, buffer).
 //!
 //! `cargo bench --bench ingest`; figures go to BENCHMARKS.md with the machine and date.
 
@@ -9,7 +10,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use faccia::admission::{Admission, Admit, Attempt, VoteRates};
 use faccia::limits::Limits;
+use faccia::misuse::{MisuseDetector, MisuseRules};
 use faccia::model::IstatCode;
 use faccia::simulate::VoteSimulator;
 use faccia::store::{self, VoteBuffer};
@@ -20,11 +23,7 @@ const NOW_MS: i64 = 1_790_000_000_000;
 const MUNICIPALITY: IstatCode = IstatCode(1003);
 
 fn archive(votes: usize, seed: u64) -> ArchiveBuf {
-    let mut citizens = VoteSimulator::new(seed, MUNICIPALITY);
-    let frame = batch_frame(1, MUNICIPALITY, &citizens.votes(NOW_MS, 2_000, votes));
-    let mut archive = ArchiveBuf::with_capacity(frame.len());
-    archive.extend_from_slice(&frame[HEADER_BYTES..]);
-    archive
+    archive_of(&VoteSimulator::new(seed, MUNICIPALITY).votes(NOW_MS, 2_000, votes), 1)
 }
 
 fn rules() -> BatchRules {
@@ -46,6 +45,55 @@ fn wire(c: &mut Criterion) {
     });
     group.bench_function("access_only_64", |b| b.iter(|| BatchView::access(black_box(&bytes)).unwrap().len()));
     group.finish();
+}
+
+/// What a batch costs beyond validation: its terminal's vote budget and its misuse flags (for
+/// a terminal whose history is full), and a connection attempt's admission.
+fn guard(c: &mut Criterion) {
+    let mut group = c.benchmark_group("guard");
+    group.throughput(Throughput::Elements(64));
+    let detector = MisuseDetector::new(MisuseRules::default());
+    let mut citizens = VoteSimulator::new(3, MUNICIPALITY);
+    let mut seq = 0u64;
+    group.bench_function("misuse_flags_64", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                let bytes = archive_of(&citizens.next_votes(NOW_MS, 64), seq);
+                (seq, bytes)
+            },
+            |(seq, bytes)| {
+                let view = BatchView::access(&bytes).unwrap();
+                detector.flags(9, seq, view.votes(MUNICIPALITY, 9)).len()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let rates = VoteRates::new(&Limits { votes_per_terminal_per_minute_max: u32::MAX, ..Limits::default() });
+    let mut now_ms = 0u64;
+    group.bench_function("vote_budget_64", |b| {
+        b.iter(|| {
+            now_ms += 1;
+            rates.try_take(black_box(9), 64, now_ms).is_ok()
+        })
+    });
+    group.throughput(Throughput::Elements(1));
+    let admission = Admission::new(&Limits::default(), 0);
+    let attempt = Attempt { remote: "192.0.2.1:4000".parse().unwrap(), can_retry: false, open: 0 };
+    group.bench_function("admit_connection", |b| {
+        b.iter(|| {
+            now_ms += 1;
+            matches!(admission.admit(black_box(attempt), now_ms), Admit::Accept(_))
+        })
+    });
+    group.finish();
+}
+
+fn archive_of(votes: &[faccia::terminal::TerminalVote], seq: u64) -> ArchiveBuf {
+    let frame = batch_frame(seq, MUNICIPALITY, votes);
+    let mut archive = ArchiveBuf::with_capacity(frame.len());
+    archive.extend_from_slice(&frame[HEADER_BYTES..]);
+    archive
 }
 
 fn buffer(c: &mut Criterion) {
@@ -199,5 +247,5 @@ fn pipeline(c: &mut Criterion) {
     runtime.block_on(engine.shutdown());
 }
 
-criterion_group!(benches, wire, buffer, log, pipeline);
+criterion_group!(benches, wire, guard, buffer, log, pipeline);
 criterion_main!(benches);

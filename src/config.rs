@@ -17,6 +17,9 @@
 //!
 //! [query]                            # limits of the SQL endpoints (src/limits.rs)
 //! http_result_rows_max = 1000000
+//!
+//! [misuse]                           # src/misuse.rs: the windows of the misuse rules
+//! debounce_ms = 1000
 //! ```
 
 use std::net::SocketAddr;
@@ -24,7 +27,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{Limits, QueryLimits, StorageLimits};
+use crate::limits::{LimitError, Limits, QueryLimits, StorageLimits};
+use crate::misuse::MisuseRules;
 
 /// Default QUIC ingest address: loopback, so that a first start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4747";
@@ -51,6 +55,7 @@ pub struct Config {
     pub limits: Limits,
     pub storage: StorageLimits,
     pub query: QueryLimits,
+    pub misuse: MisuseRules,
 }
 
 impl Default for Config {
@@ -66,6 +71,7 @@ impl Default for Config {
             limits: Limits::default(),
             storage: StorageLimits::default(),
             query: QueryLimits::default(),
+            misuse: MisuseRules::default(),
         }
     }
 }
@@ -80,6 +86,15 @@ impl Config {
         use anyhow::Context;
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("in the configuration file {}", path.display()))
+    }
+
+    /// Checks that the limits and rules work together (see `Limits::check`).
+    ///
+    /// # Errors
+    /// The first value out of its range, named with its table.
+    pub fn check(&self) -> Result<(), LimitError> {
+        self.limits.check()?;
+        self.misuse.check()
     }
 }
 

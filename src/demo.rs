@@ -16,6 +16,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::model::IstatCode;
 use crate::query::{self, Format};
 use crate::registry::{self, Catalog};
@@ -52,11 +53,15 @@ pub async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usize) -> a
     let credentials = registry::add_terminals_bulk(&dir, &slots, "demo")?;
     let municipalities: std::collections::HashSet<_> = slots.iter().collect();
 
-    // The demo answers with SQL itself: no analysts' endpoints.
+    // The demo answers with SQL itself: no analysts' endpoints. Simulated terminals send a
+    // compressed day of votes in seconds (see `simulate`): lift the per-terminal vote budget,
+    // which is sized for people pressing buttons.
+    let limits = Limits { votes_per_terminal_per_minute_max: u32::MAX, ..Limits::default() };
     let config = Config {
         listen: "127.0.0.1:0".parse().expect("valid address"),
         flight_listen: None,
         http_listen: None,
+        limits,
         ..Config::default()
     };
     let server = Server::start(dir.clone(), config).await?;

@@ -1,11 +1,15 @@
 //! The QUIC ingest server: accept loop → `handle_connection` → `handle_stream`.
 //!
-//! A terminal connects (TLS 1.3, ALPN `faccia/1`), presents its credential once on the first
-//! stream (hello), then opens one bidirectional stream per batch: frame in, reply out. Every
-//! frame is checked before it costs anything: the header against `frame_bytes_max` before the
-//! payload is read, the payload against the byte budget (`buffered_bytes_max`) before it is
-//! buffered, the archive with bytecheck and then value by value. The municipality of every vote
-//! is the terminal's registered one.
+//! A connection attempt is admitted first (`admission`: connections server-wide and per address,
+//! the handshake budget); then the terminal connects (TLS 1.3, ALPN `faccia/1`), presents its
+//! credential once on the first stream (hello), and opens one bidirectional stream per batch:
+//! frame in, reply out. Every frame is checked before it costs anything: the header against
+//! `frame_bytes_max` before the payload is read, the payload against the byte budgets (the
+//! connection's share, then the server's `buffered_bytes_max`) before it is buffered, the
+//! archive with bytecheck and then value by value. A valid new batch is charged to the
+//! terminal's vote budget, its misuse flags are decided (`misuse`), and only then is it
+//! appended to the log. The municipality of every vote is the terminal's registered one. A
+//! terminal revoked while connected is disconnected once the directory reload notices it.
 //!
 //! Architecture invariant: only this module knows QUIC. It never touches the disk: a batch goes
 //! to the engine and the reply waits for the engine's durable acknowledgement.
@@ -16,15 +20,18 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::admission::{Admission, Admit, AddressTicket, Attempt, ConnectionLimit, VoteRates};
 use crate::clock::Clock;
+use crate::config::Config;
 use crate::dedup::{Begin, PendingOutcome};
 use crate::engine::Engine;
-use crate::limits::Limits;
-use crate::metrics::Metrics;
+use crate::limits::{Limits, REQUEST_OVERHEAD_BYTES};
+use crate::metrics::{Metrics, RuleLabel};
+use crate::misuse::{MisuseDetector, Rule};
 use crate::model::{IstatCode, TerminalId};
 use crate::registry::{AuthError, Catalog, Secret, TerminalDirectory};
 use crate::wal::{AppendRequest, WalUnavailable};
@@ -35,8 +42,6 @@ use crate::wire::{
 
 /// Largest hello frame: a terminal id, a 32-byte secret and a short client name.
 const HELLO_BYTES_MAX: u32 = 256;
-/// Bytes charged to the budget per batch beyond its payload (request bookkeeping).
-const REQUEST_OVERHEAD_BYTES: usize = 256;
 /// How long a refused connection waits for its reply to be read before it is closed.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
@@ -47,26 +52,44 @@ pub struct Shared {
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
+    /// Bytes of frames being read or waiting to be durable, server-wide (`buffered_bytes_max`).
     budget: Semaphore,
+    admission: Admission,
+    vote_rates: VoteRates,
+    misuse: MisuseDetector,
+    /// Origin of the monotonic milliseconds the rate budgets count in.
+    started: tokio::time::Instant,
     service_id_max: u16,
     /// Connections being handled, over every endpoint (checked against `connections_max`).
     connections: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
-    pub fn new(engine: Arc<Engine>, directory: Arc<TerminalDirectory>, limits: Limits, clock: Arc<dyn Clock>) -> Shared {
+    /// The state shared by the accept loop and every connection; `config` has been checked
+    /// (`Config::check`).
+    pub fn new(engine: Arc<Engine>, directory: Arc<TerminalDirectory>, config: &Config, clock: Arc<dyn Clock>) -> Shared {
         let metrics = Arc::clone(&engine.metrics);
+        let limits = config.limits.clone();
         let budget = Semaphore::new(limits.buffered_bytes_max.min(Semaphore::MAX_PERMITS as u64) as usize);
         Shared {
             engine,
             directory,
-            limits,
             metrics,
             clock,
             budget,
+            admission: Admission::new(&limits, 0),
+            vote_rates: VoteRates::new(&limits),
+            misuse: MisuseDetector::new(config.misuse.clone()),
+            started: tokio::time::Instant::now(),
             service_id_max: Catalog::builtin().service_id_max(),
+            limits,
             connections: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Milliseconds since the server started, from a clock that never goes back.
+    fn monotonic_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 }
 
@@ -79,8 +102,12 @@ pub fn server_config(tls: rustls::ServerConfig, limits: &Limits) -> anyhow::Resu
     transport.max_concurrent_bidi_streams(VarInt::from_u32(limits.streams_per_connection_max));
     transport.max_concurrent_uni_streams(VarInt::from_u32(0));
     transport.max_idle_timeout(Some(Duration::from_millis(limits.idle_timeout_ms).try_into()?));
-    // A stream carries one frame: its window need not exceed the largest frame.
-    transport.stream_receive_window(VarInt::from_u32(limits.frame_bytes_max + HEADER_BYTES as u32));
+    // A stream carries one frame: its window need not exceed the largest frame. The connection's
+    // window is one frame too, so that what QUIC buffers unread is at most one frame a
+    // connection (`connections_max` × 64 KiB server-wide, beyond `buffered_bytes_max`).
+    let frame_window = VarInt::from_u32(limits.frame_bytes_max + HEADER_BYTES as u32);
+    transport.stream_receive_window(frame_window);
+    transport.receive_window(frame_window);
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     config.transport_config(Arc::new(transport));
     Ok(config)
@@ -97,24 +124,43 @@ pub async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdown: w
         };
         let Some(incoming) = incoming else { break };
         while connections.try_join_next().is_some() {}
-        if shared.connections.load(std::sync::atomic::Ordering::Relaxed) >= shared.limits.connections_max as usize {
-            shared.metrics.refused(ErrorCode::TooManyConnections);
-            incoming.refuse();
-            continue;
-        }
-        let span = tracing::info_span!("connection", remote = %incoming.remote_address());
-        let counted = ConnectionSlot::take(Arc::clone(&shared));
-        let shutdown = shutdown.clone();
-        connections.spawn(
-            async move {
-                let shared = Arc::clone(&counted.0);
-                if let Err(error) = handle_connection(incoming, shared, shutdown).await {
-                    tracing::debug!(%error, "connection ended");
-                }
-                drop(counted);
+        let remote = incoming.remote_address();
+        let attempt = Attempt {
+            remote,
+            can_retry: incoming.may_retry() && !incoming.remote_address_validated(),
+            open: shared.connections.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        let span = tracing::info_span!("connection", %remote);
+        let shared = Arc::clone(&shared);
+        match shared.admission.admit(attempt, shared.monotonic_ms()) {
+            Admit::Accept(ticket) => {
+                let counted = ConnectionSlot::take(Arc::clone(&shared));
+                let shutdown = shutdown.clone();
+                connections.spawn(
+                    async move {
+                        if let Err(error) = handle_connection(incoming, ticket, shared, shutdown).await {
+                            tracing::debug!(%error, "connection ended");
+                        }
+                        drop(counted);
+                    }
+                    .instrument(span),
+                );
             }
-            .instrument(span),
-        );
+            Admit::Retry => {
+                shared.metrics.connections_retried.inc();
+                if let Err(error) = incoming.retry() {
+                    error.into_incoming().refuse();
+                }
+            }
+            Admit::Refuse(limit) => {
+                shared.metrics.not_admitted(limit.name());
+                span.in_scope(|| tracing::debug!(limit = limit.name(), "connection refused before its handshake"));
+                incoming.refuse();
+            }
+            Admit::Explain(limit) => {
+                connections.spawn(explain_refusal(incoming, limit, shared).instrument(span));
+            }
+        }
     }
     while connections.join_next().await.is_some() {}
 }
@@ -135,6 +181,19 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// Completes the handshake of a connection over a limit only to close it with a reason that
+/// names the limit (`too_many_connections`): the terminal's log says why, not just "refused".
+async fn explain_refusal(incoming: quinn::Incoming, limit: ConnectionLimit, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    shared.metrics.refused(ErrorCode::TooManyConnections);
+    let Ok(connecting) = incoming.accept() else { return };
+    let Ok(connection) = connecting.await else { return };
+    let code = ErrorCode::TooManyConnections;
+    let reason = format!("{}: {} = {} reached for {}", code.name(), limit.name(), limit.allowed(&shared.limits), remote.ip());
+    tracing::info!(%reason, "connection refused");
+    connection.close(VarInt::from_u32(code.close_code()), reason.as_bytes());
+}
+
 /// Counts an open connection for as long as it lives.
 struct OpenConnection(Arc<Metrics>);
 
@@ -144,13 +203,26 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Why a connection's loop over its streams ended.
+enum Ending {
+    /// The terminal closed the connection or it was lost.
+    Closed,
+    ShuttingDown,
+    /// The terminal directory no longer lets this terminal in.
+    Revoked(Rejection),
+}
+
 async fn handle_connection(
     incoming: quinn::Incoming,
+    _ticket: AddressTicket,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let connection = incoming.accept()?.await?;
-    let (terminal, municipality) = match hello(&connection, &shared).await {
+    // Subscribed before the hello, so that a revocation during the hello is not missed.
+    let mut directory_changes = shared.directory.subscribe();
+    let connection_budget = Arc::new(Semaphore::new(shared.limits.connection_buffered_bytes_max as usize));
+    let (terminal, municipality) = match hello(&connection, &shared, &connection_budget).await {
         Ok(who) => who,
         Err(rejection) => {
             shared.metrics.refused(rejection.code);
@@ -164,33 +236,58 @@ async fn handle_connection(
     let _open = OpenConnection(Arc::clone(&shared.metrics));
     tracing::debug!(terminal, %municipality, "terminal connected");
     let mut streams = JoinSet::new();
-    loop {
+    let mut watching = true;
+    let ending = loop {
         let stream = tokio::select! {
             stream = connection.accept_bi() => stream,
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = shutdown.wait_for(|stop| *stop) => break Ending::ShuttingDown,
+            changed = directory_changes.changed(), if watching => {
+                watching = changed.is_ok();
+                match shared.directory.check(terminal) {
+                    Ok(_) => continue,
+                    Err(error) => break Ending::Revoked(auth_rejection(terminal, error)),
+                }
+            }
         };
-        let Ok((send, recv)) = stream else { break };
+        let Ok((send, recv)) = stream else { break Ending::Closed };
         while streams.try_join_next().is_some() {}
         let shared = Arc::clone(&shared);
-        streams.spawn(async move { handle_stream(send, recv, &shared, terminal, municipality).await });
-    }
+        let budget = Arc::clone(&connection_budget);
+        streams.spawn(async move { handle_stream(send, recv, &shared, &budget, terminal, municipality).await });
+    };
     // Answer every batch already being handled, then tell the terminal why we close.
     while streams.join_next().await.is_some() {}
-    if *shutdown.borrow() {
-        connection.close(VarInt::from_u32(ErrorCode::ShuttingDown.close_code()), b"shutting_down");
+    match ending {
+        Ending::Closed => {}
+        Ending::ShuttingDown => connection.close(VarInt::from_u32(ErrorCode::ShuttingDown.close_code()), b"shutting_down"),
+        Ending::Revoked(rejection) => {
+            shared.metrics.connections_revoked.inc();
+            tracing::info!(terminal, %rejection, "connection closed");
+            connection.close(VarInt::from_u32(rejection.code.close_code()), rejection.to_string().as_bytes());
+        }
     }
     Ok(())
 }
 
+/// The refusal a terminal receives for an authentication error.
+fn auth_rejection(terminal: TerminalId, error: AuthError) -> Rejection {
+    match error {
+        AuthError::UnknownTerminal => Rejection::new(ErrorCode::UnknownTerminal, format!("terminal {terminal} is not registered")),
+        AuthError::BadCredential => Rejection::new(ErrorCode::BadCredential, format!("wrong secret for terminal {terminal}")),
+        AuthError::Revoked => Rejection::new(ErrorCode::TerminalRevoked, format!("terminal {terminal} has been revoked")),
+    }
+}
+
 /// Reads and checks the hello on the connection's first stream, and answers it.
-async fn hello(connection: &Connection, shared: &Shared) -> Result<(TerminalId, IstatCode), Rejection> {
+async fn hello(connection: &Connection, shared: &Shared, connection_budget: &Semaphore) -> Result<(TerminalId, IstatCode), Rejection> {
     let timeout = Duration::from_millis(shared.limits.hello_timeout_ms);
     let (mut send, mut recv) = tokio::time::timeout(timeout, connection.accept_bi())
         .await
         .map_err(|_| Rejection::new(ErrorCode::Timeout, "no hello within hello_timeout_ms"))?
         .map_err(|e| Rejection::new(ErrorCode::MalformedFrame, format!("connection lost before the hello: {e}")))?;
+    let budgets = Budgets { server: &shared.budget, connection: connection_budget, metrics: &shared.metrics };
     let checked = async {
-        let (kind, payload) = tokio::time::timeout(timeout, read_frame(&mut recv, HELLO_BYTES_MAX, &shared.budget))
+        let (kind, payload) = tokio::time::timeout(timeout, read_frame(&mut recv, HELLO_BYTES_MAX, &budgets))
             .await
             .map_err(|_| Rejection::new(ErrorCode::Timeout, "hello not complete within hello_timeout_ms"))??;
         if kind != FrameKind::Hello {
@@ -198,11 +295,8 @@ async fn hello(connection: &Connection, shared: &Shared) -> Result<(TerminalId, 
         }
         let hello = wire::read_hello(&payload.0)?;
         let terminal = hello.terminal();
-        let municipality = shared.directory.authenticate(terminal, &Secret(hello.secret)).map_err(|e| match e {
-            AuthError::UnknownTerminal => Rejection::new(ErrorCode::UnknownTerminal, format!("terminal {terminal} is not registered")),
-            AuthError::BadCredential => Rejection::new(ErrorCode::BadCredential, format!("wrong secret for terminal {terminal}")),
-            AuthError::Revoked => Rejection::new(ErrorCode::TerminalRevoked, format!("terminal {terminal} has been revoked")),
-        })?;
+        let municipality =
+            shared.directory.authenticate(terminal, &Secret(hello.secret)).map_err(|e| auth_rejection(terminal, e))?;
         Ok((terminal, municipality))
     }
     .await;
@@ -233,26 +327,58 @@ async fn hello(connection: &Connection, shared: &Shared) -> Result<(TerminalId, 
     checked
 }
 
-/// A payload read from a stream and the budget it holds while it is alive.
-struct Payload<'a>(ArchiveBuf, #[allow(dead_code)] tokio::sync::SemaphorePermit<'a>);
+/// The byte budgets a payload is charged to: its connection's share, then the server's.
+struct Budgets<'a> {
+    server: &'a Semaphore,
+    connection: &'a Semaphore,
+    metrics: &'a Metrics,
+}
 
-/// Reads one frame: header, then (within `payload_bytes_max` and the byte budget) the payload,
-/// then the end of the stream.
+impl<'a> Budgets<'a> {
+    /// Waits until both budgets hold `bytes`, and takes them. Waiting here is the back-pressure:
+    /// the stream is not read, so QUIC flow control slows the sender.
+    async fn charge(&self, bytes: u64) -> Result<Charge<'a>, Rejection> {
+        let closed = |_| Rejection::new(ErrorCode::ShuttingDown, "server is shutting down");
+        let permits = u32::try_from(bytes).expect("frames are far below 4 GiB");
+        let connection = self.connection.acquire_many(permits).await.map_err(closed)?;
+        let server = self.server.acquire_many(permits).await.map_err(closed)?;
+        self.metrics.buffered(bytes as i64);
+        Ok(Charge { _connection: connection, _server: server, bytes, metrics: self.metrics })
+    }
+}
+
+/// Bytes held in the budgets while a payload is alive; given back when it is dropped.
+struct Charge<'a> {
+    _connection: SemaphorePermit<'a>,
+    _server: SemaphorePermit<'a>,
+    bytes: u64,
+    metrics: &'a Metrics,
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.metrics.unbuffered(self.bytes as i64);
+    }
+}
+
+/// A payload read from a stream and the budget it holds while it is alive.
+struct Payload<'a>(ArchiveBuf, Charge<'a>);
+
+/// Reads one frame: header, then (within `payload_bytes_max` and the byte budgets) the payload,
+/// then the end of the stream. The same checks as `wire::decode_frame`, on a stream.
 async fn read_frame<'a>(
     recv: &mut RecvStream,
     payload_bytes_max: u32,
-    budget: &'a Semaphore,
+    budgets: &Budgets<'a>,
 ) -> Result<(FrameKind, Payload<'a>), Rejection> {
     let truncated = |what: &str| Rejection::new(ErrorCode::MalformedFrame, format!("stream ended inside the frame {what}"));
     let mut header = [0u8; HEADER_BYTES];
     recv.read_exact(&mut header).await.map_err(|_| truncated("header"))?;
     let header = FrameHeader::decode(&header, payload_bytes_max)?;
     let len = header.payload_bytes as usize;
-    let permit = budget
-        .acquire_many((len + REQUEST_OVERHEAD_BYTES) as u32)
-        .await
-        .map_err(|_| Rejection::new(ErrorCode::ShuttingDown, "server is shutting down"))?;
+    let charge = budgets.charge(len as u64 + REQUEST_OVERHEAD_BYTES).await?;
     let mut payload = ArchiveBuf::with_capacity(len);
+    debug_assert!(payload.capacity() as u64 <= charge.bytes, "a payload allocation is covered by its charge");
     payload.resize(len, 0);
     recv.read_exact(payload.as_mut_slice()).await.map_err(|_| truncated("payload"))?;
     let mut extra = [0u8; 1];
@@ -266,19 +392,21 @@ async fn read_frame<'a>(
         }
         Err(_) => return Err(truncated("end")),
     }
-    Ok((header.kind, Payload(payload, permit)))
+    Ok((header.kind, Payload(payload, charge)))
 }
 
 async fn handle_stream(
     mut send: SendStream,
     mut recv: RecvStream,
     shared: &Shared,
+    connection_budget: &Semaphore,
     terminal: TerminalId,
     municipality: IstatCode,
 ) {
     shared.metrics.batches_received.inc();
     let timeout = Duration::from_millis(shared.limits.frame_timeout_ms);
-    let outcome = match tokio::time::timeout(timeout, read_frame(&mut recv, shared.limits.frame_bytes_max, &shared.budget)).await {
+    let budgets = Budgets { server: &shared.budget, connection: connection_budget, metrics: &shared.metrics };
+    let outcome = match tokio::time::timeout(timeout, read_frame(&mut recv, shared.limits.frame_bytes_max, &budgets)).await {
         Err(_) => Err(Rejection::new(ErrorCode::Timeout, "batch frame not complete within frame_timeout_ms")),
         Ok(Err(rejection)) => Err(rejection),
         Ok(Ok((FrameKind::Batch, payload))) => Ok(payload),
@@ -321,16 +449,17 @@ async fn store_batch(
     municipality: IstatCode,
 ) -> (u64, Status, Option<Rejection>) {
     let rules = BatchRules::new(&shared.limits, municipality, shared.clock.now_ms(), shared.service_id_max);
-    let (seq, votes) = match BatchView::validate(&payload.0, &rules) {
-        Ok(view) => (view.seq(), view.len() as u64),
+    let view = match BatchView::validate(&payload.0, &rules) {
+        Ok(view) => view,
         Err(rejection) => {
             let seq = BatchView::access(&payload.0).map_or(0, |v| v.seq());
             return (seq, Status::Rejected, Some(rejection));
         }
     };
+    let (seq, votes) = (view.seq(), view.len() as u64);
     shared.metrics.votes_received.inc_by(votes);
     let retry = |code: ErrorCode, message: &str| (seq, Status::RetryLater, Some(Rejection::new(code, message)));
-    let guard = match shared.engine.sequences.begin(terminal, seq) {
+    let mut guard = match shared.engine.sequences.begin(terminal, seq) {
         Begin::Stored => return (seq, Status::Duplicate, None),
         Begin::Stale => {
             let message = format!("batch {seq} is older than the last {} batches this server remembers", wire::SEQ_WINDOW);
@@ -345,9 +474,16 @@ async fn store_batch(
         }
         Begin::New(guard) => guard,
     };
-    let Payload(archive, _permit) = payload;
+    let misuse = match admit_votes(shared, terminal, municipality, &view) {
+        Ok(misuse) => misuse,
+        Err(rejection) => {
+            shared.engine.sequences.abort(&mut guard);
+            return (seq, Status::RetryLater, Some(rejection));
+        }
+    };
+    let Payload(archive, _charge) = payload;
+    let flagged = flag_counts(&misuse);
     let (durable, acknowledged) = tokio::sync::oneshot::channel();
-    let misuse = Vec::new();
     let request = AppendRequest { terminal, municipality, seq, received_ms: rules.now_ms, archive, misuse, guard, durable };
     if let Err(mut request) = shared.engine.submit_durable(request) {
         shared.engine.sequences.abort(&mut request.guard);
@@ -357,6 +493,9 @@ async fn store_batch(
         Ok(Ok(_lsn)) => {
             shared.metrics.batches_stored.inc();
             shared.metrics.votes_stored.inc_by(votes);
+            for (rule, count) in flagged {
+                shared.metrics.votes_flagged.get_or_create(&RuleLabel { rule: rule.name() }).inc_by(count);
+            }
             (seq, Status::Stored, None)
         }
         Ok(Err(WalUnavailable::ShuttingDown)) => retry(ErrorCode::ShuttingDown, "server is shutting down; nothing was stored"),
@@ -364,6 +503,31 @@ async fn store_batch(
             retry(ErrorCode::StorageUnavailable, "the log cannot be written now (see the server log); nothing was stored")
         }
     }
+}
+
+/// Charges a new batch to its terminal's vote budget and decides its misuse flags — before the
+/// log append, so that the flags are written in the record and replay never decides again.
+///
+/// # Errors
+/// `rate_limited` (retry later) past `votes_per_terminal_per_minute_max`.
+fn admit_votes(shared: &Shared, terminal: TerminalId, municipality: IstatCode, view: &BatchView<'_>) -> Result<Vec<u8>, Rejection> {
+    let votes = view.len() as u32;
+    shared.vote_rates.try_take(terminal, votes, shared.monotonic_ms()).map_err(|wait_ms| {
+        let limit = shared.limits.votes_per_terminal_per_minute_max;
+        let message =
+            format!("terminal {terminal} is over votes_per_terminal_per_minute_max = {limit}; this batch of {votes} votes fits in {wait_ms} ms");
+        Rejection::new(ErrorCode::RateLimited, message)
+    })?;
+    Ok(shared.misuse.flags(terminal, view.seq(), view.votes(municipality, terminal)))
+}
+
+/// How many votes each rule flagged.
+fn flag_counts(flags: &[u8]) -> Vec<(Rule, u64)> {
+    Rule::ALL
+        .into_iter()
+        .map(|rule| (rule, flags.iter().filter(|&&f| f == rule.id()).count() as u64))
+        .filter(|(_, count)| *count > 0)
+        .collect()
 }
 
 /// Binds the ingest server's QUIC endpoints: `sockets` UDP sockets sharing `listen` with

@@ -2,6 +2,7 @@
 //! durably as Parquet, and queried with SQL. `ARCHITECTURE.md` is the map; each module's own
 //! documentation says what it owns and what it must not do.
 
+pub mod admission;
 pub mod analysts;
 pub mod bench;
 pub mod checkpoint;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod misuse;
 pub mod model;
 pub mod process;
 pub mod query;

@@ -20,11 +20,32 @@ pub struct Limits {
     /// Batch streams a connection may have open at once (QUIC `max_concurrent_bidi_streams`).
     /// Must stay below `wire::SEQ_WINDOW` so that retransmissions can always be recognised.
     pub streams_per_connection_max: u32,
-    /// Terminal connections open at once, server-wide.
+    /// Terminal connections open at once, server-wide. Past it new connections are refused
+    /// before their handshake (QUIC CONNECTION_REFUSED) and terminals back off.
     pub connections_max: u32,
+    /// Connections open at once from one source address (an IPv6 address counts by its /64).
+    /// Generous because honest terminals share addresses: a town hall's behind its NAT, rural
+    /// mobile links behind carrier-grade NAT. It stops one host from taking the server's slots.
+    pub connections_per_address_max: u32,
+    /// New connections (TLS handshakes) per second, server-wide, sustained. A handshake is the
+    /// costliest thing a stranger can make the server do. 2,000/s (with the burst) lets 10,000
+    /// terminals reconnect within 5 s after a restart; past it new connections are refused
+    /// before their handshake and terminals back off (see `admission`).
+    pub handshakes_per_second: u32,
+    /// Handshakes that may happen at once above the sustained rate (the bucket's depth).
+    pub handshake_burst: u32,
     /// Bytes of batches received but not yet durable, server-wide. Beyond it the server stops
     /// reading streams and QUIC flow control slows the senders; nothing is dropped.
     pub buffered_bytes_max: u64,
+    /// One connection's share of `buffered_bytes_max`, so that one slow or hostile connection
+    /// cannot hold the whole budget. 1 MiB is 16 frames of the largest size, or hundreds of the
+    /// small batches terminals send.
+    pub connection_buffered_bytes_max: u64,
+    /// Votes one terminal may send per minute: a token bucket this deep, refilled at this rate.
+    /// A person presses a few times a minute; 6,000 lets a terminal that was offline for a month
+    /// deliver its backlog in minutes, and keeps one stolen credential from flooding the server.
+    /// Past it batches are answered "retry later" (`rate_limited`).
+    pub votes_per_terminal_per_minute_max: u32,
     /// How long a new connection has to present its credential.
     pub hello_timeout_ms: u64,
     /// How long a stream may take to deliver its frame once opened (slow senders hold memory).
@@ -47,13 +68,90 @@ impl Default for Limits {
             batch_votes_max: 4096,
             streams_per_connection_max: 64,
             connections_max: 50_000,
+            connections_per_address_max: 256,
+            handshakes_per_second: 2_000,
+            handshake_burst: 2_000,
             buffered_bytes_max: 256 * 1024 * 1024,
+            connection_buffered_bytes_max: 1024 * 1024,
+            votes_per_terminal_per_minute_max: 6_000,
             hello_timeout_ms: 10_000,
             frame_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
             future_skew_ms: 5 * 60 * 1000,
             past_age_ms: 31 * 24 * 3600 * 1000,
         }
+    }
+}
+
+/// A limit (or another configured bound) set to a value the server cannot work with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("[{table}] {field} = {value} is not allowed: {allowed}")]
+pub struct LimitError {
+    /// The table of the configuration file: `limits`, `misuse`.
+    pub table: &'static str,
+    pub field: &'static str,
+    pub value: String,
+    pub allowed: String,
+}
+
+/// Bytes the server charges to the budget for a frame beyond its payload (bookkeeping).
+pub const REQUEST_OVERHEAD_BYTES: u64 = 256;
+/// Longest timestamp window: ten years. Keeps time arithmetic far from overflowing.
+const TIME_WINDOW_MS_MAX: i64 = 10 * 366 * 24 * 3600 * 1000;
+
+impl Limits {
+    /// Checks that the limits work together: a batch of `batch_votes_max` votes fits in a frame,
+    /// a frame fits in every budget, a full batch fits in a terminal's vote budget.
+    ///
+    /// # Errors
+    /// The first field out of its range, with the range allowed.
+    pub fn check(&self) -> Result<(), LimitError> {
+        let fail = |field: &'static str, value: &dyn std::fmt::Display, allowed: String| {
+            Err(LimitError { table: "limits", field, value: value.to_string(), allowed })
+        };
+        // 12 bytes a vote, the 32-byte root and up to 7 bytes of padding (schemas/protocol.md).
+        let batch_bytes_max = 12 * u64::from(self.batch_votes_max) + 40;
+        let frame_budget = u64::from(self.frame_bytes_max) + REQUEST_OVERHEAD_BYTES;
+        if self.batch_votes_max == 0 || batch_bytes_max > u64::from(self.frame_bytes_max) {
+            return fail("batch_votes_max", &self.batch_votes_max, format!("1..={} (a full batch must fit in frame_bytes_max)", (self.frame_bytes_max.saturating_sub(40)) / 12));
+        }
+        if !(1..crate::wire::SEQ_WINDOW as u32).contains(&self.streams_per_connection_max) {
+            return fail("streams_per_connection_max", &self.streams_per_connection_max, format!("1..{} (below the sequence window)", crate::wire::SEQ_WINDOW));
+        }
+        if self.connection_buffered_bytes_max < frame_budget {
+            return fail("connection_buffered_bytes_max", &self.connection_buffered_bytes_max, format!("at least frame_bytes_max + {REQUEST_OVERHEAD_BYTES} = {frame_budget}"));
+        }
+        if self.buffered_bytes_max < self.connection_buffered_bytes_max || self.buffered_bytes_max > u64::from(u32::MAX) {
+            return fail("buffered_bytes_max", &self.buffered_bytes_max, format!("connection_buffered_bytes_max ({})..=4 GiB", self.connection_buffered_bytes_max));
+        }
+        if self.votes_per_terminal_per_minute_max < self.batch_votes_max {
+            return fail("votes_per_terminal_per_minute_max", &self.votes_per_terminal_per_minute_max, format!("at least batch_votes_max = {}", self.batch_votes_max));
+        }
+        for (field, value) in [
+            ("connections_max", self.connections_max),
+            ("connections_per_address_max", self.connections_per_address_max),
+            ("handshakes_per_second", self.handshakes_per_second),
+            ("handshake_burst", self.handshake_burst),
+        ] {
+            if value == 0 {
+                return fail(field, &value, "at least 1".into());
+            }
+        }
+        for (field, value) in [("future_skew_ms", self.future_skew_ms), ("past_age_ms", self.past_age_ms)] {
+            if !(0..=TIME_WINDOW_MS_MAX).contains(&value) {
+                return fail(field, &value, format!("0..={TIME_WINDOW_MS_MAX} (ten years)"));
+            }
+        }
+        for (field, value) in [
+            ("hello_timeout_ms", self.hello_timeout_ms),
+            ("frame_timeout_ms", self.frame_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if !(1..=86_400_000).contains(&value) {
+                return fail(field, &value, "1..=86400000 (a day)".into());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -120,5 +218,31 @@ impl Default for QueryLimits {
             prepared_statements_max: 1024,
             concurrent_queries_max: 4,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_pass_their_own_check() {
+        assert_eq!(Limits::default().check(), Ok(()));
+    }
+
+    #[test]
+    fn limits_that_cannot_work_together_are_named() {
+        let check = |limits: Limits| limits.check().unwrap_err();
+        let error = check(Limits { batch_votes_max: 10_000, ..Limits::default() });
+        assert_eq!(error.field, "batch_votes_max");
+        assert!(error.to_string().contains("frame_bytes_max"), "{error}");
+        assert_eq!(check(Limits { votes_per_terminal_per_minute_max: 100, ..Limits::default() }).field, "votes_per_terminal_per_minute_max");
+        assert_eq!(check(Limits { connection_buffered_bytes_max: 1024, ..Limits::default() }).field, "connection_buffered_bytes_max");
+        assert_eq!(check(Limits { buffered_bytes_max: 1024 * 1024 - 1, ..Limits::default() }).field, "buffered_bytes_max");
+        assert_eq!(check(Limits { streams_per_connection_max: 5000, ..Limits::default() }).field, "streams_per_connection_max");
+        assert_eq!(check(Limits { handshakes_per_second: 0, ..Limits::default() }).field, "handshakes_per_second");
+        assert_eq!(check(Limits { past_age_ms: i64::MAX, ..Limits::default() }).field, "past_age_ms");
+        assert_eq!(check(Limits { future_skew_ms: -1, ..Limits::default() }).field, "future_skew_ms");
+        assert_eq!(check(Limits { frame_timeout_ms: 0, ..Limits::default() }).field, "frame_timeout_ms");
     }
 }

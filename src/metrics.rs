@@ -15,6 +15,16 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub rule: &'static str,
+}
+
 /// Everything the server counts.
 #[derive(Debug)]
 pub struct Metrics {
@@ -29,6 +39,14 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Family<CodeLabel, Counter>,
+    /// Connection attempts refused before their handshake, by the limit that refused them.
+    pub connections_not_admitted: Family<LimitLabel, Counter>,
+    /// Connection attempts asked to prove their address (QUIC Retry) under handshake pressure.
+    pub connections_retried: Counter,
+    /// Open connections closed because their terminal was revoked or removed.
+    pub connections_revoked: Counter,
+    /// Votes stored with a misuse flag, by rule.
+    pub votes_flagged: Family<RuleLabel, Counter>,
     pub wal_fsyncs: Counter,
     pub wal_fsync_seconds: Histogram,
     pub wal_group_batches: Histogram,
@@ -38,6 +56,8 @@ pub struct Metrics {
     pub wal_unavailable: Gauge,
     pub buffer_rows: Gauge,
     pub buffered_request_bytes: Gauge,
+    /// The highest `buffered_request_bytes` since the server started.
+    pub buffered_request_bytes_peak: Gauge,
     pub parquet_flushes: Counter,
     pub parquet_flush_seconds: Histogram,
     pub parquet_flush_rows: Counter,
@@ -66,6 +86,10 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_refused: Family::default(),
+            connections_not_admitted: Family::default(),
+            connections_retried: Counter::default(),
+            connections_revoked: Counter::default(),
+            votes_flagged: Family::default(),
             wal_fsyncs: Counter::default(),
             wal_fsync_seconds: seconds(),
             wal_group_batches: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -74,6 +98,7 @@ impl Metrics {
             wal_unavailable: Gauge::default(),
             buffer_rows: Gauge::default(),
             buffered_request_bytes: Gauge::default(),
+            buffered_request_bytes_peak: Gauge::default(),
             parquet_flushes: Counter::default(),
             parquet_flush_seconds: seconds(),
             parquet_flush_rows: Counter::default(),
@@ -92,6 +117,10 @@ impl Metrics {
         r.register("connections_open", "Terminal connections open", metrics.connections_open.clone());
         r.register("connections_accepted", "Terminal connections authenticated", metrics.connections_accepted.clone());
         r.register("connections_refused", "Connections refused, by error code", metrics.connections_refused.clone());
+        r.register("connections_not_admitted", "Connection attempts refused before their handshake, by limit", metrics.connections_not_admitted.clone());
+        r.register("connections_retried", "Connection attempts sent a QUIC Retry under handshake pressure", metrics.connections_retried.clone());
+        r.register("connections_revoked", "Open connections closed because their terminal was revoked", metrics.connections_revoked.clone());
+        r.register("votes_flagged", "Votes stored with a misuse flag, by rule", metrics.votes_flagged.clone());
         r.register("wal_fsyncs", "Log fsyncs (group commits)", metrics.wal_fsyncs.clone());
         r.register("wal_fsync_seconds", "Duration of a log write and fsync", metrics.wal_fsync_seconds.clone());
         r.register("wal_group_batches", "Batches made durable by one fsync", metrics.wal_group_batches.clone());
@@ -100,6 +129,7 @@ impl Metrics {
         r.register("wal_unavailable", "1 while the log cannot be written", metrics.wal_unavailable.clone());
         r.register("buffer_rows", "Rows in the Arrow buffer, not yet in Parquet", metrics.buffer_rows.clone());
         r.register("buffered_request_bytes", "Bytes of batches received and not yet durable", metrics.buffered_request_bytes.clone());
+        r.register("buffered_request_bytes_peak", "Highest bytes of batches received and not yet durable", metrics.buffered_request_bytes_peak.clone());
         r.register("parquet_flushes", "Flushes of the buffer to Parquet", metrics.parquet_flushes.clone());
         r.register("parquet_flush_seconds", "Duration of a flush", metrics.parquet_flush_seconds.clone());
         r.register("parquet_flush_rows", "Rows written to Parquet", metrics.parquet_flush_rows.clone());
@@ -125,6 +155,21 @@ impl Metrics {
 
     pub fn refused(&self, code: crate::wire::ErrorCode) {
         self.connections_refused.get_or_create(&CodeLabel { code: code.name() }).inc();
+    }
+
+    pub fn not_admitted(&self, limit: &'static str) {
+        self.connections_not_admitted.get_or_create(&LimitLabel { limit }).inc();
+    }
+
+    /// Counts `bytes` more buffered, and keeps the peak.
+    pub fn buffered(&self, bytes: i64) {
+        let now = self.buffered_request_bytes.inc_by(bytes) + bytes;
+        self.buffered_request_bytes_peak.inner().fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` no longer buffered.
+    pub fn unbuffered(&self, bytes: i64) {
+        self.buffered_request_bytes.dec_by(bytes);
     }
 }
 

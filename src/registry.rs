@@ -213,6 +213,8 @@ struct TerminalsFile {
 /// Why a terminal was not let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthError {
+    /// No terminal with this id, or its record names no municipality of the registry (a
+    /// hand-edited file): a terminal is never let in without a known municipality.
     UnknownTerminal,
     BadCredential,
     Revoked,
@@ -220,18 +222,31 @@ pub enum AuthError {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    municipality: IstatCode,
+    /// `None` when the record's municipality is not in the registry.
+    municipality: Option<IstatCode>,
     digest: [u8; 32],
     revoked: bool,
 }
 
+impl Entry {
+    fn admit(&self) -> Result<IstatCode, AuthError> {
+        if self.revoked {
+            return Err(AuthError::Revoked);
+        }
+        self.municipality.ok_or(AuthError::UnknownTerminal)
+    }
+}
+
 /// The terminal directory as the server reads it: an in-memory index of `terminals.json`,
 /// re-read when the file changes so that `faccia terminals add` and `revoke` take effect on a
-/// running server.
+/// running server. Each change is announced to subscribers (`subscribe`), so that open
+/// connections of a revoked terminal are closed.
 #[derive(Debug)]
 pub struct TerminalDirectory {
     path: PathBuf,
     state: RwLock<(Option<SystemTime>, Arc<HashMap<TerminalId, Entry>>)>,
+    /// Counts the reloads that changed the directory.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl TerminalDirectory {
@@ -243,6 +258,7 @@ impl TerminalDirectory {
         let directory = TerminalDirectory {
             path: terminals_path(data_dir),
             state: RwLock::new((None, Arc::new(HashMap::new()))),
+            changes: tokio::sync::watch::Sender::new(0),
         };
         directory.reload()?;
         Ok(directory)
@@ -258,6 +274,7 @@ impl TerminalDirectory {
             return Ok(false);
         }
         let file = read_terminals(&self.path)?;
+        let catalog = Catalog::builtin();
         let index = file
             .terminals
             .iter()
@@ -265,12 +282,34 @@ impl TerminalDirectory {
                 let mut digest = [0u8; 32];
                 // A record with a damaged digest matches no secret.
                 let _ = hex::decode_to_slice(&t.secret_sha256, &mut digest);
-                let municipality = IstatCode::parse(&t.municipality).unwrap_or(IstatCode(0));
+                let municipality = IstatCode::parse(&t.municipality).filter(|code| catalog.municipality(*code).is_some());
+                if municipality.is_none() {
+                    tracing::warn!(terminal = t.id, municipality = %t.municipality, "terminal record names no municipality of the registry; it cannot connect");
+                }
                 (t.id, Entry { municipality, digest, revoked: t.revoked_ms.is_some() })
             })
             .collect();
         *self.state.write().expect("lock") = (modified, Arc::new(index));
+        self.changes.send_modify(|n| *n += 1);
         Ok(true)
+    }
+
+    /// A receiver that is told each time a reload changed the directory.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether a terminal that authenticated earlier may still send: registered, not revoked,
+    /// with a known municipality. Its registered municipality if so.
+    ///
+    /// # Errors
+    /// Unknown (or no longer known) or revoked terminal.
+    pub fn check(&self, id: TerminalId) -> Result<IstatCode, AuthError> {
+        self.index().get(&id).ok_or(AuthError::UnknownTerminal)?.admit()
+    }
+
+    fn index(&self) -> Arc<HashMap<TerminalId, Entry>> {
+        Arc::clone(&self.state.read().expect("lock").1)
     }
 
     /// Checks a terminal's credential and returns its registered municipality.
@@ -278,17 +317,14 @@ impl TerminalDirectory {
     /// # Errors
     /// Unknown id, wrong secret (compared in constant time) or revoked terminal.
     pub fn authenticate(&self, id: TerminalId, secret: &Secret) -> Result<IstatCode, AuthError> {
-        let index = Arc::clone(&self.state.read().expect("lock").1);
+        let index = self.index();
         let entry = index.get(&id).ok_or(AuthError::UnknownTerminal)?;
         let digest = secret.digest();
         let difference = entry.digest.iter().zip(digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if difference != 0 {
             return Err(AuthError::BadCredential);
         }
-        if entry.revoked {
-            return Err(AuthError::Revoked);
-        }
-        Ok(entry.municipality)
+        entry.admit()
     }
 
     pub fn len(&self) -> usize {
@@ -638,6 +674,28 @@ mod tests {
             set_administration(dir.path(), IstatCode(999_999), None, None),
             Err(RegistryError::UnknownMunicipality(_))
         ));
+    }
+
+    #[test]
+    fn reloads_are_announced_and_damaged_records_let_nobody_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let added = add_terminals(dir.path(), IstatCode(1003), 2, "").unwrap();
+        let directory = TerminalDirectory::open(dir.path()).unwrap();
+        let changes = directory.subscribe();
+        assert_eq!(directory.check(2), Ok(IstatCode(1003)));
+        // Hand-edit the file: terminal 2 now names a municipality that does not exist.
+        let path = dir.path().join("terminals.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut file: TerminalsFile = serde_json::from_str(&text).unwrap();
+        file.terminals[1].municipality = "999999".into();
+        std::fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
+        directory.state.write().unwrap().0 = None;
+        assert!(directory.reload().unwrap());
+        assert!(changes.has_changed().unwrap(), "the reload is announced");
+        assert_eq!(directory.authenticate(2, &added[1].secret), Err(AuthError::UnknownTerminal));
+        assert_eq!(directory.check(2), Err(AuthError::UnknownTerminal));
+        assert_eq!(directory.check(1), Ok(IstatCode(1003)));
+        assert_eq!(directory.check(3), Err(AuthError::UnknownTerminal));
     }
 
     #[test]

@@ -74,6 +74,7 @@ impl Server {
     /// # Errors
     /// As `start`.
     pub async fn start_with(data_dir: PathBuf, config: Config, hooks: Hooks) -> anyhow::Result<Server> {
+        config.check()?;
         let Hooks { clock, faults } = hooks;
         let metrics = Arc::new(Metrics::new());
         let engine_config = EngineConfig { faults, ..EngineConfig::new(data_dir.clone(), config.storage.clone()) };
@@ -98,7 +99,7 @@ impl Server {
             .with_context(|| format!("binding the ingest address {}", config.listen))?;
         let ingest_addr = endpoints[0].local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(Arc::clone(&engine), Arc::clone(&directory), config.limits.clone(), clock));
+        let shared = Arc::new(Shared::new(Arc::clone(&engine), Arc::clone(&directory), &config, clock));
         let loops: Vec<_> = endpoints.iter().map(|e| ingest::run(e.clone(), Arc::clone(&shared), shutdown_rx.clone())).collect();
         let accept_loop = tokio::spawn(async move {
             futures::future::join_all(loops).await;

@@ -3,6 +3,10 @@
 //! Votes follow the shape of the real program: most votes at the counter, the registry office
 //! busiest (service shares from `schemas/services.csv`), satisfaction that differs by service
 //! and by municipality, and a reason on most red faces. Deterministic for a given seed.
+//!
+//! Simulated terminals send far faster than people vote, so a fleet compresses time: each
+//! terminal's votes are spaced like citizens at a counter (6 to 30 s apart, so that no misuse
+//! rule flags them), on a clock that starts two days back and runs ahead of the real one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +25,12 @@ const CHANNEL_SHARES: [f64; 3] = [0.82, 0.10, 0.08];
 const REASON_SHARES: [f64; 4] = [0.42, 0.28, 0.18, 0.12];
 /// Share of red faces where the citizen skips the reason question.
 const REASON_SKIPPED: f64 = 0.10;
+/// Time between two citizens at one terminal: stepping up, choosing a service, then a face.
+/// Longer than the misuse rules' windows (`misuse::MisuseRules` defaults: 1 s and 5 s).
+const CITIZEN_GAP_MS: std::ops::RangeInclusive<i64> = 6_000..=30_000;
+/// How far back a simulated terminal's clock starts (and goes back to when it would pass the
+/// real clock): well inside `past_age_ms`.
+const COMPRESSED_SPAN_MS: i64 = 2 * 24 * 3_600_000;
 
 fn pick(rng: &mut SmallRng, shares: &[f64]) -> usize {
     let mut x = rng.random::<f64>() * shares.iter().sum::<f64>();
@@ -57,6 +67,8 @@ pub struct VoteSimulator {
     services: Vec<(u16, f64)>,
     /// Cumulative service shares, for drawing a service.
     cumulative: Vec<f64>,
+    /// The simulated terminal clock of `next_votes`.
+    cursor_ms: Option<i64>,
 }
 
 impl VoteSimulator {
@@ -75,6 +87,7 @@ impl VoteSimulator {
             shift: 0.30 * unit_hash(u64::from(municipality.0) + 7919) - 0.15,
             services,
             cumulative,
+            cursor_ms: None,
         }
     }
 
@@ -99,6 +112,25 @@ impl VoteSimulator {
         let mut times: Vec<i64> = (0..count).map(|_| now_ms - self.rng.random_range(0..span_ms.max(1))).collect();
         times.sort_unstable();
         times.into_iter().map(|t| self.vote(t)).collect()
+    }
+
+    /// The next `count` votes of one terminal, each a citizen's: 6 to 30 s apart on the
+    /// simulated clock, which starts `COMPRESSED_SPAN_MS` before `now_ms` and goes back there
+    /// when it would pass `now_ms`.
+    pub fn next_votes(&mut self, now_ms: i64, count: usize) -> Vec<TerminalVote> {
+        let start_ms = now_ms - COMPRESSED_SPAN_MS;
+        let mut cursor_ms = self.cursor_ms.unwrap_or(start_ms);
+        let votes = (0..count)
+            .map(|_| {
+                cursor_ms += self.rng.random_range(CITIZEN_GAP_MS);
+                if cursor_ms > now_ms {
+                    cursor_ms = start_ms;
+                }
+                self.vote(cursor_ms)
+            })
+            .collect();
+        self.cursor_ms = Some(cursor_ms);
+        votes
     }
 
     pub fn rng(&mut self) -> &mut SmallRng {
@@ -191,7 +223,7 @@ async fn run_terminal(mut terminal: Terminal, plan: FleetPlan, deadline: tokio::
     while tokio::time::Instant::now() < deadline {
         if terminal.unacknowledged() < plan.in_flight_max {
             let count = citizens.rng().random_range(1..=plan.batch_votes_max.max(1));
-            let votes = citizens.votes(crate::clock::now_ms(), 2_000, count);
+            let votes = citizens.next_votes(crate::clock::now_ms(), count);
             if terminal.enqueue(&votes).is_err() {
                 break;
             }

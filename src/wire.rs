@@ -131,8 +131,12 @@ pub enum ErrorCode {
     StaleSequence = 16,
     /// The frame did not arrive within `frame_timeout_ms`.
     Timeout = 17,
-    /// Too many connections (server-wide) or streams.
+    /// Too many connections: server-wide (`connections_max`) or from one address
+    /// (`connections_per_address_max`); the close reason names the limit.
     TooManyConnections = 18,
+    /// Retry later: the terminal sent more votes than `votes_per_terminal_per_minute_max`
+    /// allows. Nothing was stored.
+    RateLimited = 19,
     /// Retry later: the log cannot be written (disk full, I/O error). Nothing was stored.
     StorageUnavailable = 50,
     /// Retry later: the server is shutting down. Nothing was stored.
@@ -142,7 +146,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::MalformedArchive,
@@ -161,6 +165,7 @@ impl ErrorCode {
         ErrorCode::StaleSequence,
         ErrorCode::Timeout,
         ErrorCode::TooManyConnections,
+        ErrorCode::RateLimited,
         ErrorCode::StorageUnavailable,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
@@ -179,6 +184,7 @@ impl ErrorCode {
                 | ErrorCode::Internal
                 | ErrorCode::Timeout
                 | ErrorCode::TooManyConnections
+                | ErrorCode::RateLimited
         )
     }
 
@@ -203,6 +209,7 @@ impl ErrorCode {
             ErrorCode::StaleSequence => "stale_sequence",
             ErrorCode::Timeout => "timeout",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
@@ -362,6 +369,35 @@ pub fn frame(kind: FrameKind, archive: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// Splits one whole frame held in memory into its header and payload: the header checked as
+/// `FrameHeader::decode` does, then the payload's length exactly as announced. The server reads
+/// frames from a stream with the same checks in the same order (`ingest::read_frame`).
+///
+/// # Errors
+/// `MalformedFrame` for a frame cut short or followed by extra bytes, and the errors of
+/// `FrameHeader::decode`.
+pub fn decode_frame(bytes: &[u8], payload_bytes_max: u32) -> Result<(FrameHeader, &[u8]), Rejection> {
+    let header: &[u8; HEADER_BYTES] = bytes.get(..HEADER_BYTES).and_then(|h| h.try_into().ok()).ok_or_else(|| {
+        Rejection::new(ErrorCode::MalformedFrame, format!("frame of {} bytes is shorter than its header", bytes.len()))
+    })?;
+    let header = FrameHeader::decode(header, payload_bytes_max)?;
+    let payload = &bytes[HEADER_BYTES..];
+    let announced = header.payload_bytes as usize;
+    if payload.len() < announced {
+        return Err(Rejection::new(
+            ErrorCode::MalformedFrame,
+            format!("frame cut short: {} of the {announced} payload bytes the header announced", payload.len()),
+        ));
+    }
+    if payload.len() > announced {
+        return Err(Rejection::new(
+            ErrorCode::MalformedFrame,
+            format!("bytes after the {announced}-byte payload the header announced"),
+        ));
+    }
+    Ok((header, payload))
+}
+
 pub fn encode_hello(hello: &HelloV1) -> Vec<u8> {
     frame(FrameKind::Hello, &archive(hello))
 }
@@ -431,6 +467,29 @@ pub fn read_hello_reply(bytes: &[u8]) -> Result<HelloReplyV1, Rejection> {
 pub fn read_batch_reply(bytes: &[u8]) -> Result<BatchReplyV1, Rejection> {
     let archived: &ArchivedBatchReplyV1 = access(bytes, "batch reply")?;
     Ok(rkyv::deserialize::<BatchReplyV1, rancor::Error>(archived).expect("validated archive deserialises"))
+}
+
+/// A validated message of any kind (`read_message`).
+pub enum Message<'a> {
+    Hello(&'a ArchivedHelloV1),
+    Batch(BatchView<'a>),
+    HelloReply(HelloReplyV1),
+    BatchReply(BatchReplyV1),
+}
+
+/// Validates the payload of a frame of `kind` the way its receiver does: a hello or a batch as
+/// the server checks them (the batch against `rules`), a reply as a terminal reads it. `payload`
+/// must be aligned like an `ArchiveBuf`. The fuzz targets and conformance tests start here.
+///
+/// # Errors
+/// The receiver's rejection: `MalformedArchive`, or the field or limit a value breaks.
+pub fn read_message<'a>(kind: FrameKind, payload: &'a [u8], rules: &BatchRules) -> Result<Message<'a>, Rejection> {
+    Ok(match kind {
+        FrameKind::Hello => Message::Hello(read_hello(payload)?),
+        FrameKind::Batch => Message::Batch(BatchView::validate(payload, rules)?),
+        FrameKind::HelloReply => Message::HelloReply(read_hello_reply(payload)?),
+        FrameKind::BatchReply => Message::BatchReply(read_batch_reply(payload)?),
+    })
 }
 
 /// What a batch is checked against: the terminal's registration, the server's clock and limits.
@@ -509,8 +568,9 @@ impl<'a> BatchView<'a> {
                 ),
             ));
         }
-        let earliest_ms = rules.now_ms - rules.past_age_ms;
-        let latest_ms = rules.now_ms + rules.future_skew_ms;
+        // Saturating: base_ms comes from the network and the windows from the configuration.
+        let earliest_ms = rules.now_ms.saturating_sub(rules.past_age_ms);
+        let latest_ms = rules.now_ms.saturating_add(rules.future_skew_ms);
         for (index, vote) in batch.votes.iter().enumerate() {
             check_vote(index, vote, rules.service_id_max)?;
             let at_ms = self.base_ms().saturating_add(i64::from(vote.offset_ms.to_native()));
@@ -519,7 +579,7 @@ impl<'a> BatchView<'a> {
                     ErrorCode::TimestampInFuture,
                     format!(
                         "votes[{index}] is {} ms ahead of the server clock; future_skew_ms = {}",
-                        at_ms - rules.now_ms,
+                        at_ms.saturating_sub(rules.now_ms),
                         rules.future_skew_ms
                     ),
                 ));
@@ -529,7 +589,7 @@ impl<'a> BatchView<'a> {
                     ErrorCode::TimestampTooOld,
                     format!(
                         "votes[{index}] is {} ms old; past_age_ms = {}",
-                        rules.now_ms - at_ms,
+                        rules.now_ms.saturating_sub(at_ms),
                         rules.past_age_ms
                     ),
                 ));
@@ -569,7 +629,7 @@ impl<'a> BatchView<'a> {
             face: Face::from_code(v.face).expect("validated face"),
             channel: Channel::from_code(v.channel).expect("validated channel"),
             reason: Reason::from_code(v.reason).expect("validated reason"),
-            at_ms: base_ms + i64::from(v.offset_ms.to_native()),
+            at_ms: base_ms.saturating_add(i64::from(v.offset_ms.to_native())),
         })
     }
 }
@@ -711,6 +771,17 @@ mod tests {
     }
 
     #[test]
+    fn extreme_timestamps_are_refused_not_overflowed() {
+        // Found by the `batch` fuzz target: a base time near i64::MIN overflowed the age in the
+        // error message (a panic in debug builds).
+        let check = |b: BatchV1| BatchView::validate(&encode_batch(&b), &rules()).map(|_| ()).unwrap_err();
+        let oldest = BatchV1 { base_ms: i64::MIN, ..batch(vec![vote(2, 0)]) };
+        assert_eq!(check(oldest).code, ErrorCode::TimestampTooOld);
+        let newest = BatchV1 { base_ms: i64::MAX, ..batch(vec![VoteV1 { offset_ms: u32::MAX, ..vote(2, 0) }]) };
+        assert_eq!(check(newest).code, ErrorCode::TimestampInFuture);
+    }
+
+    #[test]
     fn garbage_is_a_malformed_archive_not_a_panic() {
         let mut bytes = encode_batch(&batch(vec![vote(2, 0); 3]));
         let len = bytes.len();
@@ -733,6 +804,143 @@ mod tests {
         assert_eq!(read_batch_reply(&payload).unwrap(), reply);
         for code in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_u16(code as u16), Some(code));
+        }
+    }
+
+    /// Property tests: encode → validate → read round trips, and damaged or random bytes are
+    /// refused with an error, never a panic. proptest prints the failing case and its seed.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NOW_MS: i64 = 1_700_000_000_000;
+
+        fn valid_vote() -> impl Strategy<Value = VoteV1> {
+            (0u32..600_000, 1u16..=15, 0u8..=2, 0u8..=2, 0u8..=4).prop_map(|(offset_ms, service, face, channel, reason)| {
+                VoteV1 { offset_ms, service, face, channel, reason: if face == 0 { reason } else { 0 } }
+            })
+        }
+
+        /// Batches that every rule accepts: votes between 30 days and 0 ms old.
+        fn valid_batch() -> impl Strategy<Value = BatchV1> {
+            (1u64.., -30 * 86_400_000i64..-600_000, prop::collection::vec(valid_vote(), 1..=300))
+                .prop_map(|(seq, age_ms, votes)| BatchV1 { seq, base_ms: NOW_MS + age_ms, municipality: 1003, votes })
+        }
+
+        fn aligned(bytes: &[u8]) -> ArchiveBuf {
+            let mut buf = ArchiveBuf::with_capacity(bytes.len());
+            buf.extend_from_slice(bytes);
+            buf
+        }
+
+        fn within_rules(vote: &Vote, rules: &BatchRules) -> bool {
+            vote.at_ms <= rules.now_ms + rules.future_skew_ms
+                && vote.at_ms >= rules.now_ms - rules.past_age_ms
+                && (1..=rules.service_id_max).contains(&vote.service)
+                && (vote.reason.is_none() || vote.face == Face::Negative)
+                && vote.municipality == rules.municipality
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn valid_batches_round_trip_through_a_frame(batch in valid_batch()) {
+                let rules = BatchRules { now_ms: NOW_MS, ..rules() };
+                let framed = frame(FrameKind::Batch, &encode_batch(&batch));
+                let (header, payload) = decode_frame(&framed, Limits::default().frame_bytes_max).unwrap();
+                prop_assert_eq!(header.kind, FrameKind::Batch);
+                let payload = aligned(payload);
+                let view = BatchView::validate(&payload, &rules).unwrap();
+                prop_assert_eq!((view.seq(), view.base_ms(), view.len()), (batch.seq, batch.base_ms, batch.votes.len()));
+                for (read, sent) in view.votes(IstatCode(1003), 5).zip(&batch.votes) {
+                    prop_assert_eq!(read.at_ms, batch.base_ms + i64::from(sent.offset_ms));
+                    let codes = (read.service, read.face.code(), read.channel.code(), read.reason.map_or(0, Reason::code));
+                    prop_assert_eq!(codes, (sent.service, sent.face, sent.channel, sent.reason));
+                    prop_assert_eq!((read.terminal, read.municipality), (5, IstatCode(1003)));
+                }
+            }
+
+            #[test]
+            fn damaged_batches_are_refused_or_keep_every_rule(
+                batch in valid_batch(),
+                flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..), 1..8),
+                cut in any::<prop::sample::Index>(),
+                truncate in any::<bool>(),
+            ) {
+                let rules = BatchRules { now_ms: NOW_MS, ..rules() };
+                let mut bytes = encode_batch(&batch).to_vec();
+                for (at, mask) in flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] ^= mask;
+                }
+                if truncate {
+                    bytes.truncate(cut.index(bytes.len()));
+                }
+                match BatchView::validate(&aligned(&bytes), &rules) {
+                    Ok(view) => {
+                        for vote in view.votes(rules.municipality, 1) {
+                            prop_assert!(within_rules(&vote, &rules), "{vote:?} passed validation");
+                        }
+                    }
+                    Err(rejection) => prop_assert!(!rejection.message.is_empty()),
+                }
+            }
+
+            #[test]
+            fn control_messages_round_trip(
+                terminal in any::<u32>(),
+                secret in any::<[u8; 32]>(),
+                client in prop::collection::vec(any::<u8>(), 0..=CLIENT_NAME_BYTES_MAX),
+                seq in any::<u64>(),
+                status in 0u8..4,
+                code in any::<u16>(),
+                message in prop::collection::vec(any::<u8>(), 0..300),
+            ) {
+                let read = |framed: Vec<u8>| {
+                    let (header, payload) = decode_frame(&framed, 4096).unwrap();
+                    (header.kind, aligned(payload))
+                };
+                let hello = HelloV1 { terminal, secret, client };
+                let (kind, payload) = read(encode_hello(&hello));
+                let Ok(Message::Hello(archived)) = read_message(kind, &payload, &rules()) else { panic!("hello reads back") };
+                prop_assert_eq!((archived.terminal(), archived.secret, archived.client.as_slice()), (terminal, secret, hello.client.as_slice()));
+                let reply = BatchReplyV1 { seq, status, code, message: message.clone() };
+                let (kind, payload) = read(encode_batch_reply(&reply));
+                let Ok(Message::BatchReply(back)) = read_message(kind, &payload, &rules()) else { panic!("batch reply reads back") };
+                prop_assert_eq!(back, reply);
+                let reply = HelloReplyV1 { last_seq: seq, municipality: terminal, batch_votes_max: 9, streams_max: 3, status, code, message };
+                let (kind, payload) = read(encode_hello_reply(&reply));
+                let Ok(Message::HelloReply(back)) = read_message(kind, &payload, &rules()) else { panic!("hello reply reads back") };
+                prop_assert_eq!(back, reply);
+            }
+
+            #[test]
+            fn random_bytes_are_refused_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..600), kind in 0usize..4) {
+                let kinds = [FrameKind::Hello, FrameKind::Batch, FrameKind::HelloReply, FrameKind::BatchReply];
+                let _ = decode_frame(&bytes, 512);
+                // Random payloads behind a valid header of each kind.
+                let payload = aligned(&bytes);
+                if let Ok(Message::Batch(view)) = read_message(kinds[kind], &payload, &rules()) {
+                    for vote in view.votes(IstatCode(1003), 1) {
+                        prop_assert!(within_rules(&vote, &rules()), "{vote:?} passed validation");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn decode_frame_names_what_is_wrong() {
+            let framed = frame(FrameKind::Batch, &[0u8; 16]);
+            assert!(decode_frame(&framed, 16).is_ok());
+            let short = decode_frame(&framed[..20], 16).unwrap_err();
+            assert_eq!(short.code, ErrorCode::MalformedFrame);
+            assert!(short.message.contains("cut short"), "{}", short.message);
+            let mut long = framed.clone();
+            long.push(0);
+            assert!(decode_frame(&long, 16).unwrap_err().message.contains("bytes after"));
+            assert!(decode_frame(&framed[..5], 16).unwrap_err().message.contains("shorter than its header"));
+            assert_eq!(decode_frame(&framed, 15).unwrap_err().code, ErrorCode::FrameTooLarge);
         }
     }
 }

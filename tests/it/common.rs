@@ -27,6 +27,11 @@ pub async fn start(dir: &Path) -> Server {
     Server::start(dir.to_path_buf(), loopback_config()).await.expect("server starts")
 }
 
+/// A server on loopback with `limits`.
+pub async fn start_with_limits(dir: &Path, limits: faccia::limits::Limits) -> Server {
+    Server::start(dir.to_path_buf(), Config { limits, ..loopback_config() }).await.expect("server starts")
+}
+
 pub fn target(server: &Server) -> ServerTarget {
     ServerTarget::new(server.ingest_addr, "localhost", server.ca_path.as_ref().unwrap()).unwrap()
 }
@@ -49,6 +54,28 @@ pub fn votes(at_ms: i64, count: usize) -> Vec<TerminalVote> {
             }
         })
         .collect()
+}
+
+/// Time between two citizens' votes in `human_votes`: longer than every misuse rule's window.
+pub const CITIZEN_GAP_MS: i64 = 7_000;
+
+/// `count` votes as people cast them, `CITIZEN_GAP_MS` apart from `at_ms`, each different from
+/// the one before: no misuse rule flags them.
+pub fn human_votes(at_ms: i64, count: usize) -> Vec<TerminalVote> {
+    votes(0, count).into_iter().enumerate().map(|(i, v)| TerminalVote { at_ms: at_ms + i as i64 * CITIZEN_GAP_MS, ..v }).collect()
+}
+
+/// A copy of `bytes` aligned for in-place reading of archives.
+pub fn aligned(bytes: &[u8]) -> faccia::wire::ArchiveBuf {
+    let mut buf = faccia::wire::ArchiveBuf::with_capacity(bytes.len());
+    buf.extend_from_slice(bytes);
+    buf
+}
+
+/// The batch reply in `frame`, the bytes a stream answered (tests that speak raw QUIC).
+pub fn batch_reply(frame: &[u8]) -> faccia::wire::BatchReplyV1 {
+    let (_, payload) = faccia::wire::decode_frame(frame, 4096).expect("a reply frame");
+    faccia::wire::read_batch_reply(&aligned(payload)).expect("a batch reply")
 }
 
 pub async fn session(server: &Server, credential: &Credential) -> Session {

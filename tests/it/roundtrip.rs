@@ -24,8 +24,9 @@ async fn votes_sent_are_acknowledged_and_counted_exactly_by_sql() {
     for (t, credential) in credentials.iter().enumerate() {
         let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
         let mut terminal = Terminal::new(credential.clone(), endpoint, target(&server), 4);
+        // People's votes: the service index below counts only votes no misuse rule flags.
         for b in 0..10 {
-            terminal.enqueue(&votes(now - 60_000 + (t * 1000 + b * 30) as i64, 25)).unwrap();
+            terminal.enqueue(&human_votes(now - 3_600_000 + (t * 1000) as i64 + b * 25 * CITIZEN_GAP_MS, 25)).unwrap();
         }
         let (votes, duplicates) = deliver(&mut terminal).await;
         assert_eq!(duplicates, 0);
@@ -38,6 +39,7 @@ async fn votes_sent_are_acknowledged_and_counted_exactly_by_sql() {
     assert_eq!(count(dir.path(), "SELECT count(*) FROM votes WHERE municipality = 1003").await, 250);
     assert_eq!(count(dir.path(), "SELECT count(DISTINCT (terminal, ts)) FROM votes").await, 750);
     assert_eq!(count(dir.path(), "SELECT count(*) FROM votes WHERE face = -1 AND reason IS NULL").await, 0);
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM votes WHERE misuse <> 0").await, 0);
     assert_eq!(count(dir.path(), "SELECT CAST(sum(votes) AS BIGINT) FROM service_index").await, 750);
 }
 
