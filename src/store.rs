@@ -548,7 +548,6 @@ impl Dataset {
         }
         Ok(written)
     }
-    }
 
     /// Removes this node's files from flushes after `watermark` that never committed (a crash
     /// between writing them and the checkpoint): their rows are still in the log and will be
@@ -790,8 +789,8 @@ mod tests {
             (0..3000).map(|_| (rng.random_range(1001..1010), rng.random_range(1..4), t0 + rng.random_range(0..3 * 86_400_000))).collect();
         let batch = buffer_with(&rows);
         let ts: &TimestampMillisecondArray = batch.column(col::TS).as_primitive();
-        let mut cache = (0, 0, 0);
-        let days: Vec<i32> = ts.values().iter().map(|&t| local_day(t, &mut cache)).collect();
+        let mut clock = LocalClock::default();
+        let days: Vec<i32> = ts.values().iter().map(|&t| clock.day(t)).collect();
         let packed = packed_order(&batch, &days).expect("values fit");
         let sort = |values: ArrayRef| SortColumn { values, options: None };
         let columns = [

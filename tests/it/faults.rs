@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use faccia::crashtest::{self, ServerProcess};
 use faccia::faults::{Fault, Faults};
+use faccia::limits::Limits;
 use faccia::server::{Hooks, Server};
 use faccia::terminal::{Event, ServerTarget, Terminal, batch_frame};
 use faccia::wire::{ErrorCode, Status};
@@ -196,7 +197,8 @@ async fn a_full_disk_stops_acknowledging_until_space_returns() {
     let _unmount = Unmount(mount.path().to_path_buf());
     let dir = mount.path().join("data");
     let credential = add(&dir, AGLIE, 1).remove(0);
-    let server = start(&dir).await;
+    // The terminal fills the disk as fast as it can, far faster than people vote.
+    let server = start_with_limits(&dir, Limits { votes_per_terminal_per_minute_max: u32::MAX, ..Limits::default() }).await;
     let session = session(&server, &credential).await;
     let filler = mount.path().join("filler");
     let now = faccia::clock::now_ms() - 30_000;

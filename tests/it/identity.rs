@@ -135,7 +135,8 @@ async fn a_configured_production_certificate_replaces_the_development_one() {
     let credential = add(dir.path(), AGLIE, 1).remove(0);
     let config = Config { tls_cert: Some(cert), tls_key: Some(key), ..loopback_config() };
     let server = Server::start(dir.path().to_path_buf(), config).await.unwrap();
-    assert!(server.ca_path.is_none() && !dir.path().join("tls").exists(), "no development identity");
+    let development = ["ca.pem", "server.pem", "server.key"].map(|f| dir.path().join("tls").join(f));
+    assert!(server.ca_path.is_none() && !development.iter().any(|p| p.exists()), "no development identity");
     let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
     let target = ServerTarget::new(server.ingest_addr, "faccia.example.org", &ca).unwrap();
     let session = Session::connect(&endpoint, &target, &credential).await.unwrap();

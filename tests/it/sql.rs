@@ -79,7 +79,8 @@ async fn send(server_addr: SocketAddr, target: faccia::terminal::ServerTarget, c
     let endpoint = faccia::terminal::client_endpoint(server_addr).unwrap();
     let mut terminal = Terminal::new(credential.clone(), endpoint, target, 4);
     for b in 0..batches {
-        terminal.enqueue(&votes(at_ms + b * 1_000, 25)).unwrap();
+        // People's votes (no misuse flag: the index views count only those), ending at `at_ms`.
+        terminal.enqueue(&human_votes(at_ms - (batches - b) * 25 * CITIZEN_GAP_MS, 25)).unwrap();
     }
     let (acknowledged, _) = deliver(&mut terminal).await;
     terminal.close();
