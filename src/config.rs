@@ -8,6 +8,7 @@
 //!                                    # one generated into DATA_DIR/analyst-token
 //! tls_cert = "/etc/faccia/cert.pem"  # production certificate chain (PEM); omit for the
 //! tls_key = "/etc/faccia/key.pem"    # development certificate kept in DATA_DIR/tls
+//! tls_session_tickets = true         # resumable sessions, across restarts (DATA_DIR/tls/ticket-key)
 //!
 //! [limits]                           # src/limits.rs: every field, with its reason
 //! batch_votes_max = 4096
@@ -52,6 +53,9 @@ pub struct Config {
     pub analyst_tokens: Vec<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Issue TLS session tickets that survive restarts (`tls::SessionTickets`), so that
+    /// terminals resume instead of running full handshakes after a restart.
+    pub tls_session_tickets: bool,
     pub limits: Limits,
     pub storage: StorageLimits,
     pub query: QueryLimits,
@@ -68,6 +72,7 @@ impl Default for Config {
             analyst_tokens: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            tls_session_tickets: true,
             limits: Limits::default(),
             storage: StorageLimits::default(),
             query: QueryLimits::default(),

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub connections_not_admitted: Family<LimitLabel, Counter>,
     /// Connection attempts asked to prove their address (QUIC Retry) under handshake pressure.
     pub connections_retried: Counter,
+    /// TLS session tickets accepted: handshakes that resumed a session instead of a full one.
+    pub tls_sessions_resumed: Counter,
     /// Open connections closed because their terminal was revoked or removed.
     pub connections_revoked: Counter,
     /// Votes stored with a misuse flag, by rule.
@@ -88,6 +90,7 @@ impl Metrics {
             connections_refused: Family::default(),
             connections_not_admitted: Family::default(),
             connections_retried: Counter::default(),
+            tls_sessions_resumed: Counter::default(),
             connections_revoked: Counter::default(),
             votes_flagged: Family::default(),
             wal_fsyncs: Counter::default(),
@@ -119,6 +122,7 @@ impl Metrics {
         r.register("connections_refused", "Connections refused, by error code", metrics.connections_refused.clone());
         r.register("connections_not_admitted", "Connection attempts refused before their handshake, by limit", metrics.connections_not_admitted.clone());
         r.register("connections_retried", "Connection attempts sent a QUIC Retry under handshake pressure", metrics.connections_retried.clone());
+        r.register("tls_sessions_resumed", "Handshakes that resumed a TLS session from a ticket", metrics.tls_sessions_resumed.clone());
         r.register("connections_revoked", "Open connections closed because their terminal was revoked", metrics.connections_revoked.clone());
         r.register("votes_flagged", "Votes stored with a misuse flag, by rule", metrics.votes_flagged.clone());
         r.register("wal_fsyncs", "Log fsyncs (group commits)", metrics.wal_fsyncs.clone());

@@ -93,7 +93,9 @@ impl Server {
             }
             _ => anyhow::bail!("tls_cert and tls_key must be given together"),
         };
-        let quic = ingest::server_config(tls::server_config(identity)?, &config.limits)?;
+        let resumed = engine.metrics.tls_sessions_resumed.clone();
+        let tickets = config.tls_session_tickets.then(|| tls::SessionTickets::open(&data_dir, resumed)).transpose()?;
+        let quic = ingest::server_config(tls::server_config(identity, tickets)?, &config.limits)?;
         let reset_key = tls::reset_key(&data_dir)?;
         let endpoints = ingest::bind(config.listen, quic, &reset_key, config.ingest_sockets)
             .with_context(|| format!("binding the ingest address {}", config.listen))?;

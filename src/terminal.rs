@@ -80,7 +80,12 @@ pub struct ServerTarget {
     pub addr: SocketAddr,
     pub server_name: String,
     pub client_config: quinn::ClientConfig,
+    tls: Arc<rustls::ClientConfig>,
+    transport: Arc<quinn::TransportConfig>,
 }
+
+/// TLS sessions a terminal remembers for resumption (the server issues two per connection).
+const SESSIONS_REMEMBERED: usize = 4;
 
 impl ServerTarget {
     /// Verifies the server against the CA certificate(s) in `ca_path`.
@@ -96,11 +101,13 @@ impl ServerTarget {
     /// # Errors
     /// When the TLS configuration cannot carry QUIC.
     pub fn with_tls(addr: SocketAddr, server_name: &str, tls: rustls::ClientConfig) -> Result<ServerTarget, ClientError> {
-        let quic = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Stream(e.to_string()))?;
+        let tls = Arc::new(tls);
         let mut target = ServerTarget {
             addr,
             server_name: server_name.to_string(),
-            client_config: quinn::ClientConfig::new(Arc::new(quic)),
+            client_config: quic_client_config(&tls)?,
+            tls,
+            transport: Arc::new(quinn::TransportConfig::default()),
         };
         target.set_idle_timeout(Duration::from_secs(30));
         Ok(target)
@@ -111,8 +118,26 @@ impl ServerTarget {
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(idle / 2));
         transport.max_idle_timeout(Some(idle.try_into().expect("an idle timeout within QUIC's range")));
-        self.client_config.transport_config(Arc::new(transport));
+        self.transport = Arc::new(transport);
+        self.client_config.transport_config(Arc::clone(&self.transport));
     }
+
+    /// The same target with a TLS session cache of its own, as one terminal device has: the
+    /// session tickets it receives are its own to resume with (a target cloned across a fleet
+    /// would share one cache of a few tickets among thousands of terminals).
+    pub fn with_own_sessions(&self) -> ServerTarget {
+        let mut tls = (*self.tls).clone();
+        tls.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS_REMEMBERED);
+        let tls = Arc::new(tls);
+        let mut client_config = quic_client_config(&tls).expect("a configuration that carried QUIC still does");
+        client_config.transport_config(Arc::clone(&self.transport));
+        ServerTarget { client_config, tls, ..self.clone() }
+    }
+}
+
+fn quic_client_config(tls: &Arc<rustls::ClientConfig>) -> Result<quinn::ClientConfig, ClientError> {
+    let quic = QuicClientConfig::try_from(Arc::clone(tls)).map_err(|e| ClientError::Stream(e.to_string()))?;
+    Ok(quinn::ClientConfig::new(Arc::new(quic)))
 }
 
 /// A client endpoint (one UDP socket) that many terminals can share.
@@ -441,7 +466,7 @@ impl Terminal {
         Terminal {
             credential,
             endpoint,
-            target,
+            target: target.with_own_sessions(),
             outbox: Outbox::in_memory(),
             next_seq: None,
             in_flight_max: in_flight_max.clamp(1, (wire::SEQ_WINDOW / 2) as usize),

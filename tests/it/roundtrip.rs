@@ -125,3 +125,32 @@ async fn parquet_is_partitioned_by_day_sorted_and_self_describing() {
     let today = faccia::store::partition_date(now - 120_000);
     assert_eq!(count(dir.path(), &format!("SELECT count(*) FROM votes WHERE date = DATE '{today}'")).await, 80);
 }
+
+#[tokio::test]
+async fn a_terminal_resumes_its_tls_session_after_a_server_restart() {
+    // Proves: the session tickets a server issues open after a restart (their key is kept in
+    // the data directory), so a reconnecting fleet resumes instead of running full handshakes;
+    // and that resumption does not skip the terminal's credential.
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = add(dir.path(), ALA_DI_STURA, 2);
+    let first = start(dir.path()).await;
+    let addr = first.ingest_addr;
+    let target = target(&first).with_own_sessions();
+    let endpoint = faccia::terminal::client_endpoint(addr).unwrap();
+    let session = faccia::terminal::Session::connect(&endpoint, &target, &credentials[0]).await.unwrap();
+    assert_eq!(first.engine.metrics.tls_sessions_resumed.get(), 0, "a first connection has nothing to resume");
+    drop(session);
+    first.stop().await;
+
+    let second = faccia::server::Server::start(dir.path().to_path_buf(), faccia::config::Config { listen: addr, ..loopback_config() }).await.unwrap();
+    let session = faccia::terminal::Session::connect(&endpoint, &target, &credentials[0]).await.unwrap();
+    assert_eq!(second.engine.metrics.tls_sessions_resumed.get(), 1, "the restarted server opened the ticket");
+    drop(session);
+    // A resumed session is still asked for the credential: a wrong secret is refused.
+    let mut impostor = credentials[1].clone();
+    impostor.secret = credentials[0].secret.clone();
+    let refused = faccia::terminal::Session::connect(&endpoint, &target, &impostor).await;
+    assert!(refused.is_err(), "a resumed session with a wrong credential is refused");
+    assert!(second.engine.metrics.tls_sessions_resumed.get() >= 2);
+    second.stop().await;
+}
