@@ -335,7 +335,14 @@ fn setup(plan: &Plan, temporary: &Path, rng: &mut rand::rngs::StdRng) -> anyhow:
             let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
             let config_path = temporary.join("bench.toml");
             let text = config.as_ref().map(std::fs::read_to_string).transpose()?.unwrap_or_default();
-            std::fs::write(&config_path, crate::process::loopback_config(addr, &text))?;
+            // Every simulated terminal connects from 127.0.0.1 and sends far faster than people
+            // press buttons: lift the two limits meant for real terminals (unless the given
+            // configuration sets them).
+            let bench = [
+                ("limits.connections_per_address_max", i64::from(u32::MAX).into()),
+                ("limits.votes_per_terminal_per_minute_max", i64::from(u32::MAX).into()),
+            ];
+            std::fs::write(&config_path, crate::process::child_config(addr, &text, &bench)?)?;
             let server = ServerProcess::start(exe, &data_dir, &config_path, addr, &[])?;
             let target = ServerTarget::new(addr, "localhost", &server.ca)?;
             Ok((Some(server), credentials, target, Some(data_dir)))

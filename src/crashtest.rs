@@ -69,9 +69,16 @@ impl Report {
 ///
 /// # Errors
 /// When the file cannot be written.
-pub fn write_busy_config(path: &Path, listen: SocketAddr) -> std::io::Result<()> {
-    let storage = "\n[storage]\nflush_rows = 20000\nflush_interval_ms = 300\nwal_segment_bytes = 262144\n";
-    std::fs::write(path, crate::process::loopback_config(listen, storage))
+pub fn write_busy_config(path: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+    let busy = [
+        ("storage.flush_rows", 20_000.into()),
+        ("storage.flush_interval_ms", 300.into()),
+        ("storage.wal_segment_bytes", 262_144.into()),
+        // The simulated terminals send far faster than people press buttons.
+        ("limits.votes_per_terminal_per_minute_max", i64::from(u32::MAX).into()),
+    ];
+    std::fs::write(path, crate::process::child_config(listen, "", &busy)?)?;
+    Ok(())
 }
 
 /// The votes each terminal was told were stored, as ranges of its vote counter.

@@ -14,18 +14,26 @@ use anyhow::{Context, bail};
 /// How long a server may take to start (log replay included).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The top of a configuration file for a child server on loopback: ingest on `listen`, and
-/// Flight SQL and HTTP on ports the system picks (the fixed defaults would collide with
-/// another server on the machine), unless `rest` sets them itself.
-pub fn loopback_config(listen: SocketAddr, rest: &str) -> String {
-    let mut text = format!("listen = \"{listen}\"\n");
+/// The configuration file of a child server on loopback: `rest` (a TOML file's text, possibly
+/// empty) with ingest on `listen`, Flight SQL and HTTP on ports the system picks (the fixed
+/// defaults would collide with another server on the machine) unless `rest` sets them, and each
+/// of `defaults` (`table.key`, value) unless `rest` sets it.
+///
+/// # Errors
+/// When `rest` is not valid TOML.
+pub fn child_config(listen: SocketAddr, rest: &str, defaults: &[(&str, toml::Value)]) -> anyhow::Result<String> {
+    let mut config: toml::Table = rest.parse().context("reading the server configuration")?;
+    config.insert("listen".into(), listen.to_string().into());
     for key in ["flight_listen", "http_listen"] {
-        if !rest.lines().any(|l| l.trim_start().starts_with(key)) {
-            text.push_str(&format!("{key} = \"127.0.0.1:0\"\n"));
-        }
+        config.entry(key).or_insert_with(|| "127.0.0.1:0".into());
     }
-    text.push_str(rest);
-    text
+    for (path, value) in defaults {
+        let (table, key) = path.split_once('.').expect("a default is named table.key");
+        let table = config.entry(table).or_insert_with(|| toml::Table::new().into());
+        let table = table.as_table_mut().with_context(|| format!("`{path}` must be in a table"))?;
+        table.entry(key).or_insert_with(|| value.clone());
+    }
+    Ok(toml::to_string(&config)?)
 }
 
 /// A `faccia serve` child process. Dropping it kills the process: a server must never outlive
