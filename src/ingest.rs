@@ -42,6 +42,8 @@ use crate::wire::{
 
 /// Largest hello frame: a terminal id, a 32-byte secret and a short client name.
 const HELLO_BYTES_MAX: u32 = 256;
+/// Shortest time between two stateless resets sent by one ingest socket (see `bind`).
+const STATELESS_RESET_INTERVAL: Duration = Duration::from_micros(50);
 /// How long a refused connection waits for its reply to be read before it is closed.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
@@ -541,7 +543,20 @@ fn flag_counts(flags: &[u8]) -> Vec<(Rule, u64)> {
 /// When the address cannot be bound.
 pub fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &[u8], sockets: usize) -> std::io::Result<Vec<quinn::Endpoint>> {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
-    let endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(key.clone()));
+    // quinn sends at most one stateless reset per 20 ms by default: after a restart, 10,000
+    // terminals would learn that their connections are gone at 50 a second (most would wait for
+    // their reply timeout instead). A reset is always smaller than the packet that caused it,
+    // so it amplifies nothing; this interval only bounds the packets a flood of stale ones
+    // makes the server send (at most 20,000 a second per socket).
+    endpoint_config.min_reset_interval(STATELESS_RESET_INTERVAL);
+    // Connection IDs carry a keyed hash that lets the endpoint drop packets for IDs it never
+    // issued without answering them. quinn keys it at random per process, so a restarted
+    // server would silently drop every packet of its previous connections (terminals then wait
+    // for their reply timeout); keyed from the same persistent secret, the restarted server
+    // recognises them and answers with a stateless reset at once.
+    let cid_key = u64::from_le_bytes(ring::hmac::sign(&key, b"faccia connection id key").as_ref()[..8].try_into().expect("8 bytes"));
+    endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("the ingest endpoint needs a tokio runtime"))?;
     // SO_REUSEPORT would let a second server on the same port silently take half the traffic:
