@@ -103,6 +103,18 @@ pub struct Storm {
     pub terminals_caught_up: usize,
     /// From the kill to the restarted server reporting ready (log replay included).
     pub server_restart_ms: u64,
+    /// Milliseconds from the restarted server ready to each terminal's new connection: p50,
+    /// p90, p99 and the last.
+    pub reconnected_ms: [u64; 4],
+    /// The same to each terminal caught up (everything it held acknowledged).
+    pub caught_up_ms: [u64; 4],
+}
+
+/// p50, p90, p99 and the maximum of `values` (zeros when there are none).
+fn quantiles(mut values: Vec<u64>) -> [u64; 4] {
+    values.sort_unstable();
+    let at = |q: f64| values.get(((values.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0);
+    [at(0.50), at(0.90), at(0.99), values.last().copied().unwrap_or(0)]
 }
 
 /// Everything a run measured.
@@ -149,6 +161,9 @@ struct Shared {
     /// one got there (ms since the run started).
     caught_up: AtomicUsize,
     last_caught_up_ms: AtomicU64,
+    /// When each terminal reconnected and caught up after a restart (ms since the run started).
+    reconnected_at_ms: Mutex<Vec<u64>>,
+    caught_up_at_ms: Mutex<Vec<u64>>,
     /// The run's clock, set when the fleet is connected and the run starts.
     clock: std::sync::OnceLock<Arc<Clock>>,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -314,10 +329,16 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     if let Some((ready, server_restart_ms)) = storm {
         let last = shared.last_caught_up_ms.load(Ordering::Relaxed);
         let ready_ms = ready.duration_since(started).as_millis() as u64;
+        let since_ready = |at: &Mutex<Vec<u64>>| {
+            let at = at.lock().expect("storm times lock");
+            quantiles(at.iter().map(|t| t.saturating_sub(ready_ms)).collect())
+        };
         report.storm = Some(Storm {
             all_caught_up_ms: last.saturating_sub(ready_ms),
             terminals_caught_up: shared.caught_up.load(Ordering::Relaxed),
             server_restart_ms,
+            reconnected_ms: since_ready(&shared.reconnected_at_ms),
+            caught_up_ms: since_ready(&shared.caught_up_at_ms),
         });
     }
     cross_check(&mut report, server, plan.restart_at.is_some(), data_dir.as_deref()).await?;
@@ -509,12 +530,18 @@ impl TerminalTask {
                     self.shared.error(format!("refused: {error}"));
                     return;
                 }
-                Event::Connected { .. } => storm.reconnected(&clock),
+                Event::Connected { .. } => {
+                    if storm.reconnected(&clock) {
+                        let at_ms = clock.started.elapsed().as_millis() as u64;
+                        self.shared.reconnected_at_ms.lock().expect("storm times lock").push(at_ms);
+                    }
+                }
             }
             if storm.caught_up(&clock, &terminal) {
                 self.shared.caught_up.fetch_add(1, Ordering::Relaxed);
                 let at_ms = clock.started.elapsed().as_millis() as u64;
                 self.shared.last_caught_up_ms.fetch_max(at_ms, Ordering::Relaxed);
+                self.shared.caught_up_at_ms.lock().expect("storm times lock").push(at_ms);
             }
         }
         terminal.close();
@@ -571,10 +598,11 @@ struct StormWatch {
 }
 
 impl StormWatch {
-    fn reconnected(&mut self, clock: &Clock) {
-        if clock.restarted().is_some_and(|ready| Instant::now() >= ready) {
-            self.reconnected = true;
-        }
+    /// Notes a new connection; true if it is the terminal's first after the restart.
+    fn reconnected(&mut self, clock: &Clock) -> bool {
+        let first = !self.reconnected && clock.restarted().is_some_and(|ready| Instant::now() >= ready);
+        self.reconnected |= first;
+        first
     }
 
     /// True once, when the terminal has reconnected after the restart and holds nothing
@@ -700,6 +728,9 @@ pub fn render(report: &Report) -> String {
                 storm.server_restart_ms, storm.terminals_caught_up, storm.all_caught_up_ms
             ),
         ));
+        let ms = |q: [u64; 4]| format!("p50 {} ms, p90 {} ms, p99 {} ms, last {} ms", q[0], q[1], q[2], q[3]);
+        rows.push(("  reconnected after ready".into(), ms(storm.reconnected_ms)));
+        rows.push(("  caught up after ready".into(), ms(storm.caught_up_ms)));
     }
     for (kind, count) in &report.errors {
         rows.push((format!("errors: {kind}"), count.to_string()));
