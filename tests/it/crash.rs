@@ -107,3 +107,28 @@ async fn killed_server_replays_its_log_and_loses_nothing() {
     assert_eq!(count(dir.path(), "SELECT count(*) FROM votes").await, acknowledged as i64);
     assert_eq!(count(dir.path(), "SELECT count(DISTINCT (terminal, ts)) FROM votes").await, acknowledged as i64);
 }
+
+#[tokio::test]
+async fn a_restarted_server_resets_the_connections_of_the_killed_one() {
+    // Proves: the connection-ID key and the stateless-reset key survive a restart, so the new
+    // process answers a packet of a connection the killed one held with a stateless reset (the
+    // terminal learns at once that it must reconnect) instead of dropping it (the terminal would
+    // wait for its reply or idle timeout).
+    let dir = tempfile::tempdir().unwrap();
+    let credential = add(dir.path(), AGLIE, 1).remove(0);
+    let port = free_port();
+    let server = ServerProcess::start(dir.path(), port);
+    let mut target = server.target();
+    target.set_idle_timeout(Duration::from_secs(10));
+    let endpoint = faccia::terminal::client_endpoint(server.addr).unwrap();
+    let session = faccia::terminal::Session::connect(&endpoint, &target, &credential).await.unwrap();
+    server.kill();
+    let restarted = ServerProcess::start(dir.path(), port);
+    let frame = batch_frame(1, AGLIE, &human_votes(faccia::clock::now_ms() - 60_000, 1));
+    let error = session.send_frame(&frame).await.unwrap_err();
+    assert!(
+        matches!(error, faccia::terminal::ClientError::Connection(quinn::ConnectionError::Reset)),
+        "a stateless reset, not a timeout: {error:?}"
+    );
+    restarted.kill();
+}
