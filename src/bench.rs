@@ -157,11 +157,8 @@ struct Shared {
     votes_measured: AtomicU64,
     batches_measured: AtomicU64,
     connected: AtomicUsize,
-    /// Terminals reconnected and with nothing outstanding after a restart, and when the last
-    /// one got there (ms since the run started).
-    caught_up: AtomicUsize,
-    last_caught_up_ms: AtomicU64,
-    /// When each terminal reconnected and caught up after a restart (ms since the run started).
+    /// When each terminal reconnected, and caught up (reconnected with nothing outstanding),
+    /// after a restart (ms since the run started).
     reconnected_at_ms: Mutex<Vec<u64>>,
     caught_up_at_ms: Mutex<Vec<u64>>,
     /// The run's clock, set when the fleet is connected and the run starts.
@@ -327,18 +324,18 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     report.latency = latency(&merged);
     report.percentiles = percentile_curve(&merged);
     if let Some((ready, server_restart_ms)) = storm {
-        let last = shared.last_caught_up_ms.load(Ordering::Relaxed);
         let ready_ms = ready.duration_since(started).as_millis() as u64;
         let since_ready = |at: &Mutex<Vec<u64>>| {
             let at = at.lock().expect("storm times lock");
             quantiles(at.iter().map(|t| t.saturating_sub(ready_ms)).collect())
         };
+        let caught_up_ms = since_ready(&shared.caught_up_at_ms);
         report.storm = Some(Storm {
-            all_caught_up_ms: last.saturating_sub(ready_ms),
-            terminals_caught_up: shared.caught_up.load(Ordering::Relaxed),
+            all_caught_up_ms: caught_up_ms[3],
+            terminals_caught_up: shared.caught_up_at_ms.lock().expect("storm times lock").len(),
             server_restart_ms,
             reconnected_ms: since_ready(&shared.reconnected_at_ms),
-            caught_up_ms: since_ready(&shared.caught_up_at_ms),
+            caught_up_ms,
         });
     }
     cross_check(&mut report, server, plan.restart_at.is_some(), data_dir.as_deref()).await?;
@@ -365,7 +362,7 @@ fn setup(plan: &Plan, temporary: &Path, rng: &mut rand::rngs::StdRng) -> anyhow:
             ];
             std::fs::write(&config_path, crate::process::child_config(addr, &text, &bench)?)?;
             let server = ServerProcess::start(exe, &data_dir, &config_path, addr, &[])?;
-            let target = ServerTarget::new(addr, "localhost", &server.ca)?;
+            let target = server.target()?;
             Ok((Some(server), credentials, target, Some(data_dir)))
         }
         Target::Server { addr, server_name, ca, credentials } => {
@@ -538,9 +535,7 @@ impl TerminalTask {
                 }
             }
             if storm.caught_up(&clock, &terminal) {
-                self.shared.caught_up.fetch_add(1, Ordering::Relaxed);
                 let at_ms = clock.started.elapsed().as_millis() as u64;
-                self.shared.last_caught_up_ms.fetch_max(at_ms, Ordering::Relaxed);
                 self.shared.caught_up_at_ms.lock().expect("storm times lock").push(at_ms);
             }
         }
