@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::model::{Channel, Face, IstatCode, Reason, TerminalId};
 pub use crate::process::{ServerProcess, free_udp_port};
 use crate::registry::{self, Catalog};
-use crate::terminal::{Event, ServerTarget, Terminal, TerminalVote};
+use crate::terminal::{Event, Terminal, TerminalVote};
 
 /// Votes a terminal may stamp: its clock starts an hour back and advances one millisecond per
 /// vote, so it must stay below the server's future-skew limit.
@@ -107,7 +107,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let base_ms = crate::clock::now_ms() - 3_600_000;
 
     let mut server = ServerProcess::start(&plan.server_exe, &plan.data_dir, &config, addr, &[])?;
-    let mut target = ServerTarget::new(addr, "localhost", &server.ca)?;
+    let mut target = server.target()?;
     target.set_idle_timeout(Duration::from_secs(5));
     let acknowledged: Acknowledged = Arc::default();
     let (phase, phase_rx) = watch::channel(Phase::Sending);

@@ -98,6 +98,14 @@ impl ServerProcess {
         Ok(ServerProcess { child, addr, ca, config: config.to_path_buf(), problems, stopped })
     }
 
+    /// What terminals connect to: this server, verified against its development CA.
+    ///
+    /// # Errors
+    /// When the CA file is unusable.
+    pub fn target(&self) -> Result<crate::terminal::ServerTarget, crate::terminal::ClientError> {
+        crate::terminal::ServerTarget::new(self.addr, "localhost", &self.ca)
+    }
+
     /// SIGKILL: no destructor, no flush, no goodbye.
     pub fn kill(self) {
         // Drop does it.

@@ -1,9 +1,7 @@
 //! An unclean stop: the server process is killed with SIGKILL and restarted on the same data.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use faccia::terminal::{Terminal, batch_frame};
@@ -11,63 +9,20 @@ use faccia::wire::Status;
 
 use crate::common::*;
 
-/// A `faccia serve` child process.
-pub struct ServerProcess {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub ca: std::path::PathBuf,
-}
+pub use faccia::process::ServerProcess;
 
 /// A free UDP port on loopback (the kernel's pick; released before the server binds it).
 pub fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    faccia::process::free_udp_port().unwrap()
 }
 
-impl ServerProcess {
-    /// Starts `faccia serve` and waits until it reports that it is serving.
-    pub fn start(dir: &Path, port: u16) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_faccia"))
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--flight-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("faccia serve starts");
-        let stderr = child.stderr.take().unwrap();
-        let (ready, wait) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("faccia serving") {
-                    let _ = ready.send(());
-                }
-                if std::env::var_os("FACCIA_TEST_VERBOSE").is_some() {
-                    eprintln!("[server] {line}");
-                }
-            }
-        });
-        wait.recv_timeout(Duration::from_secs(60)).expect("server ready within 60 s");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        ServerProcess { child, addr, ca: dir.join("tls/ca.pem") }
-    }
-
-    pub fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, and the exit status of the clean shutdown.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        self.child.wait().unwrap()
-    }
-
-    pub fn target(&self) -> faccia::terminal::ServerTarget {
-        faccia::terminal::ServerTarget::new(self.addr, "localhost", &self.ca).unwrap()
-    }
+/// `faccia serve` as a child process on `dir`, listening on 127.0.0.1:`port` with the default
+/// limits (its configuration file is kept in `dir`).
+pub fn start_process(dir: &Path, port: u16) -> ServerProcess {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = dir.join("serve.toml");
+    std::fs::write(&config, faccia::process::child_config(addr, "", &[]).unwrap()).unwrap();
+    ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_faccia")), dir, &config, addr, &[]).expect("faccia serve starts")
 }
 
 #[tokio::test]
@@ -77,12 +32,12 @@ async fn killed_server_replays_its_log_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let credentials = add(dir.path(), AGLIE, 3);
     let port = free_port();
-    let server = ServerProcess::start(dir.path(), port);
+    let server = start_process(dir.path(), port);
     let now = faccia::clock::now_ms();
     let mut acknowledged = 0;
     let endpoint = faccia::terminal::client_endpoint(server.addr).unwrap();
     for (t, credential) in credentials.iter().enumerate() {
-        let mut terminal = Terminal::new(credential.clone(), endpoint.clone(), server.target(), 8);
+        let mut terminal = Terminal::new(credential.clone(), endpoint.clone(), server.target().unwrap(), 8);
         for b in 0..20 {
             terminal.enqueue(&votes(now - 600_000 + (t as i64) * 100_000 + b * 1_000, 25)).unwrap();
         }
@@ -92,9 +47,9 @@ async fn killed_server_replays_its_log_and_loses_nothing() {
     server.kill();
     assert!(parquet_files(dir.path()).is_empty(), "nothing was flushed before the kill");
 
-    let server = ServerProcess::start(dir.path(), port);
+    let server = start_process(dir.path(), port);
     let endpoint = faccia::terminal::client_endpoint(server.addr).unwrap();
-    let session = faccia::terminal::Session::connect(&endpoint, &server.target(), &credentials[0]).await.unwrap();
+    let session = faccia::terminal::Session::connect(&endpoint, &server.target().unwrap(), &credentials[0]).await.unwrap();
     assert_eq!(session.last_seq, 20, "the sequence state survived the kill");
     let resent = batch_frame(3, AGLIE, &votes(now - 600_000 + 2_000, 25));
     assert_eq!(session.send_frame(&resent).await.unwrap().status, Status::Duplicate as u8);
@@ -102,7 +57,7 @@ async fn killed_server_replays_its_log_and_loses_nothing() {
     assert_eq!(session.send_frame(&fresh).await.unwrap().status, Status::Stored as u8);
     acknowledged += 25;
     session.connection.close(0u32.into(), b"");
-    assert!(server.terminate().success(), "clean shutdown on SIGTERM");
+    assert!(server.terminate().unwrap().success(), "clean shutdown on SIGTERM");
 
     assert_eq!(count(dir.path(), "SELECT count(*) FROM votes").await, acknowledged as i64);
     assert_eq!(count(dir.path(), "SELECT count(DISTINCT (terminal, ts)) FROM votes").await, acknowledged as i64);
@@ -117,13 +72,13 @@ async fn a_restarted_server_resets_the_connections_of_the_killed_one() {
     let dir = tempfile::tempdir().unwrap();
     let credential = add(dir.path(), AGLIE, 1).remove(0);
     let port = free_port();
-    let server = ServerProcess::start(dir.path(), port);
-    let mut target = server.target();
+    let server = start_process(dir.path(), port);
+    let mut target = server.target().unwrap();
     target.set_idle_timeout(Duration::from_secs(10));
     let endpoint = faccia::terminal::client_endpoint(server.addr).unwrap();
     let session = faccia::terminal::Session::connect(&endpoint, &target, &credential).await.unwrap();
     server.kill();
-    let restarted = ServerProcess::start(dir.path(), port);
+    let restarted = start_process(dir.path(), port);
     let frame = batch_frame(1, AGLIE, &human_votes(faccia::clock::now_ms() - 60_000, 1));
     let error = session.send_frame(&frame).await.unwrap_err();
     assert!(

@@ -7,7 +7,7 @@ use faccia::terminal::{TerminalVote, batch_frame};
 use faccia::wire::Status;
 
 use crate::common::*;
-use crate::crash::{ServerProcess, free_port};
+use crate::crash::{free_port, start_process};
 
 /// The three kinds of misuse, in three batches: 10 presses 200 ms apart (9 flagged debounce),
 /// 5 identical presses 2 s apart (4 flagged repeat), 45 presses in one minute (15 flagged burst).
@@ -68,9 +68,9 @@ async fn flags_decided_before_a_crash_are_replayed_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let smasher = add(dir.path(), AGLIE, 1).remove(0);
     let port = free_port();
-    let process = ServerProcess::start(dir.path(), port);
+    let process = start_process(dir.path(), port);
     let endpoint = faccia::terminal::client_endpoint(process.addr).unwrap();
-    let session = faccia::terminal::Session::connect(&endpoint, &process.target(), &smasher).await.unwrap();
+    let session = faccia::terminal::Session::connect(&endpoint, &process.target().unwrap(), &smasher).await.unwrap();
     for (seq, batch) in misuse_batches(faccia::clock::now_ms()).iter().enumerate() {
         assert_eq!(session.send_frame(&batch_frame(seq as u64 + 1, AGLIE, batch)).await.unwrap().status, Status::Stored as u8);
     }

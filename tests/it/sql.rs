@@ -20,7 +20,7 @@ use hyper::{Method, Request, StatusCode};
 use tonic::transport::Channel;
 
 use crate::common::*;
-use crate::crash::{ServerProcess, free_port};
+use crate::crash::{free_port, start_process};
 
 fn analyst_token(dir: &Path) -> String {
     std::fs::read_to_string(dir.join(faccia::analysts::TOKEN_FILE)).unwrap().trim().to_string()
@@ -273,8 +273,8 @@ async fn faccia_sql_reads_a_killed_servers_log_without_changing_it() {
     // acknowledged vote from the log tail and leaves the log byte for byte as it was.
     let dir = tempfile::tempdir().unwrap();
     let credential = add(dir.path(), AGLIE, 1).remove(0);
-    let server = ServerProcess::start(dir.path(), free_port());
-    let acknowledged = send(server.addr, server.target(), &credential, faccia::clock::now_ms() - 60_000, 4).await as i64;
+    let server = start_process(dir.path(), free_port());
+    let acknowledged = send(server.addr, server.target().unwrap(), &credential, faccia::clock::now_ms() - 60_000, 4).await as i64;
     server.kill();
     let segment = std::fs::read_dir(dir.path().join("wal")).unwrap().flatten().map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "wal")).max().unwrap();
