@@ -121,9 +121,7 @@ fn buffer(c: &mut Criterion) {
     let rows = buffer.finish();
     group.throughput(Throughput::Elements(rows.num_rows() as u64));
     group.sample_size(10);
-    group.bench_function("sort_by_day_131072", |b| {
-        b.iter(|| store::partition_by_day(std::slice::from_ref(&rows)).unwrap().len())
-    });
+    group.bench_function("sort_by_day_131072", |b| b.iter(|| store::partition_by_day(std::slice::from_ref(&rows)).unwrap().len()));
     let parts = store::partition_by_day(std::slice::from_ref(&rows)).unwrap();
     group.bench_function("encode_parquet_131072", |b| {
         b.iter(|| parts.values().map(|p| store::encode_parquet(p, store::writer_properties("bench", 1, 2)).unwrap().len()).sum::<usize>())
@@ -133,7 +131,14 @@ fn buffer(c: &mut Criterion) {
 
 /// Submits `count` batches of `archive` for terminal `terminal` to a log writer and waits for
 /// every acknowledgement: all are queued before the writer looks, so they share fsyncs.
-fn append_group(requests: &crossbeam_channel::Sender<faccia::wal::AppendRequest>, sequences: &faccia::dedup::Sequences, archive: &ArchiveBuf, terminal: u32, first_seq: u64, count: u64) {
+fn append_group(
+    requests: &crossbeam_channel::Sender<faccia::wal::AppendRequest>,
+    sequences: &faccia::dedup::Sequences,
+    archive: &ArchiveBuf,
+    terminal: u32,
+    first_seq: u64,
+    count: u64,
+) {
     let mut acks = Vec::with_capacity(count as usize);
     for seq in first_seq..first_seq + count {
         let faccia::dedup::Begin::New(guard) = sequences.begin(terminal, seq) else { panic!("new batch") };

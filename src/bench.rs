@@ -244,9 +244,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let (mut server, credentials, target, data_dir) = setup(plan, temporary.path(), &mut rng)?;
     let municipalities = credentials.iter().map(|c| c.municipality).collect::<std::collections::HashSet<_>>().len();
     let rss_idle = server.as_ref().and_then(ServerProcess::rss_bytes);
-    let endpoints: Vec<quinn::Endpoint> = (0..plan.endpoints.max(1))
-        .map(|_| crate::terminal::client_endpoint_with_buffers(target.addr))
-        .collect::<Result<_, _>>()?;
+    let endpoints: Vec<quinn::Endpoint> =
+        (0..plan.endpoints.max(1)).map(|_| crate::terminal::client_endpoint_with_buffers(target.addr)).collect::<Result<_, _>>()?;
     let shared = Arc::new(Shared::new());
     let (phase, phase_rx) = watch::channel(Phase::Connecting);
     let gate = Arc::new(ConnectGate::new(plan.connect_concurrency, plan.connect_rate));
@@ -397,10 +396,9 @@ async fn cross_check(report: &mut Report, server: Option<ServerProcess>, restart
         }
         report.server_votes_stored = line.as_deref().and_then(|l| log_field(l, "votes_stored"));
         match (report.server_votes_stored, restarted) {
-            (Some(stored), false) if stored != report.votes_acknowledged => problems.push(format!(
-                "the server counted {stored} votes stored, the terminals {} acknowledged",
-                report.votes_acknowledged
-            )),
+            (Some(stored), false) if stored != report.votes_acknowledged => {
+                problems.push(format!("the server counted {stored} votes stored, the terminals {} acknowledged", report.votes_acknowledged))
+            }
             (None, _) => problems.push("the server did not report its counters".into()),
             _ => {}
         }
@@ -696,7 +694,10 @@ pub fn render(report: &Report) -> String {
     let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
     let mut rows: Vec<(String, String)> = vec![
         ("mode".into(), report.mode.clone()),
-        ("terminals".into(), format!("{} in {} municipalities, over {} client sockets", report.terminals, report.municipalities, report.endpoints)),
+        (
+            "terminals".into(),
+            format!("{} in {} municipalities, over {} client sockets", report.terminals, report.municipalities, report.endpoints),
+        ),
         ("batch".into(), format!("{} votes, {} in flight per terminal", report.batch_votes, report.in_flight)),
         ("connected".into(), format!("{:.1} s ({:.0} handshakes/s)", report.connect_s, report.handshakes_per_s)),
         ("measured".into(), format!("{:.0} s after {:.0} s of warm-up", report.measured_s, report.warmup_s)),
@@ -706,7 +707,10 @@ pub fn render(report: &Report) -> String {
         ("latency p99".into(), ms(report.latency.p99_us)),
         ("latency p99.9".into(), ms(report.latency.p999_us)),
         ("latency max".into(), ms(report.latency.max_us)),
-        ("votes acknowledged".into(), format!("{} ({} batches), warm-up and drain included", report.votes_acknowledged, report.batches_acknowledged)),
+        (
+            "votes acknowledged".into(),
+            format!("{} ({} batches), warm-up and drain included", report.votes_acknowledged, report.batches_acknowledged),
+        ),
     ];
     if let Some(rate) = report.rate_target_votes_per_s {
         rows.insert(1, ("target rate".into(), format!("{rate:.0} votes/s (Poisson arrivals)")));
@@ -744,11 +748,8 @@ pub fn render(report: &Report) -> String {
 /// When the file cannot be written.
 pub fn plot(report: &Report, path: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    let points: Vec<(f64, f64)> = report
-        .percentiles
-        .iter()
-        .map(|&(p, us)| (1.0 / (1.0 - p / 100.0).max(1e-5), us as f64 / 1000.0))
-        .collect();
+    let points: Vec<(f64, f64)> =
+        report.percentiles.iter().map(|&(p, us)| (1.0 / (1.0 - p / 100.0).max(1e-5), us as f64 / 1000.0)).collect();
     let y_max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(0.1) * 1.1;
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;

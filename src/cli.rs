@@ -17,7 +17,11 @@ use crate::simulate::{FleetPlan, run_fleet};
 use crate::terminal::ServerTarget;
 
 #[derive(Debug, Parser)]
-#[command(name = "faccia", version, about = "Customer-satisfaction votes from emoticon terminals: QUIC ingest, Parquet storage, SQL indices.")]
+#[command(
+    name = "faccia",
+    version,
+    about = "Customer-satisfaction votes from emoticon terminals: QUIC ingest, Parquet storage, SQL indices."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -338,7 +342,12 @@ async fn generate(data_dir: &Path, votes: u64, days: u32, end: Option<chrono::Na
     let plan = crate::generate::GeneratePlan { votes, days, end: end.unwrap_or(yesterday), seed };
     let started = Instant::now();
     let report = crate::generate::generate(data_dir, &plan, |day, so_far| {
-        eprintln!("{day}: {} votes, {} files, {:.2} bytes per vote so far", so_far.votes, so_far.files, so_far.bytes as f64 / so_far.votes.max(1) as f64);
+        eprintln!(
+            "{day}: {} votes, {} files, {:.2} bytes per vote so far",
+            so_far.votes,
+            so_far.files,
+            so_far.bytes as f64 / so_far.votes.max(1) as f64
+        );
     })
     .await?;
     println!(
@@ -385,7 +394,9 @@ async fn sql(data_dir: &Path, format: Format, repeat: u32, query: Option<&str>) 
 
 async fn repl(ctx: &datafusion::prelude::SessionContext, format: Format, out: &mut impl Write) -> anyhow::Result<()> {
     let mut editor = rustyline::DefaultEditor::new()?;
-    println!("faccia SQL — tables: votes, municipalities, services, faces, channels, reasons; view: service_index. End statements with ';', quit with \\q.");
+    println!(
+        "faccia SQL — tables: votes, municipalities, services, faces, channels, reasons; view: service_index. End statements with ';', quit with \\q."
+    );
     let mut statement = String::new();
     loop {
         let prompt = if statement.is_empty() { "faccia> " } else { "   ...> " };
@@ -512,9 +523,7 @@ async fn crashtest(data_dir: Option<PathBuf>, rounds: u32, terminals: usize, run
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let target = match (args.server, args.ca, args.credentials) {
-        (Some(addr), Some(ca), Some(credentials)) => {
-            crate::bench::Target::Server { addr, server_name: args.server_name, ca, credentials }
-        }
+        (Some(addr), Some(ca), Some(credentials)) => crate::bench::Target::Server { addr, server_name: args.server_name, ca, credentials },
         _ => crate::bench::Target::Spawn {
             exe: std::env::current_exe().context("locating the faccia executable")?,
             config: args.server_config,

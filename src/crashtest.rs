@@ -118,7 +118,12 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         let mut terminal = Terminal::new(credential, endpoint.clone(), target.clone(), plan.in_flight_max);
         terminal.set_ack_timeout(Duration::from_secs(2));
         let seed = plan.seed.wrapping_add(i as u64);
-        let driver = TerminalDriver { base_ms, batch_votes_max: plan.batch_votes_max, acknowledged: Arc::clone(&acknowledged), counters: Arc::clone(&counters) };
+        let driver = TerminalDriver {
+            base_ms,
+            batch_votes_max: plan.batch_votes_max,
+            acknowledged: Arc::clone(&acknowledged),
+            counters: Arc::clone(&counters),
+        };
         terminals.spawn(driver.run(terminal, phase_rx.clone(), seed));
     }
     for round in 1..=plan.rounds {
@@ -231,12 +236,8 @@ async fn compare(
     for terminal in terminals {
         let mut seen = found.remove(&terminal).unwrap_or_default();
         seen.sort_unstable();
-        let mut expected: Vec<u64> = acknowledged
-            .get(&terminal)
-            .into_iter()
-            .flatten()
-            .flat_map(|&(start, count)| start..start + count)
-            .collect();
+        let mut expected: Vec<u64> =
+            acknowledged.get(&terminal).into_iter().flatten().flat_map(|&(start, count)| start..start + count).collect();
         expected.sort_unstable();
         let (lost, duplicated, unexpected) = diff_sorted(&expected, &seen);
         report.lost += lost;

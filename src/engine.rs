@@ -128,10 +128,7 @@ impl MemoryView {
 
     fn snapshot(&self) -> MemorySnapshot {
         let inner = self.inner.read().expect("memory view lock");
-        MemorySnapshot {
-            watermark: inner.0,
-            generations: inner.1.iter().map(|g| (g.lsn_last, g.batches.clone())).collect(),
-        }
+        MemorySnapshot { watermark: inner.0, generations: inner.1.iter().map(|g| (g.lsn_last, g.batches.clone())).collect() }
     }
 }
 
@@ -518,7 +515,14 @@ impl Flusher {
         self.metrics.parquet_flush_rows.inc_by(id_rows as u64);
         self.metrics.parquet_flush_bytes.inc_by(bytes as u64);
         self.metrics.parquet_flush_seconds.observe(started.elapsed().as_secs_f64());
-        tracing::info!(rows = id_rows, files = files.len(), bytes, lsn_last, ms = started.elapsed().as_millis() as u64, "flushed to Parquet");
+        tracing::info!(
+            rows = id_rows,
+            files = files.len(),
+            bytes,
+            lsn_last,
+            ms = started.elapsed().as_millis() as u64,
+            "flushed to Parquet"
+        );
         if let Err(error) = wal::remove_flushed_segments(&self.wal_dir, lsn_last) {
             tracing::warn!(error = %error_chain(&error), "removing flushed log segments; retried after the next flush");
         }

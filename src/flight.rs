@@ -24,14 +24,12 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
-    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
-    TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    SchemaAsIpc, Ticket,
+    FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
 use base64::Engine;
 use bytes::Bytes;
@@ -94,9 +92,11 @@ impl FlightSql {
 
     fn prepared(&self, handle: &Bytes) -> Result<Prepared, Status> {
         let statements = self.prepared.lock().expect("prepared statements lock");
-        statements.by_handle.get(handle).cloned().ok_or_else(|| {
-            Status::not_found("unknown prepared statement handle (closed, or evicted past prepared_statements_max)")
-        })
+        statements
+            .by_handle
+            .get(handle)
+            .cloned()
+            .ok_or_else(|| Status::not_found("unknown prepared statement handle (closed, or evicted past prepared_statements_max)"))
     }
 
     async fn frame(&self, prepared: &Prepared) -> Result<DataFrame, Status> {
@@ -147,10 +147,8 @@ fn encode(schema: SchemaRef, stream: SendableRecordBatchStream, permit: OwnedSem
 /// One batch as a Flight data stream (catalog answers).
 fn single(batch: Result<RecordBatch, FlightError>) -> Result<Response<DoGetStream>, Status> {
     let batch = batch.map_err(|e| Status::internal(e.to_string()))?;
-    let stream = FlightDataEncoderBuilder::new()
-        .with_schema(batch.schema())
-        .build(futures::stream::once(async { Ok(batch) }))
-        .map_err(Status::from);
+    let stream =
+        FlightDataEncoderBuilder::new().with_schema(batch.schema()).build(futures::stream::once(async { Ok(batch) })).map_err(Status::from);
     Ok(Response::new(Box::pin(stream)))
 }
 
@@ -163,8 +161,9 @@ fn status(error: SqlError) -> Status {
 }
 
 fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
-    let IpcMessage(bytes) =
-        SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into().map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
     Ok(bytes)
 }
 
@@ -184,9 +183,7 @@ fn parameter_schema(frame: &DataFrame) -> Result<Schema, Status> {
     let types = frame.logical_plan().get_parameter_types().map_err(|e| Status::invalid_argument(e.to_string()))?;
     let mut names: Vec<_> = types.into_iter().collect();
     names.sort_by_key(|(name, _)| name.trim_start_matches('$').parse::<u32>().unwrap_or(u32::MAX));
-    Ok(Schema::new(
-        names.into_iter().map(|(name, t)| Field::new(name, t.unwrap_or(DataType::Null), true)).collect::<Vec<_>>(),
-    ))
+    Ok(Schema::new(names.into_iter().map(|(name, t)| Field::new(name, t.unwrap_or(DataType::Null), true)).collect::<Vec<_>>()))
 }
 
 #[tonic::async_trait]
@@ -326,7 +323,11 @@ impl FlightSqlService for FlightSql {
         Ok(())
     }
 
-    async fn get_flight_info_catalogs(&self, query: CommandGetCatalogs, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         self.check(request.metadata())?;
         let schema = query.clone().into_builder().schema();
         flight_info(&schema, query, request.into_inner())
@@ -341,7 +342,11 @@ impl FlightSqlService for FlightSql {
         single(builder.build())
     }
 
-    async fn get_flight_info_schemas(&self, query: CommandGetDbSchemas, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         self.check(request.metadata())?;
         let schema = query.clone().into_builder().schema();
         flight_info(&schema, query, request.into_inner())
@@ -359,7 +364,11 @@ impl FlightSqlService for FlightSql {
         single(builder.build())
     }
 
-    async fn get_flight_info_tables(&self, query: CommandGetTables, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         self.check(request.metadata())?;
         let schema = query.clone().into_builder().schema();
         flight_info(&schema, query, request.into_inner())
@@ -374,7 +383,11 @@ impl FlightSqlService for FlightSql {
         single(builder.build())
     }
 
-    async fn get_flight_info_table_types(&self, query: CommandGetTableTypes, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         self.check(request.metadata())?;
         let schema = query.clone().into_builder().schema();
         flight_info(&schema, query, request.into_inner())
@@ -389,7 +402,11 @@ impl FlightSqlService for FlightSql {
         single(builder.build())
     }
 
-    async fn get_flight_info_sql_info(&self, query: CommandGetSqlInfo, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         self.check(request.metadata())?;
         let schema = query.clone().into_builder(&self.info).schema();
         flight_info(&schema, query, request.into_inner())

@@ -31,15 +31,11 @@ const MISUSE_SHARE: f64 = 0.002;
 /// Relative volume per weekday, Monday first.
 const WEEKDAY_WEIGHTS: [f64; 7] = [1.15, 1.1, 1.1, 1.05, 1.0, 0.35, 0.05];
 /// Relative volume per hour of the day at the counter and on the phone (offices).
-const OFFICE_HOURS: [f64; 24] = [
-    0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.8, 1.6, 1.9, 1.8, 1.5, 0.7, 0.3, 0.7, 0.9, 0.6, 0.2, 0.0, 0.0, 0.0,
-    0.0, 0.0,
-];
+const OFFICE_HOURS: [f64; 24] =
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.8, 1.6, 1.9, 1.8, 1.5, 0.7, 0.3, 0.7, 0.9, 0.6, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0];
 /// Relative volume per hour of the day on the web.
-const WEB_HOURS: [f64; 24] = [
-    0.1, 0.05, 0.05, 0.05, 0.05, 0.1, 0.3, 0.6, 0.9, 1.0, 1.0, 1.0, 0.9, 0.9, 1.0, 1.0, 1.0, 1.0, 1.1, 1.3, 1.4,
-    1.2, 0.8, 0.3,
-];
+const WEB_HOURS: [f64; 24] =
+    [0.1, 0.05, 0.05, 0.05, 0.05, 0.1, 0.3, 0.6, 0.9, 1.0, 1.0, 1.0, 0.9, 0.9, 1.0, 1.0, 1.0, 1.0, 1.1, 1.3, 1.4, 1.2, 0.8, 0.3];
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -137,10 +133,7 @@ fn sites(rng: &mut StdRng, seed: u64) -> (Vec<Site>, Vec<f64>) {
 /// Milliseconds of midnight of `day` in Italy.
 fn midnight_ms(day: NaiveDate) -> i64 {
     let tz: chrono_tz::Tz = crate::store::TIME_ZONE.parse().expect("valid time zone");
-    tz.from_local_datetime(&day.and_hms_opt(0, 0, 0).expect("midnight"))
-        .earliest()
-        .expect("midnight exists in Italy")
-        .timestamp_millis()
+    tz.from_local_datetime(&day.and_hms_opt(0, 0, 0).expect("midnight")).earliest().expect("midnight exists in Italy").timestamp_millis()
 }
 
 /// The start of local hour `hour` of the day beginning at `midnight` (a day with a clock change

@@ -70,12 +70,7 @@ async fn query_get(State(state): State<Arc<HttpState>>, headers: HeaderMap, Quer
     }
 }
 
-async fn query_post(
-    State(state): State<Arc<HttpState>>,
-    headers: HeaderMap,
-    Query(params): Query<QueryParams>,
-    body: Bytes,
-) -> Response {
+async fn query_post(State(state): State<Arc<HttpState>>, headers: HeaderMap, Query(params): Query<QueryParams>, body: Bytes) -> Response {
     let sql = match (params.sql, std::str::from_utf8(&body)) {
         (Some(sql), _) => sql,
         (None, Ok(body)) if !body.trim().is_empty() => body.to_string(),

@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::admission::{Admission, Admit, AddressTicket, Attempt, ConnectionLimit, VoteRates};
+use crate::admission::{AddressTicket, Admission, Admit, Attempt, ConnectionLimit, VoteRates};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::dedup::{Begin, PendingOutcome};
@@ -36,8 +36,7 @@ use crate::model::{IstatCode, TerminalId};
 use crate::registry::{AuthError, Catalog, Secret, TerminalDirectory};
 use crate::wal::{AppendRequest, WalUnavailable};
 use crate::wire::{
-    self, ArchiveBuf, BatchReplyV1, BatchRules, BatchView, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES,
-    HelloReplyV1, Rejection, Status,
+    self, ArchiveBuf, BatchReplyV1, BatchRules, BatchView, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES, HelloReplyV1, Rejection, Status,
 };
 
 /// Largest hello frame: a terminal id, a 32-byte secret and a short client name.
@@ -297,8 +296,7 @@ async fn hello(connection: &Connection, shared: &Shared, connection_budget: &Sem
         }
         let hello = wire::read_hello(&payload.0)?;
         let terminal = hello.terminal();
-        let municipality =
-            shared.directory.authenticate(terminal, &Secret(hello.secret)).map_err(|e| auth_rejection(terminal, e))?;
+        let municipality = shared.directory.authenticate(terminal, &Secret(hello.secret)).map_err(|e| auth_rejection(terminal, e))?;
         Ok((terminal, municipality))
     }
     .await;
@@ -387,10 +385,7 @@ async fn read_frame<'a>(
     match recv.read(&mut extra).await {
         Ok(None) => {}
         Ok(Some(_)) => {
-            return Err(Rejection::new(
-                ErrorCode::MalformedFrame,
-                format!("bytes after the {len}-byte payload the header announced"),
-            ));
+            return Err(Rejection::new(ErrorCode::MalformedFrame, format!("bytes after the {len}-byte payload the header announced")));
         }
         Err(_) => return Err(truncated("end")),
     }
@@ -516,8 +511,9 @@ fn admit_votes(shared: &Shared, terminal: TerminalId, municipality: IstatCode, v
     let votes = view.len() as u32;
     shared.vote_rates.try_take(terminal, votes, shared.monotonic_ms()).map_err(|wait_ms| {
         let limit = shared.limits.votes_per_terminal_per_minute_max;
-        let message =
-            format!("terminal {terminal} is over votes_per_terminal_per_minute_max = {limit}; this batch of {votes} votes fits in {wait_ms} ms");
+        let message = format!(
+            "terminal {terminal} is over votes_per_terminal_per_minute_max = {limit}; this batch of {votes} votes fits in {wait_ms} ms"
+        );
         Rejection::new(ErrorCode::RateLimited, message)
     })?;
     Ok(shared.misuse.flags(terminal, view.seq(), view.votes(municipality, terminal)))
@@ -557,8 +553,7 @@ pub fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &[u8], s
     // recognises them and answers with a stateless reset at once.
     let cid_key = u64::from_le_bytes(ring::hmac::sign(&key, b"faccia connection id key").as_ref()[..8].try_into().expect("8 bytes"));
     endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| std::io::Error::other("the ingest endpoint needs a tokio runtime"))?;
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("the ingest endpoint needs a tokio runtime"))?;
     // SO_REUSEPORT would let a second server on the same port silently take half the traffic:
     // make sure nobody holds the address first (this also picks the port when asked for 0).
     let addr = std::net::UdpSocket::bind(listen)?.local_addr()?;

@@ -113,19 +113,39 @@ impl Limits {
         let batch_bytes_max = 12 * u64::from(self.batch_votes_max) + 40;
         let frame_budget = u64::from(self.frame_bytes_max) + REQUEST_OVERHEAD_BYTES;
         if self.batch_votes_max == 0 || batch_bytes_max > u64::from(self.frame_bytes_max) {
-            return fail("batch_votes_max", &self.batch_votes_max, format!("1..={} (a full batch must fit in frame_bytes_max)", (self.frame_bytes_max.saturating_sub(40)) / 12));
+            return fail(
+                "batch_votes_max",
+                &self.batch_votes_max,
+                format!("1..={} (a full batch must fit in frame_bytes_max)", (self.frame_bytes_max.saturating_sub(40)) / 12),
+            );
         }
         if !(1..crate::wire::SEQ_WINDOW as u32).contains(&self.streams_per_connection_max) {
-            return fail("streams_per_connection_max", &self.streams_per_connection_max, format!("1..{} (below the sequence window)", crate::wire::SEQ_WINDOW));
+            return fail(
+                "streams_per_connection_max",
+                &self.streams_per_connection_max,
+                format!("1..{} (below the sequence window)", crate::wire::SEQ_WINDOW),
+            );
         }
         if self.connection_buffered_bytes_max < frame_budget {
-            return fail("connection_buffered_bytes_max", &self.connection_buffered_bytes_max, format!("at least frame_bytes_max + {REQUEST_OVERHEAD_BYTES} = {frame_budget}"));
+            return fail(
+                "connection_buffered_bytes_max",
+                &self.connection_buffered_bytes_max,
+                format!("at least frame_bytes_max + {REQUEST_OVERHEAD_BYTES} = {frame_budget}"),
+            );
         }
         if self.buffered_bytes_max < self.connection_buffered_bytes_max || self.buffered_bytes_max > u64::from(u32::MAX) {
-            return fail("buffered_bytes_max", &self.buffered_bytes_max, format!("connection_buffered_bytes_max ({})..=4 GiB", self.connection_buffered_bytes_max));
+            return fail(
+                "buffered_bytes_max",
+                &self.buffered_bytes_max,
+                format!("connection_buffered_bytes_max ({})..=4 GiB", self.connection_buffered_bytes_max),
+            );
         }
         if self.votes_per_terminal_per_minute_max < self.batch_votes_max {
-            return fail("votes_per_terminal_per_minute_max", &self.votes_per_terminal_per_minute_max, format!("at least batch_votes_max = {}", self.batch_votes_max));
+            return fail(
+                "votes_per_terminal_per_minute_max",
+                &self.votes_per_terminal_per_minute_max,
+                format!("at least batch_votes_max = {}", self.batch_votes_max),
+            );
         }
         for (field, value) in [
             ("connections_max", self.connections_max),
@@ -236,7 +256,10 @@ mod tests {
         let error = check(Limits { batch_votes_max: 10_000, ..Limits::default() });
         assert_eq!(error.field, "batch_votes_max");
         assert!(error.to_string().contains("frame_bytes_max"), "{error}");
-        assert_eq!(check(Limits { votes_per_terminal_per_minute_max: 100, ..Limits::default() }).field, "votes_per_terminal_per_minute_max");
+        assert_eq!(
+            check(Limits { votes_per_terminal_per_minute_max: 100, ..Limits::default() }).field,
+            "votes_per_terminal_per_minute_max"
+        );
         assert_eq!(check(Limits { connection_buffered_bytes_max: 1024, ..Limits::default() }).field, "connection_buffered_bytes_max");
         assert_eq!(check(Limits { buffered_bytes_max: 1024 * 1024 - 1, ..Limits::default() }).field, "buffered_bytes_max");
         assert_eq!(check(Limits { streams_per_connection_max: 5000, ..Limits::default() }).field, "streams_per_connection_max");

@@ -120,10 +120,22 @@ impl Metrics {
         r.register("connections_open", "Terminal connections open", metrics.connections_open.clone());
         r.register("connections_accepted", "Terminal connections authenticated", metrics.connections_accepted.clone());
         r.register("connections_refused", "Connections refused, by error code", metrics.connections_refused.clone());
-        r.register("connections_not_admitted", "Connection attempts refused before their handshake, by limit", metrics.connections_not_admitted.clone());
-        r.register("connections_retried", "Connection attempts sent a QUIC Retry under handshake pressure", metrics.connections_retried.clone());
+        r.register(
+            "connections_not_admitted",
+            "Connection attempts refused before their handshake, by limit",
+            metrics.connections_not_admitted.clone(),
+        );
+        r.register(
+            "connections_retried",
+            "Connection attempts sent a QUIC Retry under handshake pressure",
+            metrics.connections_retried.clone(),
+        );
         r.register("tls_sessions_resumed", "Handshakes that resumed a TLS session from a ticket", metrics.tls_sessions_resumed.clone());
-        r.register("connections_revoked", "Open connections closed because their terminal was revoked", metrics.connections_revoked.clone());
+        r.register(
+            "connections_revoked",
+            "Open connections closed because their terminal was revoked",
+            metrics.connections_revoked.clone(),
+        );
         r.register("votes_flagged", "Votes stored with a misuse flag, by rule", metrics.votes_flagged.clone());
         r.register("wal_fsyncs", "Log fsyncs (group commits)", metrics.wal_fsyncs.clone());
         r.register("wal_fsync_seconds", "Duration of a log write and fsync", metrics.wal_fsync_seconds.clone());
@@ -133,7 +145,11 @@ impl Metrics {
         r.register("wal_unavailable", "1 while the log cannot be written", metrics.wal_unavailable.clone());
         r.register("buffer_rows", "Rows in the Arrow buffer, not yet in Parquet", metrics.buffer_rows.clone());
         r.register("buffered_request_bytes", "Bytes of batches received and not yet durable", metrics.buffered_request_bytes.clone());
-        r.register("buffered_request_bytes_peak", "Highest bytes of batches received and not yet durable", metrics.buffered_request_bytes_peak.clone());
+        r.register(
+            "buffered_request_bytes_peak",
+            "Highest bytes of batches received and not yet durable",
+            metrics.buffered_request_bytes_peak.clone(),
+        );
         r.register("parquet_flushes", "Flushes of the buffer to Parquet", metrics.parquet_flushes.clone());
         r.register("parquet_flush_seconds", "Duration of a flush", metrics.parquet_flush_seconds.clone());
         r.register("parquet_flush_rows", "Rows written to Parquet", metrics.parquet_flush_rows.clone());

@@ -78,8 +78,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] =
-        [Reason::WaitingTime, Reason::Service, Reason::HadToComeBack, Reason::Other];
+    pub const ALL: [Reason; 4] = [Reason::WaitingTime, Reason::Service, Reason::HadToComeBack, Reason::Other];
 
     /// Decodes the wire code: 0 is "no reason given", 1..=4 a reason.
     pub fn from_code(code: u8) -> Result<Option<Reason>, ()> {

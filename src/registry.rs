@@ -94,9 +94,7 @@ impl Catalog {
     /// The shipped catalog, parsed once per process.
     pub fn builtin() -> &'static Catalog {
         static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
-        CATALOG.get_or_init(|| {
-            Catalog::parse(COMUNI_CSV, SERVICES_CSV).expect("the built-in catalogs are valid")
-        })
+        CATALOG.get_or_init(|| Catalog::parse(COMUNI_CSV, SERVICES_CSV).expect("the built-in catalogs are valid"))
     }
 
     fn parse(comuni_csv: &str, services_csv: &str) -> Result<Catalog, csv::Error> {
@@ -166,10 +164,8 @@ impl Secret {
     pub fn from_hex(text: &str) -> Result<Secret, RegistryError> {
         let text = text.trim();
         let mut bytes = [0u8; SECRET_BYTES];
-        hex::decode_to_slice(text, &mut bytes).map_err(|_| RegistryError::SecretFormat {
-            expected: SECRET_BYTES * 2,
-            found: text.len(),
-        })?;
+        hex::decode_to_slice(text, &mut bytes)
+            .map_err(|_| RegistryError::SecretFormat { expected: SECRET_BYTES * 2, found: text.len() })?;
         Ok(Secret(bytes))
     }
 
@@ -371,9 +367,7 @@ impl Credential {
                 let secret = Secret::from_hex(fields.next()?).ok()?;
                 Some(Credential { id, municipality, secret })
             };
-            let credential = parse().with_context(|| {
-                format!("{}:{}: expected `{}`", path.display(), number + 1, Self::CSV_HEADER)
-            })?;
+            let credential = parse().with_context(|| format!("{}:{}: expected `{}`", path.display(), number + 1, Self::CSV_HEADER))?;
             credentials.push(credential);
         }
         Ok(credentials)
@@ -385,12 +379,7 @@ impl Credential {
 ///
 /// # Errors
 /// Unknown municipality, or the directory file cannot be read or written.
-pub fn add_terminals(
-    data_dir: &Path,
-    municipality: IstatCode,
-    count: u32,
-    label: &str,
-) -> Result<Vec<Credential>, RegistryError> {
+pub fn add_terminals(data_dir: &Path, municipality: IstatCode, count: u32, label: &str) -> Result<Vec<Credential>, RegistryError> {
     add_terminals_bulk(data_dir, &vec![municipality; count as usize], label)
 }
 
@@ -398,11 +387,7 @@ pub fn add_terminals(
 ///
 /// # Errors
 /// Unknown municipality, or the directory file cannot be read or written.
-pub fn add_terminals_bulk(
-    data_dir: &Path,
-    municipalities: &[IstatCode],
-    label: &str,
-) -> Result<Vec<Credential>, RegistryError> {
+pub fn add_terminals_bulk(data_dir: &Path, municipalities: &[IstatCode], label: &str) -> Result<Vec<Credential>, RegistryError> {
     let catalog = Catalog::builtin();
     if let Some(unknown) = municipalities.iter().find(|m| catalog.municipality(**m).is_none()) {
         return Err(RegistryError::UnknownMunicipality(unknown.to_string()));
@@ -467,8 +452,7 @@ fn read_terminals(path: &Path) -> Result<TerminalsFile, RegistryError> {
         }
         Err(source) => return Err(RegistryError::Io { path: path.to_path_buf(), source }),
     };
-    let file: TerminalsFile = serde_json::from_str(&text)
-        .map_err(|source| RegistryError::Parse { path: path.to_path_buf(), source })?;
+    let file: TerminalsFile = serde_json::from_str(&text).map_err(|source| RegistryError::Parse { path: path.to_path_buf(), source })?;
     if file.version != TERMINALS_FORMAT_VERSION {
         return Err(RegistryError::Version { path: path.to_path_buf(), found: file.version });
     }
@@ -476,10 +460,7 @@ fn read_terminals(path: &Path) -> Result<TerminalsFile, RegistryError> {
 }
 
 /// Read-modify-write of `terminals.json` under an exclusive lock, replaced atomically.
-fn update_terminals<T>(
-    data_dir: &Path,
-    change: impl FnOnce(&mut TerminalsFile) -> T,
-) -> Result<T, RegistryError> {
+fn update_terminals<T>(data_dir: &Path, change: impl FnOnce(&mut TerminalsFile) -> T) -> Result<T, RegistryError> {
     let path = terminals_path(data_dir);
     let io = |source| RegistryError::Io { path: path.clone(), source };
     fs::create_dir_all(data_dir).map_err(io)?;
@@ -557,8 +538,7 @@ pub fn list_administrations(data_dir: &Path) -> Result<Vec<AdministrationRecord>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(source) => return Err(RegistryError::Io { path, source }),
     };
-    let file: AdministrationsFile =
-        serde_json::from_str(&text).map_err(|source| RegistryError::Parse { path: path.clone(), source })?;
+    let file: AdministrationsFile = serde_json::from_str(&text).map_err(|source| RegistryError::Parse { path: path.clone(), source })?;
     if file.version != ADMINISTRATIONS_FORMAT_VERSION {
         return Err(RegistryError::Version { path, found: file.version });
     }
@@ -645,10 +625,7 @@ mod tests {
         directory.state.write().unwrap().0 = None;
         directory.reload().unwrap();
         assert_eq!(directory.authenticate(1, &added[0].secret), Err(AuthError::Revoked));
-        assert!(matches!(
-            add_terminals(dir.path(), IstatCode(999_999), 1, ""),
-            Err(RegistryError::UnknownMunicipality(_))
-        ));
+        assert!(matches!(add_terminals(dir.path(), IstatCode(999_999), 1, ""), Err(RegistryError::UnknownMunicipality(_))));
     }
 
     #[test]
@@ -670,10 +647,7 @@ mod tests {
         let record = set_administration(dir.path(), IstatCode(1003), None, Some(true)).unwrap();
         assert_eq!((record.digital_signature, record.pec), (Some(false), Some(true)));
         assert_eq!(list_administrations(dir.path()).unwrap(), vec![record]);
-        assert!(matches!(
-            set_administration(dir.path(), IstatCode(999_999), None, None),
-            Err(RegistryError::UnknownMunicipality(_))
-        ));
+        assert!(matches!(set_administration(dir.path(), IstatCode(999_999), None, None), Err(RegistryError::UnknownMunicipality(_))));
     }
 
     #[test]

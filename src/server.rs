@@ -208,7 +208,9 @@ async fn reload_directory(directory: Arc<TerminalDirectory>, mut shutdown: watch
         match directory.reload() {
             Ok(true) => tracing::info!(terminals = directory.len(), "terminal directory reloaded"),
             Ok(false) => {}
-            Err(error) => tracing::warn!(error = %crate::wal::error_chain(&error), "terminal directory not reloaded; the previous one stays"),
+            Err(error) => {
+                tracing::warn!(error = %crate::wal::error_chain(&error), "terminal directory not reloaded; the previous one stays")
+            }
         }
     }
 }

@@ -101,8 +101,8 @@ impl VoteSimulator {
             x if x < positive + negative => Face::Negative,
             _ => Face::Neutral,
         };
-        let reason = (face == Face::Negative && !self.rng.random_bool(REASON_SKIPPED))
-            .then(|| Reason::ALL[pick(&mut self.rng, &REASON_SHARES)]);
+        let reason =
+            (face == Face::Negative && !self.rng.random_bool(REASON_SKIPPED)).then(|| Reason::ALL[pick(&mut self.rng, &REASON_SHARES)]);
         let channel = Channel::ALL[pick(&mut self.rng, &CHANNEL_SHARES)];
         TerminalVote { at_ms, service, face, channel, reason }
     }

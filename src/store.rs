@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, AsArray, Int8Builder, RecordBatch, TimestampMillisecondArray, TimestampMillisecondBuilder,
-    UInt8Builder, UInt16Builder, UInt32Builder,
+    ArrayBuilder, ArrayRef, AsArray, Int8Builder, RecordBatch, TimestampMillisecondArray, TimestampMillisecondBuilder, UInt8Builder,
+    UInt16Builder, UInt32Builder,
 };
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -380,9 +380,7 @@ pub struct PartFile {
 
 impl PartFile {
     pub fn new(date: NaiveDate, node: &str, lsn_first: u64, lsn_last: u64) -> PartFile {
-        let path = ObjectPath::from(format!(
-            "{VOTES_DIR}/date={date}/part-{node}-{lsn_first:016x}-{lsn_last:016x}.parquet"
-        ));
+        let path = ObjectPath::from(format!("{VOTES_DIR}/date={date}/part-{node}-{lsn_first:016x}-{lsn_last:016x}.parquet"));
         PartFile { path, date, node: node.to_string(), lsn_first, lsn_last }
     }
 
@@ -449,8 +447,7 @@ impl Dataset {
     /// # Errors
     /// When the directory cannot be created.
     pub fn local(root: &std::path::Path, node: &str) -> Result<Dataset, StoreError> {
-        std::fs::create_dir_all(root.join(VOTES_DIR))
-            .map_err(|source| StoreError::Sync { path: root.display().to_string(), source })?;
+        std::fs::create_dir_all(root.join(VOTES_DIR)).map_err(|source| StoreError::Sync { path: root.display().to_string(), source })?;
         let store = object_store::local::LocalFileSystem::new_with_prefix(root)?;
         Ok(Dataset { store: Arc::new(store), local_root: Some(root.to_path_buf()), node: node.to_string() })
     }
@@ -462,12 +459,7 @@ impl Dataset {
     /// # Errors
     /// Encoding or storage errors; files already written by this call stay and are cleaned up
     /// by `remove_uncommitted` (they are not yet committed).
-    pub async fn write_flush(
-        &self,
-        batches: &[RecordBatch],
-        lsn_first: u64,
-        lsn_last: u64,
-    ) -> Result<Vec<(PartFile, usize)>, StoreError> {
+    pub async fn write_flush(&self, batches: &[RecordBatch], lsn_first: u64, lsn_last: u64) -> Result<Vec<(PartFile, usize)>, StoreError> {
         let mut written = Vec::new();
         for (date, rows) in partition_by_day(batches)? {
             let part = PartFile::new(date, &self.node, lsn_first, lsn_last);
@@ -513,9 +505,8 @@ impl Dataset {
         let counts = rollup.of(rows)?;
         let counts = counts.into_iter().map(|(_, batch)| batch).collect::<Vec<_>>();
         let counts = concat_batches(&rollup.schema(), &counts)?;
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
-            .build();
+        let properties =
+            WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level"))).build();
         let bytes = encode_parquet(&counts, properties)?;
         let len = bytes.len();
         self.publish(&part.rollup_path(rollup), bytes).await?;
@@ -575,8 +566,7 @@ impl Dataset {
             if let Some(root) = &self.local_root
                 && root.join(dir).is_dir()
             {
-                crate::fsutil::sync_dir(&root.join(dir))
-                    .map_err(|source| StoreError::Sync { path: root.display().to_string(), source })?;
+                crate::fsutil::sync_dir(&root.join(dir)).map_err(|source| StoreError::Sync { path: root.display().to_string(), source })?;
             }
         }
         Ok(removed)

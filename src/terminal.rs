@@ -23,8 +23,7 @@ use rand::Rng;
 use crate::model::{Channel, Face, IstatCode, Reason};
 use crate::registry::Credential;
 use crate::wire::{
-    self, ArchiveBuf, BatchReplyV1, BatchV1, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES, HelloV1, Rejection,
-    Status, VoteV1,
+    self, ArchiveBuf, BatchReplyV1, BatchV1, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES, HelloV1, Rejection, Status, VoteV1,
 };
 
 /// Longest reply frame a terminal reads.
@@ -429,15 +428,34 @@ fn frame_votes(frame: &[u8], municipality: IstatCode, terminal: crate::model::Te
 /// What happened to the terminal.
 #[derive(Debug)]
 pub enum Event {
-    Connected { last_seq: u64 },
+    Connected {
+        last_seq: u64,
+    },
     /// A batch was answered `stored` (or `duplicate`: stored by an earlier copy).
-    Acknowledged { batch: BatchId, seq: u64, votes: usize, duplicate: bool, enqueued: Instant },
+    Acknowledged {
+        batch: BatchId,
+        seq: u64,
+        votes: usize,
+        duplicate: bool,
+        enqueued: Instant,
+    },
     /// A batch was refused for good and dropped from the outbox.
-    Rejected { batch: BatchId, seq: u64, votes: usize, rejection: Rejection },
+    Rejected {
+        batch: BatchId,
+        seq: u64,
+        votes: usize,
+        rejection: Rejection,
+    },
     /// The link failed; the terminal reconnects after a backoff and resends.
-    Disconnected { error: String },
+    Disconnected {
+        error: String,
+    },
     /// The server told us to retry a batch later.
-    RetryLater { batch: BatchId, seq: u64, rejection: Rejection },
+    RetryLater {
+        batch: BatchId,
+        seq: u64,
+        rejection: Rejection,
+    },
     /// Nothing to send and nothing in flight.
     Idle,
     /// Refused for good (bad credential, revoked, wrong protocol): stop this terminal.

@@ -164,11 +164,7 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_error(dir))? {
         let path = entry.map_err(io_error(dir))?.path();
-        let lsn = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".wal"))
-            .and_then(|n| n.parse::<u64>().ok());
+        let lsn = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".wal")).and_then(|n| n.parse::<u64>().ok());
         if let Some(lsn) = lsn {
             segments.push((lsn, path));
         }
@@ -605,7 +601,12 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    fn request(sequences: &Sequences, terminal: TerminalId, seq: u64, payload: &[u8]) -> (AppendRequest, oneshot::Receiver<Result<u64, WalUnavailable>>) {
+    fn request(
+        sequences: &Sequences,
+        terminal: TerminalId,
+        seq: u64,
+        payload: &[u8],
+    ) -> (AppendRequest, oneshot::Receiver<Result<u64, WalUnavailable>>) {
         let crate::dedup::Begin::New(guard) = sequences.begin(terminal, seq) else { panic!("new batch") };
         let mut archive = ArchiveBuf::new();
         archive.extend_from_slice(payload);
@@ -679,7 +680,13 @@ mod tests {
             acks.push(ack);
         }
         drop(requests);
-        let config = WriterConfig { dir: dir.path().to_path_buf(), next_lsn: 1, segment_bytes: 1 << 20, group_bytes_max: 1 << 20, faults: Arc::default() };
+        let config = WriterConfig {
+            dir: dir.path().to_path_buf(),
+            next_lsn: 1,
+            segment_bytes: 1 << 20,
+            group_bytes_max: 1 << 20,
+            faults: Arc::default(),
+        };
         start_writer(config, receiver, store, Arc::clone(&sequences), Arc::clone(&metrics)).unwrap().join().unwrap();
         assert!(acks.into_iter().all(|a| a.blocking_recv().unwrap().is_ok()));
         assert_eq!(metrics.wal_fsyncs.get(), 1, "all 100 batches were waiting: one group, one fsync");
@@ -694,7 +701,13 @@ mod tests {
         let faults = Arc::new(Faults::default());
         let (requests, receiver) = crossbeam_channel::unbounded();
         let (store, stored) = crossbeam_channel::unbounded();
-        let config = WriterConfig { dir: dir.path().to_path_buf(), next_lsn: 1, segment_bytes: 1 << 20, group_bytes_max: 1, faults: Arc::clone(&faults) };
+        let config = WriterConfig {
+            dir: dir.path().to_path_buf(),
+            next_lsn: 1,
+            segment_bytes: 1 << 20,
+            group_bytes_max: 1,
+            faults: Arc::clone(&faults),
+        };
         let thread = start_writer(config, receiver, store, Arc::clone(&sequences), Arc::clone(&metrics)).unwrap();
         let send = |seq: u64| {
             let (request, ack) = request(&sequences, 2, seq, &[seq as u8; 16]);

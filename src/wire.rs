@@ -50,9 +50,7 @@ pub enum FrameKind {
 
 impl FrameKind {
     fn from_byte(byte: u8) -> Option<FrameKind> {
-        [FrameKind::Hello, FrameKind::Batch, FrameKind::HelloReply, FrameKind::BatchReply]
-            .into_iter()
-            .find(|k| *k as u8 == byte)
+        [FrameKind::Hello, FrameKind::Batch, FrameKind::HelloReply, FrameKind::BatchReply].into_iter().find(|k| *k as u8 == byte)
     }
 }
 
@@ -88,9 +86,8 @@ impl FrameHeader {
                 format!("protocol version {} is not supported; this server speaks version {VERSION}", bytes[2]),
             ));
         }
-        let kind = FrameKind::from_byte(bytes[3]).ok_or_else(|| {
-            Rejection::new(ErrorCode::MalformedFrame, format!("unknown frame kind 0x{:02x}", bytes[3]))
-        })?;
+        let kind = FrameKind::from_byte(bytes[3])
+            .ok_or_else(|| Rejection::new(ErrorCode::MalformedFrame, format!("unknown frame kind 0x{:02x}", bytes[3])))?;
         let payload_bytes = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
         if payload_bytes > payload_bytes_max {
             return Err(Rejection::new(
@@ -344,9 +341,7 @@ pub enum Status {
 
 impl Status {
     pub fn from_u8(value: u8) -> Option<Status> {
-        [Status::Stored, Status::Duplicate, Status::Rejected, Status::RetryLater]
-            .into_iter()
-            .find(|s| *s as u8 == value)
+        [Status::Stored, Status::Duplicate, Status::Rejected, Status::RetryLater].into_iter().find(|s| *s as u8 == value)
     }
 }
 
@@ -377,9 +372,10 @@ pub fn frame(kind: FrameKind, archive: &[u8]) -> Vec<u8> {
 /// `MalformedFrame` for a frame cut short or followed by extra bytes, and the errors of
 /// `FrameHeader::decode`.
 pub fn decode_frame(bytes: &[u8], payload_bytes_max: u32) -> Result<(FrameHeader, &[u8]), Rejection> {
-    let header: &[u8; HEADER_BYTES] = bytes.get(..HEADER_BYTES).and_then(|h| h.try_into().ok()).ok_or_else(|| {
-        Rejection::new(ErrorCode::MalformedFrame, format!("frame of {} bytes is shorter than its header", bytes.len()))
-    })?;
+    let header: &[u8; HEADER_BYTES] = bytes
+        .get(..HEADER_BYTES)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| Rejection::new(ErrorCode::MalformedFrame, format!("frame of {} bytes is shorter than its header", bytes.len())))?;
     let header = FrameHeader::decode(header, payload_bytes_max)?;
     let payload = &bytes[HEADER_BYTES..];
     let announced = header.payload_bytes as usize;
@@ -390,10 +386,7 @@ pub fn decode_frame(bytes: &[u8], payload_bytes_max: u32) -> Result<(FrameHeader
         ));
     }
     if payload.len() > announced {
-        return Err(Rejection::new(
-            ErrorCode::MalformedFrame,
-            format!("bytes after the {announced}-byte payload the header announced"),
-        ));
+        return Err(Rejection::new(ErrorCode::MalformedFrame, format!("bytes after the {announced}-byte payload the header announced")));
     }
     Ok((header, payload))
 }
@@ -422,8 +415,7 @@ fn access<'a, T>(bytes: &'a [u8], what: &str) -> Result<&'a T, Rejection>
 where
     T: rkyv::Portable + for<'b> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, rancor::Error>>,
 {
-    rkyv::access::<T, rancor::Error>(bytes)
-        .map_err(|e| Rejection::new(ErrorCode::MalformedArchive, format!("invalid {what} archive: {e}")))
+    rkyv::access::<T, rancor::Error>(bytes).map_err(|e| Rejection::new(ErrorCode::MalformedArchive, format!("invalid {what} archive: {e}")))
 }
 
 /// Validates a hello archive and returns it read in place.
@@ -561,11 +553,7 @@ impl<'a> BatchView<'a> {
         if declared != rules.municipality.0 {
             return Err(Rejection::new(
                 ErrorCode::WrongMunicipality,
-                format!(
-                    "batch.municipality {} is not this terminal's municipality {}",
-                    IstatCode(declared),
-                    rules.municipality
-                ),
+                format!("batch.municipality {} is not this terminal's municipality {}", IstatCode(declared), rules.municipality),
             ));
         }
         // Saturating: base_ms comes from the network and the windows from the configuration.
@@ -587,11 +575,7 @@ impl<'a> BatchView<'a> {
             if at_ms < earliest_ms {
                 return Err(Rejection::new(
                     ErrorCode::TimestampTooOld,
-                    format!(
-                        "votes[{index}] is {} ms old; past_age_ms = {}",
-                        rules.now_ms.saturating_sub(at_ms),
-                        rules.past_age_ms
-                    ),
+                    format!("votes[{index}] is {} ms old; past_age_ms = {}", rules.now_ms.saturating_sub(at_ms), rules.past_age_ms),
                 ));
             }
         }
@@ -636,10 +620,7 @@ impl<'a> BatchView<'a> {
 
 fn check_vote(index: usize, vote: &ArchivedVoteV1, service_id_max: u16) -> Result<(), Rejection> {
     let out_of_range = |field: &str, value: u64, allowed: &str| {
-        Err(Rejection::new(
-            ErrorCode::FieldOutOfRange,
-            format!("votes[{index}].{field} = {value} is out of range; allowed {allowed}"),
-        ))
+        Err(Rejection::new(ErrorCode::FieldOutOfRange, format!("votes[{index}].{field} = {value} is out of range; allowed {allowed}")))
     };
     let service = vote.service.to_native();
     if service == 0 || service > service_id_max {
@@ -816,15 +797,23 @@ mod tests {
         const NOW_MS: i64 = 1_700_000_000_000;
 
         fn valid_vote() -> impl Strategy<Value = VoteV1> {
-            (0u32..600_000, 1u16..=15, 0u8..=2, 0u8..=2, 0u8..=4).prop_map(|(offset_ms, service, face, channel, reason)| {
-                VoteV1 { offset_ms, service, face, channel, reason: if face == 0 { reason } else { 0 } }
+            (0u32..600_000, 1u16..=15, 0u8..=2, 0u8..=2, 0u8..=4).prop_map(|(offset_ms, service, face, channel, reason)| VoteV1 {
+                offset_ms,
+                service,
+                face,
+                channel,
+                reason: if face == 0 { reason } else { 0 },
             })
         }
 
         /// Batches that every rule accepts: votes between 30 days and 0 ms old.
         fn valid_batch() -> impl Strategy<Value = BatchV1> {
-            (1u64.., -30 * 86_400_000i64..-600_000, prop::collection::vec(valid_vote(), 1..=300))
-                .prop_map(|(seq, age_ms, votes)| BatchV1 { seq, base_ms: NOW_MS + age_ms, municipality: 1003, votes })
+            (1u64.., -30 * 86_400_000i64..-600_000, prop::collection::vec(valid_vote(), 1..=300)).prop_map(|(seq, age_ms, votes)| BatchV1 {
+                seq,
+                base_ms: NOW_MS + age_ms,
+                municipality: 1003,
+                votes,
+            })
         }
 
         fn aligned(bytes: &[u8]) -> ArchiveBuf {

@@ -47,7 +47,8 @@ fn main() -> std::io::Result<()> {
     }
     let hello = HelloV1 { terminal: 258, secret: [0xab; 32], client: b"vendor/2.1".to_vec() };
     std::fs::write(root.join("frame/hello"), wire::encode_hello(&hello))?;
-    let reply = HelloReplyV1 { last_seq: 9, municipality: 1003, batch_votes_max: 4096, streams_max: 64, status: 0, code: 0, message: vec![] };
+    let reply =
+        HelloReplyV1 { last_seq: 9, municipality: 1003, batch_votes_max: 4096, streams_max: 64, status: 0, code: 0, message: vec![] };
     std::fs::write(root.join("frame/hello-reply"), wire::encode_hello_reply(&reply))?;
     let refused = HelloReplyV1 { status: 2, code: 7, message: b"terminal 9 has been revoked".to_vec(), ..reply };
     std::fs::write(root.join("frame/hello-reply-refused"), wire::encode_hello_reply(&refused))?;

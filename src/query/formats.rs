@@ -40,12 +40,7 @@ impl Format {
 ///
 /// # Errors
 /// Encoding or write errors.
-pub fn write_results(
-    schema: &Arc<Schema>,
-    batches: &[RecordBatch],
-    format: Format,
-    out: &mut impl std::io::Write,
-) -> anyhow::Result<()> {
+pub fn write_results(schema: &Arc<Schema>, batches: &[RecordBatch], format: Format, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     match format {
         Format::Table => writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?,
         Format::Csv => {

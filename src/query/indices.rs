@@ -12,8 +12,7 @@ use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int8Type, Int64Ty
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator, ScalarUDF, Signature,
-    Volatility, create_udf,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator, ScalarUDF, Signature, Volatility, create_udf,
 };
 use datafusion::scalar::ScalarValue;
 
@@ -89,11 +88,7 @@ fn float_udf(name: &str, arity: usize, f: fn(&[f64]) -> Option<f64>) -> ScalarUD
             })
             .collect();
         let result: ArrayRef = Arc::new(result);
-        if scalar {
-            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&result, 0)?))
-        } else {
-            Ok(ColumnarValue::Array(result))
-        }
+        if scalar { Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&result, 0)?)) } else { Ok(ColumnarValue::Array(result)) }
     });
     create_udf(name, vec![DataType::Float64; arity], DataType::Float64, Volatility::Immutable, implementation)
 }
@@ -115,11 +110,7 @@ pub fn scalar_functions() -> Vec<ScalarUDF> {
 /// The aggregate index functions over `face`, ready to register, with `face_counts`.
 pub fn aggregate_functions() -> Vec<AggregateUDF> {
     let aggregate = |name: &'static str, finish: Finish| {
-        AggregateUDF::from(FaceIndex {
-            name,
-            signature: Signature::uniform(1, vec![DataType::Int8], Volatility::Immutable),
-            finish,
-        })
+        AggregateUDF::from(FaceIndex { name, signature: Signature::uniform(1, vec![DataType::Int8], Volatility::Immutable), finish })
     };
     let of = |name: &'static str, index: fn(&[u64; 3]) -> Option<f64>| aggregate(name, Finish::Index(index));
     vec![
@@ -176,9 +167,7 @@ impl Finish {
         match self {
             Finish::Index(index) => Ok(Arc::new(counts.iter().map(index).collect::<Float64Array>())),
             Finish::Counts => {
-                let column = |f: fn(&[u64; 3]) -> u64| -> ArrayRef {
-                    Arc::new(counts.iter().map(|c| f(c) as i64).collect::<Int64Array>())
-                };
+                let column = |f: fn(&[u64; 3]) -> u64| -> ArrayRef { Arc::new(counts.iter().map(|c| f(c) as i64).collect::<Int64Array>()) };
                 let columns = vec![column(|c| c[0] + c[1] + c[2]), column(|c| c[2]), column(|c| c[1]), column(|c| c[0])];
                 let DataType::Struct(fields) = self.data_type() else { unreachable!("counts are a struct") };
                 Ok(Arc::new(arrow::array::StructArray::try_new(fields, columns, None)?))
@@ -343,9 +332,7 @@ impl GroupsAccumulator for FaceGroups {
 
     fn state(&mut self, emit_to: EmitTo) -> DfResult<Vec<ArrayRef>> {
         let counts = self.take(emit_to);
-        Ok((0..3)
-            .map(|i| Arc::new(counts.iter().map(|c| c[i] as i64).collect::<Int64Array>()) as ArrayRef)
-            .collect())
+        Ok((0..3).map(|i| Arc::new(counts.iter().map(|c| c[i] as i64).collect::<Int64Array>()) as ArrayRef).collect())
     }
 
     fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> DfResult<()> {

@@ -71,10 +71,8 @@ async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits) -> 
         // File statistics would describe files that a scan may leave out (see `votes`).
         .set_bool("datafusion.execution.collect_statistics", false);
     // No cached listing: a long-running server must see the files of every new flush.
-    let runtime = RuntimeEnvBuilder::new()
-        .with_object_list_cache_limit(0)
-        .with_memory_limit(limits.query_memory_bytes_max, 1.0)
-        .build_arc()?;
+    let runtime =
+        RuntimeEnvBuilder::new().with_object_list_cache_limit(0).with_memory_limit(limits.query_memory_bytes_max, 1.0).build_arc()?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     let votes = Arc::new(parquet_files(data_dir, store::VOTES_DIR, store::schema(), true)?);
     ctx.register_table("votes", Arc::new(VotesTable::new(votes, Arc::clone(&fresh), Shape::Votes, data_dir)))?;

@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Int8Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array, UInt16Array,
-    UInt32Array,
+    ArrayRef, BooleanArray, Int8Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array, UInt16Array, UInt32Array,
 };
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
@@ -26,9 +25,8 @@ use crate::registry::{self, Catalog, Municipality};
 use crate::store::TIME_ZONE;
 
 fn batch(columns: Vec<(&str, ArrayRef, bool)>) -> DfResult<RecordBatch> {
-    let schema = Arc::new(Schema::new(
-        columns.iter().map(|(n, a, nullable)| Field::new(*n, a.data_type().clone(), *nullable)).collect::<Vec<_>>(),
-    ));
+    let schema =
+        Arc::new(Schema::new(columns.iter().map(|(n, a, nullable)| Field::new(*n, a.data_type().clone(), *nullable)).collect::<Vec<_>>()));
     Ok(RecordBatch::try_new(schema, columns.into_iter().map(|(_, a, _)| a).collect())?)
 }
 
@@ -49,36 +47,56 @@ fn strings<T>(items: &[T], f: impl Fn(&T) -> String) -> ArrayRef {
 pub fn register(ctx: &SessionContext, data_dir: PathBuf) -> DfResult<()> {
     let catalog = Catalog::builtin();
     let m = &catalog.municipalities;
-    mem_table(ctx, "municipalities", vec![
-        ("municipality", Arc::new(m.iter().map(|x| x.code.0).collect::<UInt32Array>()), false),
-        ("istat_code", strings(m, |x| x.code.to_string()), false),
-        ("name", strings(m, |x| x.name.clone()), false),
-        ("province", strings(m, |x| x.province.clone()), false),
-        ("region_code", Arc::new(m.iter().map(|x| x.region_code).collect::<UInt8Array>()), false),
-        ("region", strings(m, |x| x.region.clone()), false),
-        ("area", strings(m, |x| x.area.clone()), false),
-        ("population", Arc::new(m.iter().map(|x| x.population).collect::<UInt32Array>()), false),
-        ("eligible", Arc::new(m.iter().map(|x| Some(x.eligible())).collect::<BooleanArray>()), false),
-    ])?;
+    mem_table(
+        ctx,
+        "municipalities",
+        vec![
+            ("municipality", Arc::new(m.iter().map(|x| x.code.0).collect::<UInt32Array>()), false),
+            ("istat_code", strings(m, |x| x.code.to_string()), false),
+            ("name", strings(m, |x| x.name.clone()), false),
+            ("province", strings(m, |x| x.province.clone()), false),
+            ("region_code", Arc::new(m.iter().map(|x| x.region_code).collect::<UInt8Array>()), false),
+            ("region", strings(m, |x| x.region.clone()), false),
+            ("area", strings(m, |x| x.area.clone()), false),
+            ("population", Arc::new(m.iter().map(|x| x.population).collect::<UInt32Array>()), false),
+            ("eligible", Arc::new(m.iter().map(|x| Some(x.eligible())).collect::<BooleanArray>()), false),
+        ],
+    )?;
     let s = &catalog.services;
-    mem_table(ctx, "services", vec![
-        ("service", Arc::new(s.iter().map(|x| x.id).collect::<UInt16Array>()), false),
-        ("code", strings(s, |x| x.code.clone()), false),
-        ("name_it", strings(s, |x| x.name_it.clone()), false),
-        ("name", strings(s, |x| x.name_en.clone()), false),
-    ])?;
-    mem_table(ctx, "faces", vec![
-        ("face", Arc::new(Face::ALL.iter().map(|f| f.score()).collect::<Int8Array>()), false),
-        ("name", strings(&Face::ALL, |f| f.name().into()), false),
-    ])?;
-    mem_table(ctx, "channels", vec![
-        ("channel", Arc::new(Channel::ALL.iter().map(|c| c.code()).collect::<UInt8Array>()), false),
-        ("name", strings(&Channel::ALL, |c| c.name().into()), false),
-    ])?;
-    mem_table(ctx, "reasons", vec![
-        ("reason", Arc::new(Reason::ALL.iter().map(|r| r.code()).collect::<UInt8Array>()), false),
-        ("name", strings(&Reason::ALL, |r| r.name().into()), false),
-    ])?;
+    mem_table(
+        ctx,
+        "services",
+        vec![
+            ("service", Arc::new(s.iter().map(|x| x.id).collect::<UInt16Array>()), false),
+            ("code", strings(s, |x| x.code.clone()), false),
+            ("name_it", strings(s, |x| x.name_it.clone()), false),
+            ("name", strings(s, |x| x.name_en.clone()), false),
+        ],
+    )?;
+    mem_table(
+        ctx,
+        "faces",
+        vec![
+            ("face", Arc::new(Face::ALL.iter().map(|f| f.score()).collect::<Int8Array>()), false),
+            ("name", strings(&Face::ALL, |f| f.name().into()), false),
+        ],
+    )?;
+    mem_table(
+        ctx,
+        "channels",
+        vec![
+            ("channel", Arc::new(Channel::ALL.iter().map(|c| c.code()).collect::<UInt8Array>()), false),
+            ("name", strings(&Channel::ALL, |c| c.name().into()), false),
+        ],
+    )?;
+    mem_table(
+        ctx,
+        "reasons",
+        vec![
+            ("reason", Arc::new(Reason::ALL.iter().map(|r| r.code()).collect::<UInt8Array>()), false),
+            ("name", strings(&Reason::ALL, |r| r.name().into()), false),
+        ],
+    )?;
     let dir = data_dir.clone();
     ctx.register_table("terminals", Arc::new(ScanTimeTable::new(move || terminals(&dir))?))?;
     ctx.register_table("administrations", Arc::new(ScanTimeTable::new(move || administrations(&data_dir))?))?;
@@ -92,16 +110,10 @@ fn registry_error(error: registry::RegistryError) -> DataFusionError {
 /// `terminals`: the terminal directory (`terminals.json`), without secrets.
 fn terminals(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
     let list = registry::list_terminals(data_dir).map_err(registry_error)?;
-    let time = |values: Vec<Option<i64>>| -> ArrayRef {
-        Arc::new(TimestampMillisecondArray::from(values).with_timezone(TIME_ZONE))
-    };
+    let time = |values: Vec<Option<i64>>| -> ArrayRef { Arc::new(TimestampMillisecondArray::from(values).with_timezone(TIME_ZONE)) };
     batch(vec![
         ("terminal", Arc::new(list.iter().map(|t| t.id).collect::<UInt32Array>()), false),
-        (
-            "municipality",
-            Arc::new(list.iter().map(|t| IstatCode::parse(&t.municipality).map(|c| c.0)).collect::<UInt32Array>()),
-            true,
-        ),
+        ("municipality", Arc::new(list.iter().map(|t| IstatCode::parse(&t.municipality).map(|c| c.0)).collect::<UInt32Array>()), true),
         ("added", time(list.iter().map(|t| Some(t.added_ms)).collect()), false),
         ("revoked", time(list.iter().map(|t| t.revoked_ms).collect()), true),
         ("active", Arc::new(list.iter().map(|t| Some(t.revoked_ms.is_none())).collect::<BooleanArray>()), false),
@@ -121,8 +133,7 @@ fn administrations(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
     };
     let signature = attribute(|a| a.digital_signature);
     let pec = attribute(|a| a.pec);
-    let bonus: UInt32Array =
-        m.iter().enumerate().map(|(i, x)| registry::bonus_eur(x.eligible(), signature[i], pec[i])).collect();
+    let bonus: UInt32Array = m.iter().enumerate().map(|(i, x)| registry::bonus_eur(x.eligible(), signature[i], pec[i])).collect();
     batch(vec![
         ("municipality", Arc::new(m.iter().map(|x| x.code.0).collect::<UInt32Array>()), false),
         ("eligible", Arc::new(m.iter().map(|x| Some(x.eligible())).collect::<BooleanArray>()), false),

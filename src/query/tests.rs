@@ -120,8 +120,12 @@ async fn index_views_match_hand_computed_values() {
     assert_eq!(f64_at(&b, "wilson_low_pct", 0), Some(45.6));
     assert_eq!(f64_at(&b, "wilson_high_pct", 0), Some(59.3));
     // The aggregate functions agree with the scalar ones over the same rows.
-    let b = one(&ctx, "SELECT csat_of(face) AS c, net_score_of(face) AS n, happy_index_of(face) AS h, wilson_lower_of(face) AS w \
-                      FROM counted_votes WHERE service = 1").await;
+    let b = one(
+        &ctx,
+        "SELECT csat_of(face) AS c, net_score_of(face) AS n, happy_index_of(face) AS h, wilson_lower_of(face) AS w \
+                      FROM counted_votes WHERE service = 1",
+    )
+    .await;
     assert_eq!(f64_at(&b, "c", 0), Some(52.5));
     assert_eq!(f64_at(&b, "n", 0), Some(45.0));
     assert_eq!(f64_at(&b, "h", 0), Some(72.5));
@@ -207,7 +211,10 @@ async fn coverage_counts_eligible_administrations_and_their_bonus() {
     assert_eq!(f64_at(&b, "bonus_eur", 0), Some(400.0));
     // Ala di Stura lacks both signature and PEC: 400 + 50 + 10 = 460 €.
     let b = one(&ctx, "SELECT bonus_eur, terminals_active, votes FROM administration_coverage WHERE municipality = 1003").await;
-    assert_eq!((f64_at(&b, "bonus_eur", 0), f64_at(&b, "terminals_active", 0), f64_at(&b, "votes", 0)), (Some(460.0), Some(0.0), Some(3.0)));
+    assert_eq!(
+        (f64_at(&b, "bonus_eur", 0), f64_at(&b, "terminals_active", 0), f64_at(&b, "votes", 0)),
+        (Some(460.0), Some(0.0), Some(3.0))
+    );
     let b = one(&ctx, "SELECT with_votes, eligible FROM coverage_by_region_month WHERE region_code = 1").await;
     assert_eq!(f64_at(&b, "with_votes", 0), Some(2.0));
     // Rome (58091) is not eligible: no bonus.

@@ -118,8 +118,16 @@ fn trend_view(name: &str, unit: &str, step: &str) -> String {
 pub fn definitions() -> Vec<String> {
     let mut views = vec![
         "CREATE VIEW counted_votes AS SELECT * FROM votes WHERE misuse = 0".to_string(),
-        index_view("service_index", "c.service, s.name", &format!("({}) c JOIN services s ON s.service = c.service", rolled(&[("service", "service")]))),
-        index_view("channel_index", "c.channel, ch.name", &format!("({}) c JOIN channels ch ON ch.channel = c.channel", rolled(&[("channel", "channel")]))),
+        index_view(
+            "service_index",
+            "c.service, s.name",
+            &format!("({}) c JOIN services s ON s.service = c.service", rolled(&[("service", "service")])),
+        ),
+        index_view(
+            "channel_index",
+            "c.channel, ch.name",
+            &format!("({}) c JOIN channels ch ON ch.channel = c.channel", rolled(&[("channel", "channel")])),
+        ),
         index_view(
             "municipality_index",
             "c.municipality, m.istat_code, m.name, m.province, m.region",

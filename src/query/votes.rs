@@ -153,8 +153,7 @@ impl VotesTable {
         let Some(config) = exec.data_source().downcast_ref::<FileScanConfig>() else { return Ok(plan) };
         let mut config = config.clone();
         for group in &mut config.file_groups {
-            let kept: Vec<_> =
-                group.iter().filter(|f| self.committed(f.object_meta.location.as_ref(), watermark)).cloned().collect();
+            let kept: Vec<_> = group.iter().filter(|f| self.committed(f.object_meta.location.as_ref(), watermark)).cloned().collect();
             *group = kept.into();
         }
         // Empty groups stay: the scan may have declared its partitioning by group.

@@ -53,7 +53,8 @@ async fn open_loop_with_a_restart_loses_nothing() {
     // Proves: Poisson arrivals at a set rate are delivered; after a SIGKILL and restart every
     // terminal reconnects and catches up, and SQL still counts exactly what was acknowledged.
     let dir = tempfile::tempdir().unwrap();
-    let plan = Plan { rate: Some(3000.0), restart_at: Some(Duration::from_millis(1200)), duration: Duration::from_secs(3), ..plan(dir.path()) };
+    let plan =
+        Plan { rate: Some(3000.0), restart_at: Some(Duration::from_millis(1200)), duration: Duration::from_secs(3), ..plan(dir.path()) };
     let report = bench::run(&plan).await.unwrap();
     assert!(report.cross_check.starts_with("ok"), "{}", report.cross_check);
     assert_eq!(report.sql_votes, Some(report.votes_acknowledged));

@@ -302,5 +302,8 @@ async fn an_offline_terminal_keeps_its_backlog_on_disk_and_delivers_it_once() {
     terminal.close();
     server.stop().await;
     assert_eq!(count(dir.path(), "SELECT count(*) FROM votes").await, 310);
-    assert_eq!(std::fs::read_dir(outbox.path()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "batch")).count(), 0);
+    assert_eq!(
+        std::fs::read_dir(outbox.path()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "batch")).count(),
+        0
+    );
 }

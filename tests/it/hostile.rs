@@ -217,7 +217,9 @@ async fn first_stream(connection: &quinn::Connection, bytes: &[u8]) -> wire::Hel
 /// The QUIC application close code a connection ended with, and its reason.
 async fn close_code(connection: &quinn::Connection) -> (u64, String) {
     match tokio::time::timeout(Duration::from_secs(10), connection.closed()).await.expect("closed within 10 s") {
-        quinn::ConnectionError::ApplicationClosed(close) => (close.error_code.into_inner(), String::from_utf8_lossy(&close.reason).into_owned()),
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            (close.error_code.into_inner(), String::from_utf8_lossy(&close.reason).into_owned())
+        }
         other => panic!("expected an application close, got {other}"),
     }
 }
@@ -318,12 +320,8 @@ async fn slow_senders_hold_only_their_connections_share_and_time_out() {
     // Proves: streams that announce a large frame and then stall hold at most their
     // connection's share of the byte budget, honest terminals are served meanwhile, and every
     // stalled stream is answered `timeout` after frame_timeout_ms.
-    let limits = Limits {
-        buffered_bytes_max: 512 * 1024,
-        connection_buffered_bytes_max: 128 * 1024,
-        frame_timeout_ms: 6_000,
-        ..Limits::default()
-    };
+    let limits =
+        Limits { buffered_bytes_max: 512 * 1024, connection_buffered_bytes_max: 128 * 1024, frame_timeout_ms: 6_000, ..Limits::default() };
     let dir = tempfile::tempdir().unwrap();
     let honest = add(dir.path(), ALA_DI_STURA, 2);
     let hostile = add(dir.path(), AGLIE, 1).remove(0);

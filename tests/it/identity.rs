@@ -28,12 +28,18 @@ async fn terminals_are_added_listed_and_revoked_with_the_command_line() {
     // municipalities and terminals are refused by name; the server honours the result.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("creds.csv");
-    let added = faccia(dir.path(), &["add", "--municipality", "001003", "--count", "2", "--label", "sala consiliare", "--out", out.to_str().unwrap()]);
+    let added = faccia(
+        dir.path(),
+        &["add", "--municipality", "001003", "--count", "2", "--label", "sala consiliare", "--out", out.to_str().unwrap()],
+    );
     assert!(added.status.success(), "{}", text(&added.stderr));
     assert_eq!(text(&added.stdout).lines().count(), 3, "header and two credentials: {}", text(&added.stdout));
     let credentials = Credential::read_csv(&out).unwrap();
     assert_eq!(credentials.iter().map(|c| (c.id, c.municipality)).collect::<Vec<_>>(), [(1, ALA_DI_STURA), (2, ALA_DI_STURA)]);
-    assert!(!std::fs::read_to_string(dir.path().join("terminals.json")).unwrap().contains(&credentials[0].secret.to_hex()), "only digests are kept");
+    assert!(
+        !std::fs::read_to_string(dir.path().join("terminals.json")).unwrap().contains(&credentials[0].secret.to_hex()),
+        "only digests are kept"
+    );
 
     let revoked = faccia(dir.path(), &["revoke", "1"]);
     assert!(revoked.status.success(), "{}", text(&revoked.stderr));

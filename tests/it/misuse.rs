@@ -13,7 +13,8 @@ use crate::crash::{free_port, start_process};
 /// 5 identical presses 2 s apart (4 flagged repeat), 45 presses in one minute (15 flagged burst).
 fn misuse_batches(now_ms: i64) -> Vec<Vec<TerminalVote>> {
     let t0 = now_ms - 7_200_000;
-    let smash: Vec<TerminalVote> = votes(0, 10).into_iter().enumerate().map(|(i, v)| TerminalVote { at_ms: t0 + i as i64 * 200, ..v }).collect();
+    let smash: Vec<TerminalVote> =
+        votes(0, 10).into_iter().enumerate().map(|(i, v)| TerminalVote { at_ms: t0 + i as i64 * 200, ..v }).collect();
     let same = TerminalVote { at_ms: 0, service: 3, face: Face::Positive, channel: Channel::Counter, reason: None };
     let repeat = (0..5).map(|i| TerminalVote { at_ms: t0 + 600_000 + i * 2_000, ..same }).collect();
     let minute = (t0 + 1_200_000).div_euclid(60_000) * 60_000;

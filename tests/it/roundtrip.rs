@@ -87,14 +87,10 @@ async fn parquet_is_partitioned_by_day_sorted_and_self_describing() {
     }
     server.stop().await;
     let files = parquet_files(dir.path());
-    let dates: std::collections::BTreeSet<String> = files
-        .iter()
-        .map(|f| f.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    let expected: std::collections::BTreeSet<String> = [now - day_ms - 3_600_000, now - 120_000]
-        .into_iter()
-        .map(|t| format!("date={}", faccia::store::partition_date(t)))
-        .collect();
+    let dates: std::collections::BTreeSet<String> =
+        files.iter().map(|f| f.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let expected: std::collections::BTreeSet<String> =
+        [now - day_ms - 3_600_000, now - 120_000].into_iter().map(|t| format!("date={}", faccia::store::partition_date(t))).collect();
     assert_eq!(dates, expected);
     let mut total = 0;
     for file in &files {
@@ -115,7 +111,12 @@ async fn parquet_is_partitioned_by_day_sorted_and_self_describing() {
         let reader = parquet::file::serialized_reader::SerializedFileReader::new(File::open(file).unwrap()).unwrap();
         let metadata = reader.metadata();
         let row_group = metadata.row_group(0);
-        assert!(row_group.columns().iter().all(|c| c.compression() == Compression::ZSTD(Default::default()) || matches!(c.compression(), Compression::ZSTD(_))));
+        assert!(
+            row_group
+                .columns()
+                .iter()
+                .all(|c| c.compression() == Compression::ZSTD(Default::default()) || matches!(c.compression(), Compression::ZSTD(_)))
+        );
         assert!(row_group.column(0).statistics().is_some(), "statistics on");
         assert!(row_group.column(0).column_index_offset().is_some(), "page index on");
         assert_eq!(row_group.sorting_columns().map(|s| s.len()), Some(4), "sort order declared");
@@ -142,7 +143,9 @@ async fn a_terminal_resumes_its_tls_session_after_a_server_restart() {
     drop(session);
     first.stop().await;
 
-    let second = faccia::server::Server::start(dir.path().to_path_buf(), faccia::config::Config { listen: addr, ..loopback_config() }).await.unwrap();
+    let second = faccia::server::Server::start(dir.path().to_path_buf(), faccia::config::Config { listen: addr, ..loopback_config() })
+        .await
+        .unwrap();
     let session = faccia::terminal::Session::connect(&endpoint, &target, &credentials[0]).await.unwrap();
     assert_eq!(second.engine.metrics.tls_sessions_resumed.get(), 1, "the restarted server opened the ticket");
     drop(session);

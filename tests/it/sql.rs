@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch, UInt16Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use arrow_flight::FlightInfo;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables, SqlInfo};
-use arrow_flight::FlightInfo;
 use bytes::Bytes;
 use faccia::terminal::Terminal;
 use futures::TryStreamExt;
@@ -75,7 +75,13 @@ fn rows(batches: &[RecordBatch]) -> usize {
     batches.iter().map(RecordBatch::num_rows).sum()
 }
 
-async fn send(server_addr: SocketAddr, target: faccia::terminal::ServerTarget, credential: &faccia::registry::Credential, at_ms: i64, batches: i64) -> usize {
+async fn send(
+    server_addr: SocketAddr,
+    target: faccia::terminal::ServerTarget,
+    credential: &faccia::registry::Credential,
+    at_ms: i64,
+    batches: i64,
+) -> usize {
     let endpoint = faccia::terminal::client_endpoint(server_addr).unwrap();
     let mut terminal = Terminal::new(credential.clone(), endpoint, target, 4);
     for b in 0..batches {
@@ -196,10 +202,13 @@ async fn flight_sql_answers_statements_prepared_statements_and_catalog_calls() {
     };
     let info = client.get_tables(tables).await.unwrap();
     let tables = fetch(&mut client, info).await;
-    let names: Vec<String> = tables.iter().flat_map(|b| {
-        let names = b.column_by_name("table_name").unwrap().as_string::<i32>();
-        (0..b.num_rows()).map(|i| names.value(i).to_string()).collect::<Vec<_>>()
-    }).collect();
+    let names: Vec<String> = tables
+        .iter()
+        .flat_map(|b| {
+            let names = b.column_by_name("table_name").unwrap().as_string::<i32>();
+            (0..b.num_rows()).map(|i| names.value(i).to_string()).collect::<Vec<_>>()
+        })
+        .collect();
     assert!(names.contains(&"service_index".to_string()) && names.contains(&"service_trend_monthly".to_string()), "{names:?}");
     assert!(!names.contains(&"services".to_string()), "a table is not a view: {names:?}");
     let info = client.get_table_types().await.unwrap();
@@ -276,8 +285,13 @@ async fn faccia_sql_reads_a_killed_servers_log_without_changing_it() {
     let server = start_process(dir.path(), free_port());
     let acknowledged = send(server.addr, server.target().unwrap(), &credential, faccia::clock::now_ms() - 60_000, 4).await as i64;
     server.kill();
-    let segment = std::fs::read_dir(dir.path().join("wal")).unwrap().flatten().map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal")).max().unwrap();
+    let segment = std::fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .max()
+        .unwrap();
     let mut torn = std::fs::read(&segment).unwrap();
     torn.extend_from_slice(&[0x40, 0, 0, 0, 1, 2, 3]);
     std::fs::write(&segment, &torn).unwrap();
