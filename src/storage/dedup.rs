@@ -1,7 +1,7 @@
 //! Which batches each terminal has stored: the exactly-once rule.
 //!
 //! Per terminal the server keeps the highest stored sequence number and a bitmap of the
-//! `wire::SEQ_WINDOW` numbers below it. A batch is
+//! `limits::SEQ_WINDOW` numbers below it. A batch is
 //! - `Stored` (answer "duplicate") if its number is in the window and its bit is set;
 //! - `Stale` (answer "rejected: stale_sequence") if it is older than the window: the server can
 //!   no longer tell, and a terminal that keeps fewer than `SEQ_WINDOW` batches in flight never
@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use tokio::sync::watch;
 
 use crate::model::TerminalId;
-use crate::wire::SEQ_WINDOW;
+use crate::limits::SEQ_WINDOW;
 
 const WORDS: usize = (SEQ_WINDOW / 64) as usize;
 const SHARDS: usize = 64;

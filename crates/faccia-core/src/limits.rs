@@ -18,7 +18,7 @@ pub struct Limits {
     /// Most votes in one batch. A terminal with a longer backlog splits it into several batches.
     pub batch_votes_max: u32,
     /// Batch streams a connection may have open at once (QUIC `max_concurrent_bidi_streams`).
-    /// Must stay below `wire::SEQ_WINDOW` so that retransmissions can always be recognised.
+    /// Must stay below `SEQ_WINDOW` so that retransmissions can always be recognised.
     pub streams_per_connection_max: u32,
     /// Terminal connections open at once, server-wide. Past it new connections are refused
     /// before their handshake (QUIC CONNECTION_REFUSED) and terminals back off.
@@ -94,6 +94,12 @@ pub struct LimitError {
     pub allowed: String,
 }
 
+/// How many sequence numbers below a terminal's highest stored one the server still tells apart
+/// (`storage::dedup`): a retransmission within the window is answered `duplicate`, one older than
+/// the window is rejected as stale (`stale_sequence`). Terminals keep far fewer batches in flight
+/// than this. A constant rather than a configuration field: the checkpoint's layout stores
+/// windows of exactly this many bits.
+pub const SEQ_WINDOW: u64 = 1024;
 /// Bytes the server charges to the budget for a frame beyond its payload (bookkeeping).
 pub const REQUEST_OVERHEAD_BYTES: u64 = 256;
 /// Longest timestamp window: ten years. Keeps time arithmetic far from overflowing.
@@ -119,11 +125,11 @@ impl Limits {
                 format!("1..={} (a full batch must fit in frame_bytes_max)", (self.frame_bytes_max.saturating_sub(40)) / 12),
             );
         }
-        if !(1..crate::wire::SEQ_WINDOW as u32).contains(&self.streams_per_connection_max) {
+        if !(1..SEQ_WINDOW as u32).contains(&self.streams_per_connection_max) {
             return fail(
                 "streams_per_connection_max",
                 &self.streams_per_connection_max,
-                format!("1..{} (below the sequence window)", crate::wire::SEQ_WINDOW),
+                format!("1..{} (below the sequence window)", SEQ_WINDOW),
             );
         }
         if self.connection_buffered_bytes_max < frame_budget {
