@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Bytes per vote of one vote file rewritten with other Parquet encodings (pyarrow), against the
-file as faccia wrote it: the measurement behind the choice of encodings in store.rs.
+file as faccia wrote it: the measurement behind the choice of encodings in src/storage/parquet.rs.
 
 Usage: tools/parquet_encodings.py DATA_DIR/votes/date=YYYY-MM-DD/part-….parquet
 """
