@@ -10,13 +10,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use faccia::admission::{Admission, Admit, Attempt, VoteRates};
+use faccia::ingest::admission::{Admission, Admit, Attempt, VoteRates};
 use faccia::limits::Limits;
-use faccia::misuse::{MisuseDetector, MisuseRules};
+use faccia::ingest::misuse::{MisuseDetector, MisuseRules};
 use faccia::model::IstatCode;
-use faccia::simulate::VoteSimulator;
-use faccia::store::{self, VoteBuffer};
-use faccia::terminal::batch_frame;
+use faccia::terminal::simulate::VoteSimulator;
+use faccia::storage::buffer::{self, VoteBuffer};
+use faccia::storage::parquet::{encode_parquet, writer_properties};
+use faccia::terminal::client::batch_frame;
 use faccia::wire::{ArchiveBuf, BatchRules, BatchView, HEADER_BYTES};
 
 const NOW_MS: i64 = 1_790_000_000_000;
@@ -89,7 +90,7 @@ fn guard(c: &mut Criterion) {
     group.finish();
 }
 
-fn archive_of(votes: &[faccia::terminal::TerminalVote], seq: u64) -> ArchiveBuf {
+fn archive_of(votes: &[faccia::terminal::client::TerminalVote], seq: u64) -> ArchiveBuf {
     let frame = batch_frame(seq, MUNICIPALITY, votes);
     let mut archive = ArchiveBuf::with_capacity(frame.len());
     archive.extend_from_slice(&frame[HEADER_BYTES..]);
@@ -121,10 +122,10 @@ fn buffer(c: &mut Criterion) {
     let rows = buffer.finish();
     group.throughput(Throughput::Elements(rows.num_rows() as u64));
     group.sample_size(10);
-    group.bench_function("sort_by_day_131072", |b| b.iter(|| store::partition_by_day(std::slice::from_ref(&rows)).unwrap().len()));
-    let parts = store::partition_by_day(std::slice::from_ref(&rows)).unwrap();
+    group.bench_function("sort_by_day_131072", |b| b.iter(|| buffer::partition_by_day(std::slice::from_ref(&rows)).unwrap().len()));
+    let parts = buffer::partition_by_day(std::slice::from_ref(&rows)).unwrap();
     group.bench_function("encode_parquet_131072", |b| {
-        b.iter(|| parts.values().map(|p| store::encode_parquet(p, store::writer_properties("bench", 1, 2)).unwrap().len()).sum::<usize>())
+        b.iter(|| parts.values().map(|p| encode_parquet(p, writer_properties("bench", 1, 2)).unwrap().len()).sum::<usize>())
     });
     group.finish();
 }
@@ -132,8 +133,8 @@ fn buffer(c: &mut Criterion) {
 /// Submits `count` batches of `archive` for terminal `terminal` to a log writer and waits for
 /// every acknowledgement: all are queued before the writer looks, so they share fsyncs.
 fn append_group(
-    requests: &crossbeam_channel::Sender<faccia::wal::AppendRequest>,
-    sequences: &faccia::dedup::Sequences,
+    requests: &crossbeam_channel::Sender<faccia::storage::wal::AppendRequest>,
+    sequences: &faccia::storage::dedup::Sequences,
     archive: &ArchiveBuf,
     terminal: u32,
     first_seq: u64,
@@ -141,11 +142,11 @@ fn append_group(
 ) {
     let mut acks = Vec::with_capacity(count as usize);
     for seq in first_seq..first_seq + count {
-        let faccia::dedup::Begin::New(guard) = sequences.begin(terminal, seq) else { panic!("new batch") };
+        let faccia::storage::dedup::Begin::New(guard) = sequences.begin(terminal, seq) else { panic!("new batch") };
         let (durable, ack) = tokio::sync::oneshot::channel();
         let mut copy = ArchiveBuf::with_capacity(archive.len());
         copy.extend_from_slice(archive);
-        let request = faccia::wal::AppendRequest {
+        let request = faccia::storage::wal::AppendRequest {
             terminal,
             municipality: MUNICIPALITY,
             seq,
@@ -167,10 +168,10 @@ fn log(c: &mut Criterion) {
     let mut group = c.benchmark_group("wal");
     group.sample_size(20);
     let dir = tempfile::tempdir().unwrap();
-    let sequences = Arc::new(faccia::dedup::Sequences::default());
+    let sequences = Arc::new(faccia::storage::dedup::Sequences::default());
     let (requests, receiver) = crossbeam_channel::unbounded();
     let (store, durable) = crossbeam_channel::unbounded();
-    let config = faccia::wal::WriterConfig {
+    let config = faccia::storage::wal::WriterConfig {
         dir: dir.path().to_path_buf(),
         next_lsn: 1,
         segment_bytes: 64 << 20,
@@ -178,7 +179,7 @@ fn log(c: &mut Criterion) {
         faults: Arc::default(),
     };
     let metrics = Arc::new(faccia::metrics::Metrics::new());
-    let writer = faccia::wal::start_writer(config, receiver, store, Arc::clone(&sequences), metrics).unwrap();
+    let writer = faccia::storage::wal::start_writer(config, receiver, store, Arc::clone(&sequences), metrics).unwrap();
     let bytes = archive(64, 3);
     let mut seq = 1;
     for group_size in [1u64, 64, 256] {
@@ -205,8 +206,8 @@ fn pipeline(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(faccia::metrics::Metrics::new());
-    let config = faccia::engine::EngineConfig::new(dir.path().to_path_buf(), faccia::limits::StorageLimits::default());
-    let engine = runtime.block_on(faccia::engine::Engine::open(config, metrics)).unwrap();
+    let config = faccia::storage::engine::EngineConfig::new(dir.path().to_path_buf(), faccia::limits::StorageLimits::default());
+    let engine = runtime.block_on(faccia::storage::engine::Engine::open(config, metrics)).unwrap();
     let now = faccia::clock::now_ms();
     let bytes = {
         let mut citizens = VoteSimulator::new(4, MUNICIPALITY);
@@ -227,9 +228,9 @@ fn pipeline(c: &mut Criterion) {
                     copy.extend_from_slice(&bytes);
                     let view = BatchView::validate(&copy, &rules).unwrap();
                     let _ = view.seq();
-                    let faccia::dedup::Begin::New(guard) = engine.sequences.begin(terminal, seq) else { panic!("new batch") };
+                    let faccia::storage::dedup::Begin::New(guard) = engine.sequences.begin(terminal, seq) else { panic!("new batch") };
                     let (durable, ack) = tokio::sync::oneshot::channel();
-                    let request = faccia::wal::AppendRequest {
+                    let request = faccia::storage::wal::AppendRequest {
                         terminal,
                         municipality: MUNICIPALITY,
                         seq,

@@ -13,8 +13,8 @@ use crate::model::IstatCode;
 use crate::query::{self, Format};
 use crate::registry::{self, Credential};
 use crate::server::Server;
-use crate::simulate::{FleetPlan, run_fleet};
-use crate::terminal::ServerTarget;
+use crate::terminal::simulate::{FleetPlan, run_fleet};
+use crate::terminal::client::ServerTarget;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,7 +51,7 @@ pub enum Command {
         http_listen: Option<SocketAddr>,
         /// Analyst bearer token for Flight SQL and HTTP (instead of the configuration file's
         /// `analyst_tokens` or the generated DATA_DIR/analyst-token).
-        #[arg(long, env = crate::analysts::TOKEN_ENV, hide_env_values = true)]
+        #[arg(long, env = crate::analysts::tokens::TOKEN_ENV, hide_env_values = true)]
         analyst_token: Option<String>,
         /// TOML configuration file (listen address, TLS certificate, limits, storage).
         #[arg(long, short = 'c')]
@@ -317,7 +317,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Demo { data_dir, seconds, terminals } => crate::demo::run(data_dir, seconds, terminals).await,
+        Command::Demo { data_dir, seconds, terminals } => crate::tools::demo::run(data_dir, seconds, terminals).await,
         Command::Bench(args) => bench(args).await,
         Command::Crashtest { data_dir, rounds, terminals, min_ms, max_ms, seed } => {
             crashtest(data_dir, rounds, terminals, (min_ms, max_ms), seed).await
@@ -338,10 +338,10 @@ async fn generate(data_dir: &Path, votes: u64, days: u32, end: Option<chrono::Na
     if days == 0 {
         bail!("--days must be at least 1");
     }
-    let yesterday = crate::store::partition_date(crate::clock::now_ms()) - chrono::Days::new(1);
-    let plan = crate::generate::GeneratePlan { votes, days, end: end.unwrap_or(yesterday), seed };
+    let yesterday = crate::storage::buffer::partition_date(crate::clock::now_ms()) - chrono::Days::new(1);
+    let plan = crate::tools::generate::GeneratePlan { votes, days, end: end.unwrap_or(yesterday), seed };
     let started = Instant::now();
-    let report = crate::generate::generate(data_dir, &plan, |day, so_far| {
+    let report = crate::tools::generate::generate(data_dir, &plan, |day, so_far| {
         eprintln!(
             "{day}: {} votes, {} files, {:.2} bytes per vote so far",
             so_far.votes,
@@ -494,7 +494,7 @@ async fn crashtest(data_dir: Option<PathBuf>, rounds: u32, terminals: usize, run
     let temporary = tempfile::Builder::new().prefix("faccia-crashtest-").tempdir()?;
     let data_dir = data_dir.unwrap_or_else(|| temporary.path().to_path_buf());
     let seed = seed.unwrap_or_else(rand::random);
-    let plan = crate::crashtest::Plan {
+    let plan = crate::tools::crashtest::Plan {
         server_exe: std::env::current_exe().context("locating the faccia executable")?,
         data_dir,
         rounds,
@@ -506,7 +506,7 @@ async fn crashtest(data_dir: Option<PathBuf>, rounds: u32, terminals: usize, run
     };
     eprintln!("crash test: {rounds} rounds of kill -9, {terminals} terminals, seed {seed}");
     let started = Instant::now();
-    let report = crate::crashtest::run(&plan).await?;
+    let report = crate::tools::crashtest::run(&plan).await?;
     println!("rounds                 {:>12}", report.rounds);
     println!("votes acknowledged     {:>12}", report.votes_acknowledged);
     println!("batches acknowledged   {:>12}  ({} as duplicates of a stored copy)", report.batches_acknowledged, report.batches_duplicate);
@@ -523,14 +523,14 @@ async fn crashtest(data_dir: Option<PathBuf>, rounds: u32, terminals: usize, run
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let target = match (args.server, args.ca, args.credentials) {
-        (Some(addr), Some(ca), Some(credentials)) => crate::bench::Target::Server { addr, server_name: args.server_name, ca, credentials },
-        _ => crate::bench::Target::Spawn {
+        (Some(addr), Some(ca), Some(credentials)) => crate::tools::bench::Target::Server { addr, server_name: args.server_name, ca, credentials },
+        _ => crate::tools::bench::Target::Spawn {
             exe: std::env::current_exe().context("locating the faccia executable")?,
             config: args.server_config,
             data_dir: args.data_dir,
         },
     };
-    let plan = crate::bench::Plan {
+    let plan = crate::tools::bench::Plan {
         target,
         terminals: args.terminals,
         municipalities: args.municipalities,
@@ -548,13 +548,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         seed: args.seed,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
-    let report = crate::bench::run(&plan).await?;
-    print!("{}", crate::bench::render(&report));
+    let report = crate::tools::bench::run(&plan).await?;
+    print!("{}", crate::tools::bench::render(&report));
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
         println!("report written to {}", path.display());
     }
-    crate::bench::plot(&report, &args.plot).with_context(|| format!("writing {}", args.plot.display()))?;
+    crate::tools::bench::plot(&report, &args.plot).with_context(|| format!("writing {}", args.plot.display()))?;
     println!("latency plot written to {}", args.plot.display());
     if report.cross_check.starts_with("MISMATCH") {
         bail!("the cross-check failed: {}", report.cross_check);

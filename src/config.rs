@@ -10,16 +10,16 @@
 //! tls_key = "/etc/faccia/key.pem"    # development certificate kept in DATA_DIR/tls
 //! tls_session_tickets = true         # resumable sessions, across restarts (DATA_DIR/tls/ticket-key)
 //!
-//! [limits]                           # src/limits.rs: every field, with its reason
+//! [limits]                           # crates/faccia-core/src/limits.rs: every field, with its reason
 //! batch_votes_max = 4096
 //!
 //! [storage]
 //! flush_rows = 1048576
 //!
-//! [query]                            # limits of the SQL endpoints (src/limits.rs)
+//! [query]                            # limits of the SQL endpoints (crates/faccia-core/src/limits.rs)
 //! http_result_rows_max = 1000000
 //!
-//! [misuse]                           # src/misuse.rs: the windows of the misuse rules
+//! [misuse]                           # src/ingest/misuse.rs: the windows of the misuse rules
 //! debounce_ms = 1000
 //! ```
 
@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{LimitError, Limits, QueryLimits, StorageLimits};
-use crate::misuse::MisuseRules;
+use crate::ingest::misuse::MisuseRules;
 
 /// Default QUIC ingest address: loopback, so that a first start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4747";

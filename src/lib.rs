@@ -1,35 +1,37 @@
 //! faccia: customer-satisfaction votes from emoticon terminals, ingested over QUIC, kept
-//! durably as Parquet, and queried with SQL. `ARCHITECTURE.md` is the map; each module's own
-//! documentation says what it owns and what it must not do.
+//! durably as Parquet, and queried with SQL. `ARCHITECTURE.md` is the map; each folder's
+//! `mod.rs` says what it owns and what it must not know.
+//!
+//! The folders follow the path of a vote: `terminal` → `transport` → `ingest` → `storage` →
+//! `query` → `analysts`, with the domain (`model` and `wire` from `faccia-core`, `registry`),
+//! the process assembly (`server`, `cli`), the operators' and load testers' `tools`, and small
+//! shared pieces (`config`, `metrics`, `clock`, `fsutil`).
 
-pub mod admission;
+pub use faccia_core::{limits, model, wire};
+
 pub mod analysts;
-pub mod bench;
-pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod crashtest;
-pub mod dedup;
-pub mod demo;
-pub mod engine;
-pub mod faults;
-pub mod flight;
 pub mod fsutil;
-pub mod generate;
-pub mod http;
 pub mod ingest;
-pub mod limits;
 pub mod metrics;
-pub mod misuse;
-pub mod model;
-pub mod process;
 pub mod query;
 pub mod registry;
 pub mod server;
-pub mod simulate;
-pub mod store;
+pub mod storage;
 pub mod terminal;
-pub mod tls;
-pub mod wal;
-pub mod wire;
+pub mod tools;
+pub mod transport;
+
+/// Formats an error with its causes, `a: b: c`: what logs and the command line print.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -16,15 +16,16 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::analysts::{AnalystTokens, SqlService, TokenSource};
+use crate::analysts::service::SqlService;
+use crate::analysts::tokens::{AnalystTokens, TokenSource};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::engine::{Engine, EngineConfig};
-use crate::faults::Faults;
-use crate::ingest::{self, Shared};
+use crate::storage::engine::{Engine, EngineConfig};
+use crate::storage::faults::Faults;
+use crate::ingest::endpoint::{self as ingest, Listeners, Shared};
 use crate::metrics::Metrics;
 use crate::registry::TerminalDirectory;
-use crate::tls;
+use crate::transport::tls;
 
 /// How often the terminal directory file is checked for changes.
 const DIRECTORY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -54,7 +55,7 @@ pub struct Server {
     pub ca_path: Option<PathBuf>,
     pub engine: Arc<Engine>,
     pub data_dir: PathBuf,
-    endpoints: Vec<quinn::Endpoint>,
+    listeners: Arc<Listeners>,
     shutdown: watch::Sender<bool>,
     accept_loop: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -97,28 +98,28 @@ impl Server {
         let tickets = config.tls_session_tickets.then(|| tls::SessionTickets::open(&data_dir, resumed)).transpose()?;
         let quic = ingest::server_config(tls::server_config(identity, tickets)?, &config.limits)?;
         let reset_key = tls::reset_key(&data_dir)?;
-        let endpoints = ingest::bind(config.listen, quic, &reset_key, config.ingest_sockets)
+        let listeners = ingest::bind(config.listen, quic, &reset_key, config.ingest_sockets)
             .with_context(|| format!("binding the ingest address {}", config.listen))?;
-        let ingest_addr = endpoints[0].local_addr()?;
+        let listeners = Arc::new(listeners);
+        let ingest_addr = listeners.local_addr();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(Arc::clone(&engine), Arc::clone(&directory), &config, clock));
-        let loops: Vec<_> = endpoints.iter().map(|e| ingest::run(e.clone(), Arc::clone(&shared), shutdown_rx.clone())).collect();
-        let accept_loop = tokio::spawn(async move {
-            futures::future::join_all(loops).await;
-        });
+        let serving = Arc::clone(&listeners);
+        let rx = shutdown_rx.clone();
+        let accept_loop = tokio::spawn(async move { serving.serve(shared, rx).await });
         let mut background = vec![tokio::spawn(reload_directory(directory, shutdown_rx.clone()))];
         let (flight_addr, http_addr) = start_sql(&data_dir, &config, &engine, &shutdown_rx, &mut background).await?;
         let url = |scheme: &str, addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_string(), |a| format!("{scheme}://{a}"));
         tracing::info!(
             ingest = %format!("quic://{ingest_addr}"),
-            sockets = endpoints.len(),
+            sockets = listeners.sockets(),
             flight_sql = %url("grpc", flight_addr),
             http = %url("http", http_addr),
             data_dir = %data_dir.display(),
             terminals = %engine_terminals(&data_dir),
             "faccia serving"
         );
-        Ok(Server { ingest_addr, flight_addr, http_addr, ca_path, engine, data_dir, endpoints, shutdown, accept_loop, background })
+        Ok(Server { ingest_addr, flight_addr, http_addr, ca_path, engine, data_dir, listeners, shutdown, accept_loop, background })
     }
 
     /// Stops the server without losing anything acknowledged or accepted (see module docs).
@@ -126,11 +127,7 @@ impl Server {
         let _ = self.shutdown.send(true);
         let _ = self.accept_loop.await;
         self.engine.shutdown().await;
-        for endpoint in &self.endpoints {
-            endpoint.close(quinn::VarInt::from_u32(crate::wire::ErrorCode::ShuttingDown.close_code()), b"shutting_down");
-        }
-        let idle = futures::future::join_all(self.endpoints.iter().map(quinn::Endpoint::wait_idle));
-        let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
+        self.listeners.close(Duration::from_secs(2)).await;
         for task in self.background {
             task.abort();
         }
@@ -182,15 +179,15 @@ async fn start_sql(
     if let Some(addr) = config.flight_listen {
         let listener = bind(addr, "Flight SQL").await?;
         flight_addr = Some(listener.local_addr()?);
-        let service = crate::flight::FlightSql::new(Arc::clone(&sql));
-        background.push(tokio::spawn(crate::flight::serve(listener, service, shutdown.clone())));
+        let service = crate::analysts::flight::FlightSql::new(Arc::clone(&sql));
+        background.push(tokio::spawn(crate::analysts::flight::serve(listener, service, shutdown.clone())));
     }
     let mut http_addr = None;
     if let Some(addr) = config.http_listen {
         let listener = bind(addr, "HTTP").await?;
         http_addr = Some(listener.local_addr()?);
-        let state = Arc::new(crate::http::HttpState { sql, metrics: Arc::clone(&engine.metrics) });
-        background.push(tokio::spawn(crate::http::serve(listener, state, shutdown.clone())));
+        let state = Arc::new(crate::analysts::http::HttpState { sql, metrics: Arc::clone(&engine.metrics) });
+        background.push(tokio::spawn(crate::analysts::http::serve(listener, state, shutdown.clone())));
     }
     Ok((flight_addr, http_addr))
 }
@@ -209,7 +206,7 @@ async fn reload_directory(directory: Arc<TerminalDirectory>, mut shutdown: watch
             Ok(true) => tracing::info!(terminals = directory.len(), "terminal directory reloaded"),
             Ok(false) => {}
             Err(error) => {
-                tracing::warn!(error = %crate::wal::error_chain(&error), "terminal directory not reloaded; the previous one stays")
+                tracing::warn!(error = %crate::error_chain(&error), "terminal directory not reloaded; the previous one stays")
             }
         }
     }

@@ -43,7 +43,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::analysts::{SqlError, SqlService, plan_schema};
+use crate::analysts::service::{SqlError, SqlService, plan_schema};
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 

@@ -20,7 +20,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::analysts::{SqlError, SqlService};
+use crate::analysts::service::{SqlError, SqlService};
 use crate::metrics::Metrics;
 use crate::query::{Format, write_results};
 

@@ -24,17 +24,17 @@ use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::admission::{AddressTicket, Admission, Admit, Attempt, ConnectionLimit, VoteRates};
+use crate::ingest::admission::{AddressTicket, Admission, Admit, Attempt, ConnectionLimit, VoteRates};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::dedup::{Begin, PendingOutcome};
-use crate::engine::Engine;
+use crate::storage::dedup::{Begin, PendingOutcome};
+use crate::storage::engine::Engine;
 use crate::limits::{Limits, REQUEST_OVERHEAD_BYTES};
 use crate::metrics::{Metrics, RuleLabel};
-use crate::misuse::{MisuseDetector, Rule};
+use crate::ingest::misuse::{MisuseDetector, Rule};
 use crate::model::{IstatCode, TerminalId};
 use crate::registry::{AuthError, Catalog, Secret, TerminalDirectory};
-use crate::wal::{AppendRequest, WalUnavailable};
+use crate::storage::wal::{AppendRequest, WalUnavailable};
 use crate::wire::{
     self, ArchiveBuf, BatchReplyV1, BatchRules, BatchView, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES, HelloReplyV1, Rejection, Status,
 };
@@ -459,7 +459,7 @@ async fn store_batch(
     let mut guard = match shared.engine.sequences.begin(terminal, seq) {
         Begin::Stored => return (seq, Status::Duplicate, None),
         Begin::Stale => {
-            let message = format!("batch {seq} is older than the last {} batches this server remembers", wire::SEQ_WINDOW);
+            let message = format!("batch {seq} is older than the last {} batches this server remembers", crate::limits::SEQ_WINDOW);
             return (seq, Status::Rejected, Some(Rejection::new(ErrorCode::StaleSequence, message)));
         }
         Begin::Pending(mut first_copy) => {
@@ -537,7 +537,7 @@ fn flag_counts(flags: &[u8]) -> Vec<(Rule, u64)> {
 ///
 /// # Errors
 /// When the address cannot be bound.
-pub fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &[u8], sockets: usize) -> std::io::Result<Vec<quinn::Endpoint>> {
+pub fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &[u8], sockets: usize) -> std::io::Result<Listeners> {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(key.clone()));
     // quinn sends at most one stateless reset per 20 ms by default: after a restart, 10,000
@@ -559,9 +559,45 @@ pub fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &[u8], s
     let addr = std::net::UdpSocket::bind(listen)?.local_addr()?;
     let mut endpoints = Vec::with_capacity(sockets.max(1));
     for _ in 0..sockets.max(1) {
-        let socket = crate::terminal::udp_socket_shared(addr)?;
+        let socket = crate::transport::udp::udp_socket_shared(addr)?;
         let endpoint = quinn::Endpoint::new(endpoint_config.clone(), Some(config.clone()), socket, Arc::clone(&runtime))?;
         endpoints.push(endpoint);
     }
-    Ok(endpoints)
+    Ok(Listeners { endpoints, addr })
+}
+
+/// The ingest server's bound QUIC sockets: `sockets` endpoints sharing one address
+/// (`SO_REUSEPORT`), each with its own accept loop. What the server holds of QUIC.
+pub struct Listeners {
+    endpoints: Vec<quinn::Endpoint>,
+    addr: SocketAddr,
+}
+
+impl Listeners {
+    /// The address terminals connect to (the port picked when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many sockets share the address.
+    pub fn sockets(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Accepts connections on every socket (`run`, one loop each) until `shutdown` turns true,
+    /// and returns once every connection has finished its in-flight batches.
+    pub async fn serve(&self, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+        let loops = self.endpoints.iter().map(|e| run(e.clone(), Arc::clone(&shared), shutdown.clone()));
+        futures::future::join_all(loops).await;
+    }
+
+    /// Closes every connection still open with `shutting_down` and waits up to `linger` for
+    /// the terminals to be told.
+    pub async fn close(&self, linger: Duration) {
+        for endpoint in &self.endpoints {
+            endpoint.close(VarInt::from_u32(ErrorCode::ShuttingDown.close_code()), b"shutting_down");
+        }
+        let idle = futures::future::join_all(self.endpoints.iter().map(quinn::Endpoint::wait_idle));
+        let _ = tokio::time::timeout(linger, idle).await;
+    }
 }

@@ -1,7 +1,7 @@
 //! Calendar functions in Italian time over `ts`: `local_hour(ts)` (0–23) and
 //! `local_weekday(ts)` (1 = Monday … 7 = Sunday, ISO). `date_part` on a time-zoned timestamp
 //! asks the time-zone database for every row; these cache the offset per hour
-//! (`store::LocalClock`), which is what makes the heat map cheap.
+//! (`storage::buffer::LocalClock`), which is what makes the heat map cheap.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::scalar::ScalarValue;
 
-use crate::store::{LocalClock, TIME_ZONE};
+use crate::storage::buffer::{LocalClock, TIME_ZONE};
 
 const DAY_MS: i64 = 86_400_000;
 

@@ -35,9 +35,9 @@ use datafusion::prelude::{SessionConfig, SessionContext, col};
 pub use formats::{Format, write_results};
 pub use indices::{Z_95, csat, happy_index, net_score, wilson};
 
-use crate::engine::Engine;
+use crate::storage::engine::Engine;
 use crate::limits::QueryLimits;
-use crate::store;
+use crate::storage::{buffer, dataset, rollup};
 use votes::{EngineRows, Fresh, LogTail, Shape, VotesTable};
 
 /// Opens a SQL context over the data directory as a separate process sees it: the Parquet
@@ -74,9 +74,9 @@ async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits) -> 
     let runtime =
         RuntimeEnvBuilder::new().with_object_list_cache_limit(0).with_memory_limit(limits.query_memory_bytes_max, 1.0).build_arc()?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    let votes = Arc::new(parquet_files(data_dir, store::VOTES_DIR, store::schema(), true)?);
+    let votes = Arc::new(parquet_files(data_dir, dataset::VOTES_DIR, buffer::schema(), true)?);
     ctx.register_table("votes", Arc::new(VotesTable::new(votes, Arc::clone(&fresh), Shape::Votes, data_dir)))?;
-    for rollup in store::Rollup::ALL {
+    for rollup in rollup::Rollup::ALL {
         let files = Arc::new(parquet_files(data_dir, rollup.dir(), rollup.schema(), false)?);
         let table = VotesTable::new(files, Arc::clone(&fresh), Shape::Rollup(rollup), data_dir);
         ctx.register_table(rollup.dir(), Arc::new(table))?;

@@ -22,7 +22,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::model::{Channel, Face, IstatCode, Reason};
 use crate::registry::{self, Catalog, Municipality};
-use crate::store::TIME_ZONE;
+use crate::storage::buffer::TIME_ZONE;
 
 fn batch(columns: Vec<(&str, ArrayRef, bool)>) -> DfResult<RecordBatch> {
     let schema =
@@ -104,7 +104,7 @@ pub fn register(ctx: &SessionContext, data_dir: PathBuf) -> DfResult<()> {
 }
 
 fn registry_error(error: registry::RegistryError) -> DataFusionError {
-    DataFusionError::Execution(crate::wal::error_chain(&error))
+    DataFusionError::Execution(crate::error_chain(&error))
 }
 
 /// `terminals`: the terminal directory (`terminals.json`), without secrets.

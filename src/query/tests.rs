@@ -8,10 +8,11 @@ use arrow::datatypes::{Float64Type, Int64Type};
 use chrono::TimeZone;
 
 use super::*;
-use crate::engine::MemorySnapshot;
+use crate::storage::engine::MemorySnapshot;
 use crate::model::{Channel, Face, IstatCode, Reason, Vote};
 use crate::registry;
-use crate::store::{Dataset, VoteBuffer};
+use crate::storage::buffer::VoteBuffer;
+use crate::storage::dataset::Dataset;
 
 const AGLIE: u32 = 1001;
 const ALA_DI_STURA: u32 = 1003;
@@ -66,7 +67,7 @@ async fn library_context() -> (tempfile::TempDir, SessionContext) {
     let dir = tempfile::tempdir().unwrap();
     let dataset = Dataset::local(dir.path(), "n1").unwrap();
     dataset.write_flush(&[library_rows()], 1, 10).await.unwrap();
-    crate::checkpoint::Checkpoint { watermark: 10, windows: vec![] }.write(dir.path()).unwrap();
+    crate::storage::checkpoint::Checkpoint { watermark: 10, windows: vec![] }.write(dir.path()).unwrap();
     std::fs::write(dir.path().join("node-id"), "n1\n").unwrap();
     let ctx = context(dir.path()).await.unwrap();
     (dir, ctx)

@@ -1,6 +1,6 @@
 //! The `votes` table: every acknowledged vote, whether it is already in Parquet or not; and
 //! the rollup tables (`vote_counts`, `municipality_service_counts`), the same votes counted
-//! (`store::Rollup`), from the rollup files written beside each vote file plus the fresh rows
+//! (`storage::rollup::Rollup`), from the rollup files written beside each vote file plus the fresh rows
 //! counted on the fly.
 //!
 //! A scan reads two sources and never counts a vote twice:
@@ -42,9 +42,11 @@ use datafusion::physical_plan::filter::FilterExecBuilder;
 use datafusion::physical_plan::limit::GlobalLimitExec;
 use datafusion::physical_plan::union::UnionExec;
 
-use crate::checkpoint::Checkpoint;
-use crate::engine::{Engine, MemorySnapshot};
-use crate::store::{self, PartFile, VoteBuffer};
+use crate::storage::checkpoint::Checkpoint;
+use crate::storage::engine::{Engine, MemorySnapshot};
+use crate::storage::buffer::{self, VoteBuffer};
+use crate::storage::dataset::PartFile;
+use crate::storage::rollup;
 use crate::wire::BatchView;
 
 /// How many times `faccia sql` reads the log tail again when a flush commits while it reads.
@@ -87,12 +89,12 @@ pub struct LogTail {
 
 impl Fresh for LogTail {
     fn snapshot(&self) -> DfResult<MemorySnapshot> {
-        let external = |e: &dyn std::error::Error| DataFusionError::Execution(crate::wal::error_chain(e));
+        let external = |e: &dyn std::error::Error| DataFusionError::Execution(crate::error_chain(e));
         let mut last_error = String::new();
         for _ in 0..LOG_TAIL_ATTEMPTS_MAX {
             let watermark = Checkpoint::read(&self.data_dir).map_err(|e| external(&e))?.watermark;
             let mut buffer = VoteBuffer::default();
-            let read = crate::wal::read_tail(&self.data_dir.join("wal"), watermark, |record| {
+            let read = crate::storage::wal::read_tail(&self.data_dir.join("wal"), watermark, |record| {
                 // A record whose archive does not validate is left out, as at replay.
                 if let Ok(view) = BatchView::access(&record.archive) {
                     buffer.append(&view, record.municipality, record.terminal, &record.misuse);
@@ -105,7 +107,7 @@ impl Fresh for LogTail {
                     return Ok(MemorySnapshot { watermark, generations });
                 }
                 Ok(_) => last_error = format!("the checkpoint moved from {watermark} to {again}"),
-                Err(error) => last_error = crate::wal::error_chain(&error),
+                Err(error) => last_error = crate::error_chain(&error),
             }
         }
         Err(DataFusionError::Execution(format!(
@@ -118,7 +120,7 @@ impl Fresh for LogTail {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     Votes,
-    Rollup(store::Rollup),
+    Rollup(rollup::Rollup),
 }
 
 /// The `votes` or `vote_counts` table over its Parquet files (`files`) and a `Fresh` source.
@@ -179,7 +181,7 @@ impl VotesTable {
         for batch in above.flat_map(|(_, batches)| batches).filter(|b| b.num_rows() > 0) {
             match self.shape {
                 Shape::Votes => {
-                    let days = store::partition_days(batch.column(store::col::TS).as_primitive());
+                    let days = buffer::partition_days(batch.column(buffer::col::TS).as_primitive());
                     batches.push(with_date(batch, Arc::new(days), &schema)?);
                 }
                 Shape::Rollup(rollup) => {

@@ -17,7 +17,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::dedup::SeqWindow;
+use crate::storage::dedup::SeqWindow;
 use crate::model::TerminalId;
 
 const MAGIC: [u8; 8] = *b"FCCKPT\0\0";

@@ -30,13 +30,16 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::dedup::Sequences;
-use crate::faults::{Fault, Faults, crash_point};
+use crate::storage::checkpoint::{Checkpoint, CheckpointError};
+use crate::storage::dedup::Sequences;
+use crate::storage::faults::{Fault, Faults, crash_point};
 use crate::limits::StorageLimits;
 use crate::metrics::Metrics;
-use crate::store::{self, Dataset, StoreError, VoteBuffer};
-use crate::wal::{self, AppendRequest, DurableRecord, ReplayReport, WalError, error_chain};
+use crate::storage::StoreError;
+use crate::storage::buffer::{self, VoteBuffer};
+use crate::storage::dataset::Dataset;
+use crate::error_chain;
+use crate::storage::wal::{self, AppendRequest, DurableRecord, ReplayReport, WalError};
 use crate::wire::BatchView;
 
 /// How often buffered rows are sealed into an immutable Arrow batch that SQL can see.
@@ -508,7 +511,7 @@ impl Flusher {
         self.faults.check(Fault::CheckpointWrite).map_err(checkpoint_error)?;
         checkpoint.write(&self.data_dir).map_err(checkpoint_error)?;
         crash_point("flush.after_checkpoint");
-        let id_rows = store::rows(batches);
+        let id_rows = buffer::rows(batches);
         self.memory.commit_through(lsn_last);
         let bytes: usize = files.iter().map(|(_, len)| len).sum();
         self.metrics.parquet_flushes.inc();

@@ -34,8 +34,8 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tokio::sync::oneshot;
 
-use crate::dedup::{PendingGuard, Sequences};
-use crate::faults::{Fault, Faults};
+use crate::storage::dedup::{PendingGuard, Sequences};
+use crate::storage::faults::{Fault, Faults};
 use crate::fsutil;
 use crate::metrics::Metrics;
 use crate::model::{IstatCode, TerminalId};
@@ -73,7 +73,7 @@ pub struct WalRecord {
     pub seq: u64,
     pub received_ms: i64,
     pub archive: ArchiveBuf,
-    /// Misuse flag of each vote (0: counted; see `store::col::MISUSE`); empty when none is flagged.
+    /// Misuse flag of each vote (0: counted; see `storage::buffer::col::MISUSE`); empty when none is flagged.
     pub misuse: Vec<u8>,
 }
 
@@ -524,7 +524,7 @@ impl Writer {
         if !self.failing {
             self.failing = true;
             self.metrics.wal_unavailable.set(1);
-            tracing::error!(error = %error_chain(error), "log write failed; answering retry-later until it succeeds");
+            tracing::error!(error = %crate::error_chain(error), "log write failed; answering retry-later until it succeeds");
         }
         for mut request in group.drain(..) {
             self.sequences.abort(&mut request.guard);
@@ -585,18 +585,6 @@ pub fn remove_flushed_segments(dir: &Path, watermark: u64) -> Result<usize, WalE
     Ok(removed)
 }
 
-/// Formats an error with its causes, `a: b: c`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,7 +595,7 @@ mod tests {
         seq: u64,
         payload: &[u8],
     ) -> (AppendRequest, oneshot::Receiver<Result<u64, WalUnavailable>>) {
-        let crate::dedup::Begin::New(guard) = sequences.begin(terminal, seq) else { panic!("new batch") };
+        let crate::storage::dedup::Begin::New(guard) = sequences.begin(terminal, seq) else { panic!("new batch") };
         let mut archive = ArchiveBuf::new();
         archive.extend_from_slice(payload);
         let (durable, receiver) = oneshot::channel();

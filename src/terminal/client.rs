@@ -58,7 +58,7 @@ pub enum ClientError {
     #[error("outbox {path}")]
     Outbox { path: PathBuf, source: std::io::Error },
     #[error("TLS configuration")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::transport::tls::TlsError),
 }
 
 impl ClientError {
@@ -98,7 +98,7 @@ impl ServerTarget {
     /// # Errors
     /// When the CA file is unusable.
     pub fn new(addr: SocketAddr, server_name: &str, ca_path: &Path) -> Result<ServerTarget, ClientError> {
-        ServerTarget::with_tls(addr, server_name, crate::tls::client_config(ca_path)?)
+        ServerTarget::with_tls(addr, server_name, crate::transport::tls::client_config(ca_path)?)
     }
 
     /// With an explicit TLS configuration (tests use it to offer a wrong ALPN).
@@ -146,49 +146,23 @@ fn quic_client_config(tls: &Arc<rustls::ClientConfig>) -> Result<quinn::ClientCo
     Ok(quinn::ClientConfig::new(Arc::new(quic)))
 }
 
+/// A QUIC client endpoint: one UDP socket whose connections many terminals can share. The
+/// tools and tests hold it under this name; only this folder and `ingest` name QUIC's types.
+pub type ClientEndpoint = quinn::Endpoint;
+
+/// Closes every connection of a client endpoint with code 0 ("done"), without waiting for the
+/// server to be told (`ClientEndpoint::wait_idle` waits).
+pub fn close_endpoint(endpoint: &ClientEndpoint) {
+    endpoint.close(quinn::VarInt::from_u32(0), b"done");
+}
+
 /// A client endpoint (one UDP socket) that many terminals can share.
 ///
 /// # Errors
 /// When no UDP socket can be bound.
-pub fn client_endpoint(server: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+pub fn client_endpoint(server: SocketAddr) -> std::io::Result<ClientEndpoint> {
     let bind: SocketAddr = if server.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("valid address");
     quinn::Endpoint::client(bind)
-}
-
-/// Socket buffer size asked for on endpoints that carry many connections. A burst of
-/// handshakes or acknowledgements overflowing the default ~200 KiB buffer loses packets, and a
-/// lost Initial packet costs a retransmission timeout of a second.
-pub const UDP_BUFFER_BYTES: usize = 8 << 20;
-
-/// A UDP socket with `UDP_BUFFER_BYTES` of send and receive buffer (the kernel caps it at
-/// `net.core.rmem_max` / `wmem_max`).
-///
-/// # Errors
-/// When the socket cannot be created or bound.
-pub fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    udp_socket_with(bind, false)
-}
-
-/// As `udp_socket`, with `SO_REUSEPORT`: several sockets share one address and the kernel
-/// spreads incoming flows over them.
-///
-/// # Errors
-/// When the socket cannot be created or bound.
-pub fn udp_socket_shared(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    udp_socket_with(bind, true)
-}
-
-fn udp_socket_with(bind: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
-    // Best effort: a smaller buffer still works, it only drops more under bursts.
-    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
-    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.bind(&bind.into())?;
-    Ok(socket.into())
 }
 
 /// A client endpoint with large socket buffers, for load generators carrying thousands of
@@ -196,10 +170,10 @@ fn udp_socket_with(bind: SocketAddr, reuse_port: bool) -> std::io::Result<std::n
 ///
 /// # Errors
 /// When no UDP socket can be bound.
-pub fn client_endpoint_with_buffers(server: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+pub fn client_endpoint_with_buffers(server: SocketAddr) -> std::io::Result<ClientEndpoint> {
     let bind: SocketAddr = if server.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("valid address");
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("a client endpoint needs a tokio runtime"))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, udp_socket(bind)?, runtime)
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, crate::transport::udp::udp_socket(bind)?, runtime)
 }
 
 /// An authenticated connection.
@@ -494,7 +468,7 @@ impl Terminal {
             target: target.with_own_sessions(),
             outbox: Outbox::in_memory(),
             next_seq: None,
-            in_flight_max: in_flight_max.clamp(1, (wire::SEQ_WINDOW / 2) as usize),
+            in_flight_max: in_flight_max.clamp(1, (crate::limits::SEQ_WINDOW / 2) as usize),
             ack_timeout: ACK_TIMEOUT,
             session: None,
             connecting: None,
@@ -634,7 +608,7 @@ impl Terminal {
             Err(error) if error.is_final() => Some(Event::Fatal(error)),
             Err(error) => {
                 self.back_off();
-                Some(Event::Disconnected { error: crate::wal::error_chain(&error) })
+                Some(Event::Disconnected { error: crate::error_chain(&error) })
             }
         }
     }
@@ -732,7 +706,7 @@ impl Terminal {
             self.drop_session();
             self.back_off();
         }
-        Event::Disconnected { error: crate::wal::error_chain(error) }
+        Event::Disconnected { error: crate::error_chain(error) }
     }
 
     /// Forgets the connection; batches in flight on it are resent on the next one.

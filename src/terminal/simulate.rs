@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::model::{Channel, Face, IstatCode, Reason};
 use crate::registry::{Catalog, Credential};
-use crate::terminal::{Event, ServerTarget, Terminal, TerminalVote};
+use crate::terminal::client::{Event, ServerTarget, Terminal, TerminalVote};
 
 /// Share of each channel: counter, phone, web.
 const CHANNEL_SHARES: [f64; 3] = [0.82, 0.10, 0.08];
@@ -196,8 +196,8 @@ impl FleetReport {
 /// # Errors
 /// When no client socket can be bound.
 pub async fn run_fleet(credentials: Vec<Credential>, target: ServerTarget, plan: FleetPlan) -> anyhow::Result<Arc<FleetReport>> {
-    let endpoints: Vec<quinn::Endpoint> =
-        (0..plan.endpoints.max(1)).map(|_| crate::terminal::client_endpoint(target.addr)).collect::<Result<_, _>>()?;
+    let endpoints: Vec<crate::terminal::client::ClientEndpoint> =
+        (0..plan.endpoints.max(1)).map(|_| crate::terminal::client::client_endpoint(target.addr)).collect::<Result<_, _>>()?;
     let report = Arc::new(FleetReport { terminals: credentials.len(), ..FleetReport::default() });
     let deadline = tokio::time::Instant::now() + plan.duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -209,7 +209,7 @@ pub async fn run_fleet(credentials: Vec<Credential>, target: ServerTarget, plan:
     }
     while tasks.join_next().await.is_some() {}
     for endpoint in endpoints {
-        endpoint.close(quinn::VarInt::from_u32(0), b"done");
+        crate::terminal::client::close_endpoint(&endpoint);
         endpoint.wait_idle().await;
     }
     Ok(report)
@@ -277,7 +277,7 @@ fn record(report: &FleetReport, event: Event) -> bool {
             report.retries.fetch_add(1, Ordering::Relaxed);
         }
         Event::Fatal(error) => {
-            tracing::error!(error = %crate::wal::error_chain(&error), "terminal stopped");
+            tracing::error!(error = %crate::error_chain(&error), "terminal stopped");
             report.fatal.fetch_add(1, Ordering::Relaxed);
             return false;
         }

@@ -29,10 +29,10 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 
 use crate::model::IstatCode;
-use crate::process::{ServerProcess, free_udp_port, log_field};
+use crate::tools::process::{ServerProcess, free_udp_port, log_field};
 use crate::registry::{self, Catalog, Credential};
-use crate::simulate::VoteSimulator;
-use crate::terminal::{BatchId, Event, ServerTarget, Terminal};
+use crate::terminal::simulate::VoteSimulator;
+use crate::terminal::client::{BatchId, ClientEndpoint, Event, ServerTarget, Terminal, close_endpoint};
 
 /// Latency histograms are sharded so that thousands of terminals do not contend on one lock.
 const HISTOGRAM_SHARDS: usize = 32;
@@ -244,8 +244,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let (mut server, credentials, target, data_dir) = setup(plan, temporary.path(), &mut rng)?;
     let municipalities = credentials.iter().map(|c| c.municipality).collect::<std::collections::HashSet<_>>().len();
     let rss_idle = server.as_ref().and_then(ServerProcess::rss_bytes);
-    let endpoints: Vec<quinn::Endpoint> =
-        (0..plan.endpoints.max(1)).map(|_| crate::terminal::client_endpoint_with_buffers(target.addr)).collect::<Result<_, _>>()?;
+    let endpoints: Vec<ClientEndpoint> =
+        (0..plan.endpoints.max(1)).map(|_| crate::terminal::client::client_endpoint_with_buffers(target.addr)).collect::<Result<_, _>>()?;
     let shared = Arc::new(Shared::new());
     let (phase, phase_rx) = watch::channel(Phase::Connecting);
     let gate = Arc::new(ConnectGate::new(plan.connect_concurrency, plan.connect_rate));
@@ -295,7 +295,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         shared.error("undelivered at the end (drain timed out)".into());
     }
     for endpoint in &endpoints {
-        endpoint.close(0u32.into(), b"done");
+        close_endpoint(endpoint);
     }
     let mut report = Report {
         mode: if plan.rate.is_some() { "open loop".into() } else { "closed loop".into() },
@@ -359,7 +359,7 @@ fn setup(plan: &Plan, temporary: &Path, rng: &mut rand::rngs::StdRng) -> anyhow:
                 ("limits.connections_per_address_max", i64::from(u32::MAX).into()),
                 ("limits.votes_per_terminal_per_minute_max", i64::from(u32::MAX).into()),
             ];
-            std::fs::write(&config_path, crate::process::child_config(addr, &text, &bench)?)?;
+            std::fs::write(&config_path, crate::tools::process::child_config(addr, &text, &bench)?)?;
             let server = ServerProcess::start(exe, &data_dir, &config_path, addr, &[])?;
             let target = server.target()?;
             Ok((Some(server), credentials, target, Some(data_dir)))

@@ -20,9 +20,9 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
 use crate::model::{Channel, Face, IstatCode, Reason, TerminalId};
-pub use crate::process::{ServerProcess, free_udp_port};
+pub use crate::tools::process::{ServerProcess, free_udp_port};
 use crate::registry::{self, Catalog};
-use crate::terminal::{Event, Terminal, TerminalVote};
+use crate::terminal::client::{Event, Terminal, TerminalVote};
 
 /// Votes a terminal may stamp: its clock starts an hour back and advances one millisecond per
 /// vote, so it must stay below the server's future-skew limit.
@@ -77,7 +77,7 @@ pub fn write_busy_config(path: &Path, listen: SocketAddr) -> anyhow::Result<()> 
         // The simulated terminals send far faster than people press buttons.
         ("limits.votes_per_terminal_per_minute_max", i64::from(u32::MAX).into()),
     ];
-    std::fs::write(path, crate::process::child_config(listen, "", &busy)?)?;
+    std::fs::write(path, crate::tools::process::child_config(listen, "", &busy)?)?;
     Ok(())
 }
 
@@ -111,7 +111,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     target.set_idle_timeout(Duration::from_secs(5));
     let acknowledged: Acknowledged = Arc::default();
     let (phase, phase_rx) = watch::channel(Phase::Sending);
-    let endpoint = crate::terminal::client_endpoint(addr)?;
+    let endpoint = crate::terminal::client::client_endpoint(addr)?;
     let mut terminals = tokio::task::JoinSet::new();
     let counters = Arc::new(Mutex::new(Report::default()));
     for (i, credential) in credentials.into_iter().enumerate() {
@@ -160,7 +160,7 @@ impl TerminalDriver {
     async fn run(self, mut terminal: Terminal, mut phase: watch::Receiver<Phase>, seed: u64) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut counter = 0u64;
-        let mut pending: HashMap<crate::terminal::BatchId, (u64, u64)> = HashMap::new();
+        let mut pending: HashMap<crate::terminal::client::BatchId, (u64, u64)> = HashMap::new();
         let in_flight = 4;
         loop {
             let sending = *phase.borrow() == Phase::Sending;
@@ -193,7 +193,7 @@ impl TerminalDriver {
                     pending.remove(&batch);
                 }
                 Event::Fatal(error) => {
-                    tracing::error!(error = %crate::wal::error_chain(&error), "crash test terminal refused");
+                    tracing::error!(error = %crate::error_chain(&error), "crash test terminal refused");
                     return;
                 }
                 Event::Idle => tokio::time::sleep(Duration::from_millis(5)).await,

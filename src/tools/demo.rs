@@ -21,8 +21,8 @@ use crate::model::IstatCode;
 use crate::query::{self, Format};
 use crate::registry::{self, Catalog};
 use crate::server::Server;
-use crate::simulate::{FleetPlan, run_fleet};
-use crate::terminal::ServerTarget;
+use crate::terminal::simulate::{FleetPlan, run_fleet};
+use crate::terminal::client::ServerTarget;
 
 /// Picks `terminals` terminal slots over random small municipalities, 1–3 per municipality.
 fn pick_municipalities(terminals: usize, seed: u64) -> Vec<IstatCode> {

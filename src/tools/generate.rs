@@ -1,5 +1,5 @@
 //! `faccia generate`: a realistic synthetic dataset, written through the server's own Parquet
-//! writer (`store::Dataset::write_flush`), for measuring SQL at scale.
+//! writer (`storage::dataset::Dataset::write_flush`), for measuring SQL at scale.
 //!
 //! Shape: the real small municipalities (`registry`), with skew — a municipality's share of the
 //! votes grows with its population and varies with its adoption (log-normal-like), and 1 to 3
@@ -21,8 +21,10 @@ use rand::{Rng, SeedableRng};
 
 use crate::model::{IstatCode, Vote};
 use crate::registry::Catalog;
-use crate::simulate::VoteSimulator;
-use crate::store::{Dataset, StoreError, VoteBuffer};
+use crate::terminal::simulate::VoteSimulator;
+use crate::storage::StoreError;
+use crate::storage::buffer::VoteBuffer;
+use crate::storage::dataset::Dataset;
 
 /// The node name in generated file names.
 pub const NODE: &str = "generated";
@@ -132,7 +134,7 @@ fn sites(rng: &mut StdRng, seed: u64) -> (Vec<Site>, Vec<f64>) {
 
 /// Milliseconds of midnight of `day` in Italy.
 fn midnight_ms(day: NaiveDate) -> i64 {
-    let tz: chrono_tz::Tz = crate::store::TIME_ZONE.parse().expect("valid time zone");
+    let tz: chrono_tz::Tz = crate::storage::buffer::TIME_ZONE.parse().expect("valid time zone");
     tz.from_local_datetime(&day.and_hms_opt(0, 0, 0).expect("midnight")).earliest().expect("midnight exists in Italy").timestamp_millis()
 }
 

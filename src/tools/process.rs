@@ -102,8 +102,8 @@ impl ServerProcess {
     ///
     /// # Errors
     /// When the CA file is unusable.
-    pub fn target(&self) -> Result<crate::terminal::ServerTarget, crate::terminal::ClientError> {
-        crate::terminal::ServerTarget::new(self.addr, "localhost", &self.ca)
+    pub fn target(&self) -> Result<crate::terminal::client::ServerTarget, crate::terminal::client::ClientError> {
+        crate::terminal::client::ServerTarget::new(self.addr, "localhost", &self.ca)
     }
 
     /// SIGKILL: no destructor, no flush, no goodbye.

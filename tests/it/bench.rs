@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use faccia::bench::{self, Plan, Target};
+use faccia::tools::bench::{self, Plan, Target};
 
 fn plan(dir: &std::path::Path) -> Plan {
     Plan {

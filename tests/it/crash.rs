@@ -4,16 +4,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use faccia::terminal::{Terminal, batch_frame};
+use faccia::terminal::client::{Terminal, batch_frame};
 use faccia::wire::Status;
 
 use crate::common::*;
 
-pub use faccia::process::ServerProcess;
+pub use faccia::tools::process::ServerProcess;
 
 /// A free UDP port on loopback (the kernel's pick; released before the server binds it).
 pub fn free_port() -> u16 {
-    faccia::process::free_udp_port().unwrap()
+    faccia::tools::process::free_udp_port().unwrap()
 }
 
 /// `faccia serve` as a child process on `dir`, listening on 127.0.0.1:`port` with the default
@@ -21,7 +21,7 @@ pub fn free_port() -> u16 {
 pub fn start_process(dir: &Path, port: u16) -> ServerProcess {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let config = dir.join("serve.toml");
-    std::fs::write(&config, faccia::process::child_config(addr, "", &[]).unwrap()).unwrap();
+    std::fs::write(&config, faccia::tools::process::child_config(addr, "", &[]).unwrap()).unwrap();
     ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_faccia")), dir, &config, addr, &[]).expect("faccia serve starts")
 }
 
@@ -35,7 +35,7 @@ async fn killed_server_replays_its_log_and_loses_nothing() {
     let server = start_process(dir.path(), port);
     let now = faccia::clock::now_ms();
     let mut acknowledged = 0;
-    let endpoint = faccia::terminal::client_endpoint(server.addr).unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.addr).unwrap();
     for (t, credential) in credentials.iter().enumerate() {
         let mut terminal = Terminal::new(credential.clone(), endpoint.clone(), server.target().unwrap(), 8);
         for b in 0..20 {
@@ -48,8 +48,8 @@ async fn killed_server_replays_its_log_and_loses_nothing() {
     assert!(parquet_files(dir.path()).is_empty(), "nothing was flushed before the kill");
 
     let server = start_process(dir.path(), port);
-    let endpoint = faccia::terminal::client_endpoint(server.addr).unwrap();
-    let session = faccia::terminal::Session::connect(&endpoint, &server.target().unwrap(), &credentials[0]).await.unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.addr).unwrap();
+    let session = faccia::terminal::client::Session::connect(&endpoint, &server.target().unwrap(), &credentials[0]).await.unwrap();
     assert_eq!(session.last_seq, 20, "the sequence state survived the kill");
     let resent = batch_frame(3, AGLIE, &votes(now - 600_000 + 2_000, 25));
     assert_eq!(session.send_frame(&resent).await.unwrap().status, Status::Duplicate as u8);
@@ -75,14 +75,14 @@ async fn a_restarted_server_resets_the_connections_of_the_killed_one() {
     let server = start_process(dir.path(), port);
     let mut target = server.target().unwrap();
     target.set_idle_timeout(Duration::from_secs(10));
-    let endpoint = faccia::terminal::client_endpoint(server.addr).unwrap();
-    let session = faccia::terminal::Session::connect(&endpoint, &target, &credential).await.unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.addr).unwrap();
+    let session = faccia::terminal::client::Session::connect(&endpoint, &target, &credential).await.unwrap();
     server.kill();
     let restarted = start_process(dir.path(), port);
     let frame = batch_frame(1, AGLIE, &human_votes(faccia::clock::now_ms() - 60_000, 1));
     let error = session.send_frame(&frame).await.unwrap_err();
     assert!(
-        matches!(error, faccia::terminal::ClientError::Connection(quinn::ConnectionError::Reset)),
+        matches!(error, faccia::terminal::client::ClientError::Connection(quinn::ConnectionError::Reset)),
         "a stateless reset, not a timeout: {error:?}"
     );
     restarted.kill();

@@ -1,7 +1,7 @@
 //! Bad input: each kind gets its error code, and the server keeps serving honest terminals.
 
 use faccia::registry::{Credential, Secret};
-use faccia::terminal::{ClientError, ServerTarget, Session, Terminal, batch_frame};
+use faccia::terminal::client::{ClientError, ServerTarget, Session, Terminal, batch_frame};
 use faccia::wire::{self, BatchV1, ErrorCode, FrameHeader, FrameKind, Status, VoteV1};
 
 use crate::common::*;
@@ -20,7 +20,7 @@ fn good_vote() -> VoteV1 {
 }
 
 async fn refused(server: &faccia::server::Server, credential: &Credential) -> ErrorCode {
-    let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
     match Session::connect(&endpoint, &target(server), credential).await {
         Err(ClientError::Refused(rejection)) => rejection.code,
         Err(other) => panic!("expected a refusal, got {other}"),
@@ -39,7 +39,7 @@ async fn every_bad_input_gets_its_code_while_honest_terminals_are_served() {
     let now = faccia::clock::now_ms();
 
     let honest_target = target(&server);
-    let honest_endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+    let honest_endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
     let honest_task = tokio::spawn(async move {
         let mut terminal = Terminal::new(honest, honest_endpoint, honest_target, 4);
         let mut sent = 0;
@@ -114,14 +114,14 @@ async fn wrong_alpn_fails_the_handshake() {
     let dir = tempfile::tempdir().unwrap();
     let credential = add(dir.path(), AGLIE, 1).remove(0);
     let server = start(dir.path()).await;
-    let tls = faccia::tls::client_config_with_alpn(server.ca_path.as_ref().unwrap(), b"h3").unwrap();
+    let tls = faccia::transport::tls::client_config_with_alpn(server.ca_path.as_ref().unwrap(), b"h3").unwrap();
     let target = ServerTarget::with_tls(server.ingest_addr, "localhost", tls).unwrap();
-    let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
     let error = match Session::connect(&endpoint, &target, &credential).await {
         Err(error) => error,
         Ok(_) => panic!("a wrong ALPN must not connect"),
     };
-    let text = faccia::wal::error_chain(&error);
+    let text = faccia::error_chain(&error);
     assert!(text.contains("no_application_protocol") || text.contains("120"), "{text}");
     assert!(error.is_final(), "a terminal must not retry a protocol mismatch: {text}");
     server.stop().await;
@@ -137,7 +137,7 @@ async fn a_revoked_terminal_is_refused() {
     faccia::registry::revoke_terminal(dir.path(), credential.id).unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+        let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
         match Session::connect(&endpoint, &target(&server), &credential).await {
             Err(ClientError::Refused(r)) => {
                 assert_eq!(r.code, ErrorCode::TerminalRevoked);
@@ -174,7 +174,7 @@ fn seed() -> u64 {
 fn honest_fleet(server: &Server, credentials: Vec<Credential>, batches: i64) -> tokio::task::JoinHandle<usize> {
     let (addr, target) = (server.ingest_addr, target(server));
     tokio::spawn(async move {
-        let endpoint = faccia::terminal::client_endpoint(addr).unwrap();
+        let endpoint = faccia::terminal::client::client_endpoint(addr).unwrap();
         let now = faccia::clock::now_ms();
         let mut terminals: Vec<Terminal> = credentials.into_iter().map(|c| Terminal::new(c, endpoint.clone(), target.clone(), 4)).collect();
         let mut acknowledged = 0;
@@ -275,7 +275,7 @@ async fn random_truncated_and_damaged_frames_are_refused_while_honest_terminals_
     let honest_task = honest_fleet(&server, honest, 8);
 
     // Random bytes where the hello belongs: refused with the header's error, then closed.
-    let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
     let connection = raw_connection(&server, &endpoint).await;
     let mut garbage: Vec<u8> = (0..64).map(|_| rng.random()).collect();
     garbage[0] = b'X';

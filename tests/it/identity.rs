@@ -9,7 +9,7 @@ use std::time::Duration;
 use faccia::config::Config;
 use faccia::registry::Credential;
 use faccia::server::Server;
-use faccia::terminal::{ClientError, ServerTarget, Session, batch_frame};
+use faccia::terminal::client::{ClientError, ServerTarget, Session, batch_frame};
 use faccia::wire::{ErrorCode, Status};
 
 use crate::common::*;
@@ -57,7 +57,7 @@ async fn terminals_are_added_listed_and_revoked_with_the_command_line() {
     assert!(!missing.status.success() && text(&missing.stderr).contains("terminal 42 is not registered"), "{}", text(&missing.stderr));
 
     let server = start(dir.path()).await;
-    let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
     match Session::connect(&endpoint, &target(&server), &credentials[0]).await {
         Err(ClientError::Refused(rejection)) => assert_eq!(rejection.code, ErrorCode::TerminalRevoked),
         other => panic!("a revoked terminal must be refused, got {:?}", other.err()),
@@ -101,8 +101,8 @@ async fn a_terminal_trusting_another_ca_or_name_does_not_connect() {
     let credential = add(dir.path(), AGLIE, 1).remove(0);
     let server = start(dir.path()).await;
     let elsewhere = tempfile::tempdir().unwrap();
-    let (_, other_ca) = faccia::tls::dev_identity(elsewhere.path()).unwrap();
-    let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+    let (_, other_ca) = faccia::transport::tls::dev_identity(elsewhere.path()).unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
     for target in [
         ServerTarget::new(server.ingest_addr, "localhost", &other_ca).unwrap(),
         ServerTarget::new(server.ingest_addr, "faccia.example.org", server.ca_path.as_ref().unwrap()).unwrap(),
@@ -143,7 +143,7 @@ async fn a_configured_production_certificate_replaces_the_development_one() {
     let server = Server::start(dir.path().to_path_buf(), config).await.unwrap();
     let development = ["ca.pem", "server.pem", "server.key"].map(|f| dir.path().join("tls").join(f));
     assert!(server.ca_path.is_none() && !development.iter().any(|p| p.exists()), "no development identity");
-    let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
     let target = ServerTarget::new(server.ingest_addr, "faccia.example.org", &ca).unwrap();
     let session = Session::connect(&endpoint, &target, &credential).await.unwrap();
     let reply = session.send_frame(&batch_frame(1, AGLIE, &human_votes(faccia::clock::now_ms() - 60_000, 2))).await.unwrap();

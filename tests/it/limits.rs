@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use faccia::config::Config;
 use faccia::limits::Limits;
-use faccia::misuse::MisuseRules;
+use faccia::ingest::misuse::MisuseRules;
 use faccia::server::Server;
-use faccia::terminal::{ClientError, Session, Terminal, batch_frame};
+use faccia::terminal::client::{ClientError, Session, Terminal, batch_frame};
 use faccia::wire::{ErrorCode, FrameHeader, FrameKind, Status};
 use futures::FutureExt;
 
@@ -24,7 +24,7 @@ fn refused_before_handshake(result: &Result<Session, ClientError>) -> bool {
 }
 
 async fn connect(server: &Server, credential: &faccia::registry::Credential) -> Result<Session, ClientError> {
-    let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
     Session::connect(&endpoint, &target(server), credential).await
 }
 
@@ -100,7 +100,7 @@ async fn handshakes_past_the_budget_are_refused_and_terminals_back_off_until_ser
     assert!(metrics.connections_not_admitted.get_or_create(&label).get() >= 1);
     assert!(metrics.connections_retried.get() >= 1, "unvalidated clients were asked for a Retry first");
 
-    let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
     let mut terminal = Terminal::new(credentials[1].clone(), endpoint, target(&server), 2);
     terminal.enqueue(&human_votes(faccia::clock::now_ms() - 600_000, 5)).unwrap();
     assert_eq!(deliver(&mut terminal).await.0, 5, "the terminal backed off and got in");
@@ -113,7 +113,7 @@ async fn a_connection_without_a_hello_is_closed_after_hello_timeout_ms() {
     // `timeout` once hello_timeout_ms has passed.
     let dir = tempfile::tempdir().unwrap();
     let server = start_with_limits(dir.path(), Limits { hello_timeout_ms: 300, ..Limits::default() }).await;
-    let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
     let target = target(&server);
     let connection = endpoint.connect_with(target.client_config, target.addr, &target.server_name).unwrap().await.unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(10), connection.closed()).await.unwrap();

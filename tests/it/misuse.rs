@@ -1,9 +1,9 @@
 //! Misuse flags: presses no person could make are stored, flagged with their rule, and left
 //! out of the indices; people's votes are never flagged; a replayed log keeps the flags.
 
-use faccia::misuse::Rule;
+use faccia::ingest::misuse::Rule;
 use faccia::model::{Channel, Face};
-use faccia::terminal::{TerminalVote, batch_frame};
+use faccia::terminal::client::{TerminalVote, batch_frame};
 use faccia::wire::Status;
 
 use crate::common::*;
@@ -70,8 +70,8 @@ async fn flags_decided_before_a_crash_are_replayed_unchanged() {
     let smasher = add(dir.path(), AGLIE, 1).remove(0);
     let port = free_port();
     let process = start_process(dir.path(), port);
-    let endpoint = faccia::terminal::client_endpoint(process.addr).unwrap();
-    let session = faccia::terminal::Session::connect(&endpoint, &process.target().unwrap(), &smasher).await.unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(process.addr).unwrap();
+    let session = faccia::terminal::client::Session::connect(&endpoint, &process.target().unwrap(), &smasher).await.unwrap();
     for (seq, batch) in misuse_batches(faccia::clock::now_ms()).iter().enumerate() {
         assert_eq!(session.send_frame(&batch_frame(seq as u64 + 1, AGLIE, batch)).await.unwrap().status, Status::Stored as u8);
     }

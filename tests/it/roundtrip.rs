@@ -4,7 +4,7 @@ use std::fs::File;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{TimestampMillisecondType, UInt16Type, UInt32Type};
-use faccia::terminal::{Terminal, batch_frame};
+use faccia::terminal::client::{Terminal, batch_frame};
 use faccia::wire::Status;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
@@ -22,7 +22,7 @@ async fn votes_sent_are_acknowledged_and_counted_exactly_by_sql() {
     let now = faccia::clock::now_ms();
     let mut acknowledged = 0;
     for (t, credential) in credentials.iter().enumerate() {
-        let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+        let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
         let mut terminal = Terminal::new(credential.clone(), endpoint, target(&server), 4);
         // People's votes: the service index below counts only votes no misuse rule flags.
         for b in 0..10 {
@@ -79,7 +79,7 @@ async fn parquet_is_partitioned_by_day_sorted_and_self_describing() {
     let now = faccia::clock::now_ms();
     let day_ms = 86_400_000;
     for credential in &credentials {
-        let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+        let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
         let mut terminal = Terminal::new(credential.clone(), endpoint, target(&server), 2);
         terminal.enqueue(&votes(now - day_ms - 3_600_000, 40)).unwrap();
         terminal.enqueue(&votes(now - 120_000, 40)).unwrap();
@@ -90,7 +90,7 @@ async fn parquet_is_partitioned_by_day_sorted_and_self_describing() {
     let dates: std::collections::BTreeSet<String> =
         files.iter().map(|f| f.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned()).collect();
     let expected: std::collections::BTreeSet<String> =
-        [now - day_ms - 3_600_000, now - 120_000].into_iter().map(|t| format!("date={}", faccia::store::partition_date(t))).collect();
+        [now - day_ms - 3_600_000, now - 120_000].into_iter().map(|t| format!("date={}", faccia::storage::buffer::partition_date(t))).collect();
     assert_eq!(dates, expected);
     let mut total = 0;
     for file in &files {
@@ -123,7 +123,7 @@ async fn parquet_is_partitioned_by_day_sorted_and_self_describing() {
     }
     assert_eq!(total, 160);
     assert_eq!(count(dir.path(), "SELECT count(*) FROM votes").await, 160);
-    let today = faccia::store::partition_date(now - 120_000);
+    let today = faccia::storage::buffer::partition_date(now - 120_000);
     assert_eq!(count(dir.path(), &format!("SELECT count(*) FROM votes WHERE date = DATE '{today}'")).await, 80);
 }
 
@@ -137,8 +137,8 @@ async fn a_terminal_resumes_its_tls_session_after_a_server_restart() {
     let first = start(dir.path()).await;
     let addr = first.ingest_addr;
     let target = target(&first).with_own_sessions();
-    let endpoint = faccia::terminal::client_endpoint(addr).unwrap();
-    let session = faccia::terminal::Session::connect(&endpoint, &target, &credentials[0]).await.unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(addr).unwrap();
+    let session = faccia::terminal::client::Session::connect(&endpoint, &target, &credentials[0]).await.unwrap();
     assert_eq!(first.engine.metrics.tls_sessions_resumed.get(), 0, "a first connection has nothing to resume");
     drop(session);
     first.stop().await;
@@ -146,13 +146,13 @@ async fn a_terminal_resumes_its_tls_session_after_a_server_restart() {
     let second = faccia::server::Server::start(dir.path().to_path_buf(), faccia::config::Config { listen: addr, ..loopback_config() })
         .await
         .unwrap();
-    let session = faccia::terminal::Session::connect(&endpoint, &target, &credentials[0]).await.unwrap();
+    let session = faccia::terminal::client::Session::connect(&endpoint, &target, &credentials[0]).await.unwrap();
     assert_eq!(second.engine.metrics.tls_sessions_resumed.get(), 1, "the restarted server opened the ticket");
     drop(session);
     // A resumed session is still asked for the credential: a wrong secret is refused.
     let mut impostor = credentials[1].clone();
     impostor.secret = credentials[0].secret.clone();
-    let refused = faccia::terminal::Session::connect(&endpoint, &target, &impostor).await;
+    let refused = faccia::terminal::client::Session::connect(&endpoint, &target, &impostor).await;
     assert!(refused.is_err(), "a resumed session with a wrong credential is refused");
     assert!(second.engine.metrics.tls_sessions_resumed.get() >= 2);
     second.stop().await;

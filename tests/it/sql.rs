@@ -13,7 +13,7 @@ use arrow_flight::FlightInfo;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables, SqlInfo};
 use bytes::Bytes;
-use faccia::terminal::Terminal;
+use faccia::terminal::client::Terminal;
 use futures::TryStreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -23,7 +23,7 @@ use crate::common::*;
 use crate::crash::{free_port, start_process};
 
 fn analyst_token(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join(faccia::analysts::TOKEN_FILE)).unwrap().trim().to_string()
+    std::fs::read_to_string(dir.join(faccia::analysts::tokens::TOKEN_FILE)).unwrap().trim().to_string()
 }
 
 /// One HTTP/1.1 exchange: (status, content type, body).
@@ -77,12 +77,12 @@ fn rows(batches: &[RecordBatch]) -> usize {
 
 async fn send(
     server_addr: SocketAddr,
-    target: faccia::terminal::ServerTarget,
+    target: faccia::terminal::client::ServerTarget,
     credential: &faccia::registry::Credential,
     at_ms: i64,
     batches: i64,
 ) -> usize {
-    let endpoint = faccia::terminal::client_endpoint(server_addr).unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server_addr).unwrap();
     let mut terminal = Terminal::new(credential.clone(), endpoint, target, 4);
     for b in 0..batches {
         // People's votes (no misuse flag: the index views count only those), ending at `at_ms`.

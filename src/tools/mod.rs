@@ -1,0 +1,14 @@
+//! Tools for load testers and operators, each a `faccia` command: the load generator
+//! (`bench`), the SIGKILL durability test (`crashtest`), the synthetic dataset (`generate`),
+//! the whole path in one command (`demo`), and the child `faccia serve` process the bench and
+//! the crash test drive (`process`).
+//!
+//! Architecture invariant: the tools use the server only as a user would — as a process over
+//! QUIC (`terminal`), or through the same library calls the commands make (`query`,
+//! `storage::dataset`) — and none of them runs inside a serving process.
+
+pub mod bench;
+pub mod crashtest;
+pub mod demo;
+pub mod generate;
+pub mod process;
