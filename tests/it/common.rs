@@ -10,7 +10,7 @@ use faccia::config::Config;
 use faccia::model::{Channel, Face, IstatCode, Reason};
 use faccia::registry::{self, Credential};
 use faccia::server::Server;
-use faccia::terminal::{Event, ServerTarget, Session, Terminal, TerminalVote};
+use faccia::terminal::client::{Event, ServerTarget, Session, Terminal, TerminalVote};
 
 /// Agliè (TO), 2,644 inhabitants.
 pub const AGLIE: IstatCode = IstatCode(1001);
@@ -79,7 +79,7 @@ pub fn batch_reply(frame: &[u8]) -> faccia::wire::BatchReplyV1 {
 }
 
 pub async fn session(server: &Server, credential: &Credential) -> Session {
-    let endpoint = faccia::terminal::client_endpoint(server.ingest_addr).unwrap();
+    let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
     Session::connect(&endpoint, &target(server), credential).await.expect("terminal connects")
 }
 
@@ -123,4 +123,17 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     }
     files.sort();
     files
+}
+
+/// Whether this run is CI's (`CI` set, and not to `false` or `0`): there a test must run its
+/// real part or fail.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A test that cannot set up its real part (a mount, a tool) calls this and returns. In CI it
+/// fails, naming what was missing; elsewhere it says loudly, on stderr, that it did not run.
+pub fn cannot_run(test: &str, why: &str) {
+    assert!(!in_ci(), "{test} could not run its real part in CI: {why}");
+    eprintln!("SKIPPED {test}: {why} (outside CI only; in CI this fails)");
 }
