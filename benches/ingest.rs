@@ -5,19 +5,20 @@
 //! (validation, dedup, log, acknowledgement, buffer).
 //!
 //! `cargo bench --bench ingest`; figures go to BENCHMARKS.md with the machine and date.
+#![allow(missing_docs, reason = "criterion_main! generates the undocumented main of this bench")]
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use faccia::ingest::admission::{Admission, Admit, Attempt, VoteRates};
-use faccia::limits::Limits;
 use faccia::ingest::misuse::{MisuseDetector, MisuseRules};
+use faccia::limits::Limits;
 use faccia::model::IstatCode;
-use faccia::terminal::simulate::VoteSimulator;
 use faccia::storage::buffer::{self, VoteBuffer};
 use faccia::storage::parquet::{encode_parquet, writer_properties};
 use faccia::terminal::client::batch_frame;
+use faccia::terminal::simulate::VoteSimulator;
 use faccia::wire::{ArchiveBuf, BatchRules, BatchView, HEADER_BYTES};
 
 const NOW_MS: i64 = 1_790_000_000_000;

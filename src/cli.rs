@@ -13,9 +13,10 @@ use crate::model::IstatCode;
 use crate::query::{self, Format};
 use crate::registry::{self, Credential};
 use crate::server::Server;
-use crate::terminal::simulate::{FleetPlan, run_fleet};
 use crate::terminal::client::ServerTarget;
+use crate::terminal::simulate::{FleetPlan, run_fleet};
 
+/// The `faccia` command line: one subcommand per job.
 #[derive(Debug, Parser)]
 #[command(
     name = "faccia",
@@ -23,10 +24,12 @@ use crate::terminal::client::ServerTarget;
     about = "Customer-satisfaction votes from emoticon terminals: QUIC ingest, Parquet storage, SQL indices."
 )]
 pub struct Cli {
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The `--data-dir` flag every command that reads or writes a data directory shares.
 #[derive(Debug, Args)]
 pub struct DataDir {
     /// Directory holding the log, the Parquet dataset, the terminal directory and certificates.
@@ -34,10 +37,12 @@ pub struct DataDir {
     pub data_dir: PathBuf,
 }
 
+/// The subcommands of `faccia`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the ingest server until Ctrl-C or SIGTERM.
     Serve {
+        /// The data directory.
         #[command(flatten)]
         data: DataDir,
         /// UDP address for terminal connections (QUIC) [default: 127.0.0.1:4747].
@@ -59,6 +64,7 @@ pub enum Command {
     },
     /// Run SQL over the dataset; without a query, open an interactive prompt.
     Sql {
+        /// The data directory.
         #[command(flatten)]
         data: DataDir,
         /// Output format.
@@ -72,15 +78,19 @@ pub enum Command {
     },
     /// Register, list and revoke terminals.
     Terminals {
+        /// The data directory.
         #[command(flatten)]
         data: DataDir,
+        /// What to do with the terminal directory.
         #[command(subcommand)]
         action: TerminalsAction,
     },
     /// Record what the programme's bonus rule needs about administrations.
     Administrations {
+        /// The data directory.
         #[command(flatten)]
         data: DataDir,
+        /// What to do with the administrations' attributes.
         #[command(subcommand)]
         action: AdministrationsAction,
     },
@@ -136,6 +146,7 @@ pub enum Command {
     /// Write a synthetic dataset (realistic votes over the real small municipalities) through
     /// the server's Parquet writer, for measuring SQL at scale.
     Generate {
+        /// The data directory.
         #[command(flatten)]
         data: DataDir,
         /// How many votes in all.
@@ -166,6 +177,7 @@ pub enum Command {
     },
 }
 
+/// The flags of `faccia bench` (also built by the tests and the crash test's load).
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Start a server (this executable) on a temporary directory; the default unless --server.
@@ -173,7 +185,7 @@ pub struct BenchArgs {
     pub spawn: bool,
     /// Configuration file for the spawned server (its `listen` is set by the bench).
     #[arg(long)]
-    pub server_config: Option<PathBuf>,
+    pub(crate) server_config: Option<PathBuf>,
     /// Data directory of the spawned server [default: a temporary directory, removed after].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -203,7 +215,7 @@ pub struct BenchArgs {
     pub in_flight: usize,
     /// Measured seconds.
     #[arg(long, short = 's', default_value_t = 20)]
-    pub seconds: u64,
+    pub(crate) seconds: u64,
     /// Warm-up seconds before measuring.
     #[arg(long, default_value_t = 5)]
     pub warmup: u64,
@@ -233,6 +245,7 @@ pub struct BenchArgs {
     pub seed: u64,
 }
 
+/// `faccia administrations` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AdministrationsAction {
     /// Record whether an administration has a digital signature and a certified e-mail (PEC).
@@ -250,6 +263,7 @@ pub enum AdministrationsAction {
     List,
 }
 
+/// `faccia terminals` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TerminalsAction {
     /// Register terminals for a municipality and print their credentials (shown only once).
@@ -523,7 +537,9 @@ async fn crashtest(data_dir: Option<PathBuf>, rounds: u32, terminals: usize, run
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let target = match (args.server, args.ca, args.credentials) {
-        (Some(addr), Some(ca), Some(credentials)) => crate::tools::bench::Target::Server { addr, server_name: args.server_name, ca, credentials },
+        (Some(addr), Some(ca), Some(credentials)) => {
+            crate::tools::bench::Target::Server { addr, server_name: args.server_name, ca, credentials }
+        }
         _ => crate::tools::bench::Target::Spawn {
             exe: std::env::current_exe().context("locating the faccia executable")?,
             config: args.server_config,

@@ -10,12 +10,13 @@ pub fn now_ms() -> i64 {
 /// A source of "now" for code whose rules depend on time (timestamp windows, misuse
 /// detection), so that tests can pin it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Milliseconds since the Unix epoch, UTC, by this clock.
     fn now_ms(&self) -> i64;
 }
 
 /// The real clock.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {

@@ -28,19 +28,21 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{LimitError, Limits, QueryLimits, StorageLimits};
 use crate::ingest::misuse::MisuseRules;
+use crate::limits::{LimitError, Limits, QueryLimits, StorageLimits};
 
 /// Default QUIC ingest address: loopback, so that a first start exposes nothing.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:4747";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:4747";
 /// Default Arrow Flight SQL address (TCP), next to the ingest port.
-pub const DEFAULT_FLIGHT_LISTEN: &str = "127.0.0.1:4748";
+pub(crate) const DEFAULT_FLIGHT_LISTEN: &str = "127.0.0.1:4748";
 /// Default HTTP address (TCP): `/query`, `/health`, `/metrics`.
-pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:4749";
+pub(crate) const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:4749";
 
+/// The server's configuration. Every field can be set in the TOML file; absent fields keep their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// QUIC ingest address terminals connect to (UDP); `127.0.0.1:4747` by default, so that a first start exposes nothing.
     pub listen: SocketAddr,
     /// UDP sockets sharing the ingest address (`SO_REUSEPORT`), each with its own endpoint
     /// driver; one per core by default.
@@ -51,14 +53,21 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     /// Analyst bearer tokens (see `analysts`).
     pub analyst_tokens: Vec<String>,
+    /// Production certificate chain (PEM), given together with `tls_key`. With neither, the server makes a development
+    /// certificate and keeps it in `DATA_DIR/tls`.
     pub tls_cert: Option<PathBuf>,
+    /// Private key of `tls_cert` (PEM), given together with it.
     pub tls_key: Option<PathBuf>,
     /// Issue TLS session tickets that survive restarts (`tls::SessionTickets`), so that
     /// terminals resume instead of running full handshakes after a restart.
     pub tls_session_tickets: bool,
+    /// Ingest limits, the `[limits]` table (`Limits` gives each field and its reason).
     pub limits: Limits,
+    /// When the Arrow buffer becomes a Parquet file and how the log rotates, the `[storage]` table.
     pub storage: StorageLimits,
+    /// Limits of the SQL endpoints (Flight SQL, HTTP), the `[query]` table.
     pub query: QueryLimits,
+    /// Windows of the misuse rules, the `[misuse]` table.
     pub misuse: MisuseRules,
 }
 

@@ -29,7 +29,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 ///
 /// # Errors
 /// When the directory cannot be opened or synced.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -37,7 +37,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 ///
 /// # Errors
 /// When a directory cannot be created or synced.
-pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }

@@ -10,18 +10,22 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Label set naming a wire error code, e.g. `code="bad_credential"`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
+    /// The error code's name (`ErrorCode::name`).
     pub code: &'static str,
 }
 
+/// Label set naming the admission limit that refused a connection attempt, e.g. `limit="connections_max"`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabel {
+    /// The limit's name: its field in `Limits`.
     pub limit: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RuleLabel {
+pub(crate) struct RuleLabel {
     pub rule: &'static str,
 }
 
@@ -29,15 +33,18 @@ pub struct RuleLabel {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    pub batches_received: Counter,
-    pub votes_received: Counter,
+    pub(crate) batches_received: Counter,
+    pub(crate) votes_received: Counter,
+    /// Batches made durable and answered `stored`.
     pub batches_stored: Counter,
-    pub votes_stored: Counter,
-    pub batches_duplicate: Counter,
-    pub batches_rejected: Family<CodeLabel, Counter>,
-    pub batches_retry_later: Family<CodeLabel, Counter>,
-    pub connections_open: Gauge,
+    pub(crate) votes_stored: Counter,
+    pub(crate) batches_duplicate: Counter,
+    pub(crate) batches_rejected: Family<CodeLabel, Counter>,
+    pub(crate) batches_retry_later: Family<CodeLabel, Counter>,
+    pub(crate) connections_open: Gauge,
+    /// Terminal connections whose hello was accepted.
     pub connections_accepted: Counter,
+    /// Connections refused after their handshake (bad hello, over a connection limit), by error code.
     pub connections_refused: Family<CodeLabel, Counter>,
     /// Connection attempts refused before their handshake, by the limit that refused them.
     pub connections_not_admitted: Family<LimitLabel, Counter>,
@@ -48,23 +55,24 @@ pub struct Metrics {
     /// Open connections closed because their terminal was revoked or removed.
     pub connections_revoked: Counter,
     /// Votes stored with a misuse flag, by rule.
-    pub votes_flagged: Family<RuleLabel, Counter>,
-    pub wal_fsyncs: Counter,
-    pub wal_fsync_seconds: Histogram,
-    pub wal_group_batches: Histogram,
-    pub wal_bytes: Counter,
-    pub wal_errors: Counter,
+    pub(crate) votes_flagged: Family<RuleLabel, Counter>,
+    pub(crate) wal_fsyncs: Counter,
+    pub(crate) wal_fsync_seconds: Histogram,
+    pub(crate) wal_group_batches: Histogram,
+    pub(crate) wal_bytes: Counter,
+    pub(crate) wal_errors: Counter,
     /// 1 while the log cannot be written and batches are answered "retry later".
-    pub wal_unavailable: Gauge,
-    pub buffer_rows: Gauge,
+    pub(crate) wal_unavailable: Gauge,
+    pub(crate) buffer_rows: Gauge,
+    /// Bytes of batches received and not yet durable.
     pub buffered_request_bytes: Gauge,
     /// The highest `buffered_request_bytes` since the server started.
     pub buffered_request_bytes_peak: Gauge,
-    pub parquet_flushes: Counter,
-    pub parquet_flush_seconds: Histogram,
-    pub parquet_flush_rows: Counter,
-    pub parquet_flush_bytes: Counter,
-    pub parquet_flush_errors: Counter,
+    pub(crate) parquet_flushes: Counter,
+    pub(crate) parquet_flush_seconds: Histogram,
+    pub(crate) parquet_flush_rows: Counter,
+    pub(crate) parquet_flush_bytes: Counter,
+    pub(crate) parquet_flush_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -74,6 +82,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric at zero, registered under the `faccia_` prefix.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("faccia");
         let seconds = || Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
@@ -165,19 +174,21 @@ impl Metrics {
         text
     }
 
+    /// Counts one batch rejected with `code`.
     pub fn rejected(&self, code: crate::wire::ErrorCode) {
         self.batches_rejected.get_or_create(&CodeLabel { code: code.name() }).inc();
     }
 
-    pub fn retry_later(&self, code: crate::wire::ErrorCode) {
+    pub(crate) fn retry_later(&self, code: crate::wire::ErrorCode) {
         self.batches_retry_later.get_or_create(&CodeLabel { code: code.name() }).inc();
     }
 
+    /// Counts one connection refused with `code`.
     pub fn refused(&self, code: crate::wire::ErrorCode) {
         self.connections_refused.get_or_create(&CodeLabel { code: code.name() }).inc();
     }
 
-    pub fn not_admitted(&self, limit: &'static str) {
+    pub(crate) fn not_admitted(&self, limit: &'static str) {
         self.connections_not_admitted.get_or_create(&LimitLabel { limit }).inc();
     }
 
@@ -188,7 +199,7 @@ impl Metrics {
     }
 
     /// Counts `bytes` no longer buffered.
-    pub fn unbuffered(&self, bytes: i64) {
+    pub(crate) fn unbuffered(&self, bytes: i64) {
         self.buffered_request_bytes.dec_by(bytes);
     }
 }

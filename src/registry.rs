@@ -28,63 +28,90 @@ const COMUNI_CSV: &str = include_str!("../data/comuni.csv");
 const SERVICES_CSV: &str = include_str!("../schemas/services.csv");
 
 /// Municipalities under this many inhabitants are the "piccoli Comuni" the program targets.
-pub const ELIGIBLE_POPULATION_BELOW: u32 = 5_000;
+pub(crate) const ELIGIBLE_POPULATION_BELOW: u32 = 5_000;
 
 /// Length of a terminal secret in bytes (256 bits: guessing is not an attack).
-pub const SECRET_BYTES: usize = 32;
+pub(crate) const SECRET_BYTES: usize = 32;
 
 /// Version of `terminals.json`; bumped on any incompatible change.
 const TERMINALS_FORMAT_VERSION: u32 = 1;
 
+/// What can go wrong reading or changing the registry's files (`terminals.json`, `administrations.json`) or parsing a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// A registry file (or its directory or lock file) could not be read, written or locked.
     #[error("reading {path}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The registry file being read or written.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A registry file is not JSON of the expected shape.
     #[error("{path} is not a faccia terminal directory")]
-    Parse { path: PathBuf, source: serde_json::Error },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The JSON error, with its line and column.
+        source: serde_json::Error,
+    },
+    /// A registry file declares a format version this faccia does not read.
     #[error("{path} has format version {found}; this faccia reads version {TERMINALS_FORMAT_VERSION}")]
-    Version { path: PathBuf, found: u32 },
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The format version the file declares.
+        found: u32,
+    },
+    /// An ISTAT code that names no municipality of the built-in registry (`data/comuni.csv`).
     #[error("municipality {0} is not in the registry (data/comuni.csv)")]
     UnknownMunicipality(String),
+    /// No registered terminal has this id.
     #[error("terminal {0} is not registered")]
     UnknownTerminal(TerminalId),
+    /// A terminal secret is not 64 hexadecimal characters (wrong length, or a character that is not hexadecimal).
     #[error("a terminal secret is {expected} hexadecimal characters; got {found}")]
-    SecretFormat { expected: usize, found: usize },
+    SecretFormat {
+        /// Length a secret must have: 64 characters (32 bytes in hexadecimal).
+        expected: usize,
+        /// Length of the text given, in bytes, after trimming surrounding whitespace.
+        found: usize,
+    },
 }
 
 /// One comune of the registry.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Municipality {
+pub(crate) struct Municipality {
     pub code: IstatCode,
     pub name: String,
-    pub province: String,
-    pub region_code: u8,
-    pub region: String,
-    pub area: String,
-    pub population: u32,
+    pub(crate) province: String,
+    pub(crate) region_code: u8,
+    pub(crate) region: String,
+    pub(crate) area: String,
+    pub(crate) population: u32,
 }
 
 impl Municipality {
     /// Whether the 2009 program covers it (fewer than 5,000 inhabitants).
-    pub fn eligible(&self) -> bool {
+    pub(crate) fn eligible(&self) -> bool {
         self.population < ELIGIBLE_POPULATION_BELOW
     }
 }
 
 /// One service of the catalog.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Service {
+pub(crate) struct Service {
     pub id: u16,
     pub code: String,
-    pub name_it: String,
-    pub name_en: String,
+    pub(crate) name_it: String,
+    pub(crate) name_en: String,
     /// Typical share of all votes; used by simulated terminals, not by any index.
     pub share: f64,
 }
 
 /// The catalogs compiled into the binary: municipalities and services.
 #[derive(Debug)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     pub municipalities: Vec<Municipality>,
     pub services: Vec<Service>,
     by_code: HashMap<IstatCode, usize>,
@@ -92,7 +119,7 @@ pub struct Catalog {
 
 impl Catalog {
     /// The shipped catalog, parsed once per process.
-    pub fn builtin() -> &'static Catalog {
+    pub(crate) fn builtin() -> &'static Catalog {
         static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
         CATALOG.get_or_init(|| Catalog::parse(COMUNI_CSV, SERVICES_CSV).expect("the built-in catalogs are valid"))
     }
@@ -128,22 +155,23 @@ impl Catalog {
         Ok(Catalog { municipalities, services, by_code })
     }
 
-    pub fn municipality(&self, code: IstatCode) -> Option<&Municipality> {
+    pub(crate) fn municipality(&self, code: IstatCode) -> Option<&Municipality> {
         self.by_code.get(&code).map(|&i| &self.municipalities[i])
     }
 
     /// The municipalities the program targets, in registry order.
-    pub fn eligible(&self) -> impl Iterator<Item = &Municipality> {
+    pub(crate) fn eligible(&self) -> impl Iterator<Item = &Municipality> {
         self.municipalities.iter().filter(|m| m.eligible())
     }
 
+    #[cfg(test)]
     /// Whether `id` names a service of the catalog.
-    pub fn has_service(&self, id: u16) -> bool {
+    pub(crate) fn has_service(&self, id: u16) -> bool {
         self.services.iter().any(|s| s.id == id)
     }
 
     /// The highest service id; the wire check rejects anything outside `1..=max`.
-    pub fn service_id_max(&self) -> u16 {
+    pub(crate) fn service_id_max(&self) -> u16 {
         self.services.iter().map(|s| s.id).max().unwrap_or(0)
     }
 }
@@ -153,6 +181,7 @@ impl Catalog {
 pub struct Secret(pub [u8; SECRET_BYTES]);
 
 impl Secret {
+    /// A fresh secret: 32 bytes from `rand::rng()`, a cryptographically secure generator.
     pub fn generate() -> Secret {
         let mut bytes = [0u8; SECRET_BYTES];
         rand::rng().fill_bytes(&mut bytes);
@@ -161,7 +190,7 @@ impl Secret {
 
     /// # Errors
     /// When `text` is not 64 hexadecimal characters.
-    pub fn from_hex(text: &str) -> Result<Secret, RegistryError> {
+    pub(crate) fn from_hex(text: &str) -> Result<Secret, RegistryError> {
         let text = text.trim();
         let mut bytes = [0u8; SECRET_BYTES];
         hex::decode_to_slice(text, &mut bytes)
@@ -169,6 +198,7 @@ impl Secret {
         Ok(Secret(bytes))
     }
 
+    /// The secret as 64 lowercase hexadecimal characters, the form `from_hex` reads and `faccia terminals add` prints.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
@@ -187,14 +217,14 @@ impl std::fmt::Debug for Secret {
 /// One registered terminal, as kept in `terminals.json`. Only the SHA-256 of the secret is
 /// stored: the secret itself is printed once, when the terminal is added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TerminalRecord {
+pub(crate) struct TerminalRecord {
     pub id: TerminalId,
     /// Six-digit ISTAT code.
     pub municipality: String,
-    pub secret_sha256: String,
-    pub added_ms: i64,
+    pub(crate) secret_sha256: String,
+    pub(crate) added_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revoked_ms: Option<i64>,
+    pub(crate) revoked_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub label: String,
 }
@@ -212,7 +242,9 @@ pub enum AuthError {
     /// No terminal with this id, or its record names no municipality of the registry (a
     /// hand-edited file): a terminal is never let in without a known municipality.
     UnknownTerminal,
+    /// The secret does not match the one registered for this terminal.
     BadCredential,
+    /// The terminal was revoked (`faccia terminals revoke`).
     Revoked,
 }
 
@@ -233,6 +265,9 @@ impl Entry {
     }
 }
 
+/// The directory as last read: the file's modification time and the entries by terminal id.
+type DirectoryState = (Option<SystemTime>, Arc<HashMap<TerminalId, Entry>>);
+
 /// The terminal directory as the server reads it: an in-memory index of `terminals.json`,
 /// re-read when the file changes so that `faccia terminals add` and `revoke` take effect on a
 /// running server. Each change is announced to subscribers (`subscribe`), so that open
@@ -240,7 +275,7 @@ impl Entry {
 #[derive(Debug)]
 pub struct TerminalDirectory {
     path: PathBuf,
-    state: RwLock<(Option<SystemTime>, Arc<HashMap<TerminalId, Entry>>)>,
+    state: RwLock<DirectoryState>,
     /// Counts the reloads that changed the directory.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -291,7 +326,7 @@ impl TerminalDirectory {
     }
 
     /// A receiver that is told each time a reload changed the directory.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
@@ -312,7 +347,7 @@ impl TerminalDirectory {
     ///
     /// # Errors
     /// Unknown id, wrong secret (compared in constant time) or revoked terminal.
-    pub fn authenticate(&self, id: TerminalId, secret: &Secret) -> Result<IstatCode, AuthError> {
+    pub(crate) fn authenticate(&self, id: TerminalId, secret: &Secret) -> Result<IstatCode, AuthError> {
         let index = self.index();
         let entry = index.get(&id).ok_or(AuthError::UnknownTerminal)?;
         let digest = secret.digest();
@@ -323,10 +358,12 @@ impl TerminalDirectory {
         entry.admit()
     }
 
+    /// Number of terminals in the directory, revoked ones included.
     pub fn len(&self) -> usize {
         self.state.read().expect("lock").1.len()
     }
 
+    /// Whether the directory holds no terminal.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -335,16 +372,19 @@ impl TerminalDirectory {
 /// A credential as handed to a terminal: what `faccia terminals add` prints.
 #[derive(Debug, Clone)]
 pub struct Credential {
+    /// The terminal's id, which it sends when it connects.
     pub id: TerminalId,
+    /// The municipality the terminal is registered to; its votes are counted there.
     pub municipality: IstatCode,
+    /// The terminal's secret; `terminals.json` keeps only its SHA-256.
     pub secret: Secret,
 }
 
 impl Credential {
     /// The header of a credentials CSV file.
-    pub const CSV_HEADER: &'static str = "terminal,municipality,secret";
+    pub(crate) const CSV_HEADER: &'static str = "terminal,municipality,secret";
 
-    pub fn to_csv_line(&self) -> String {
+    pub(crate) fn to_csv_line(&self) -> String {
         format!("{},{},{}", self.id, self.municipality, self.secret.to_hex())
     }
 
@@ -387,7 +427,7 @@ pub fn add_terminals(data_dir: &Path, municipality: IstatCode, count: u32, label
 ///
 /// # Errors
 /// Unknown municipality, or the directory file cannot be read or written.
-pub fn add_terminals_bulk(data_dir: &Path, municipalities: &[IstatCode], label: &str) -> Result<Vec<Credential>, RegistryError> {
+pub(crate) fn add_terminals_bulk(data_dir: &Path, municipalities: &[IstatCode], label: &str) -> Result<Vec<Credential>, RegistryError> {
     let catalog = Catalog::builtin();
     if let Some(unknown) = municipalities.iter().find(|m| catalog.municipality(**m).is_none()) {
         return Err(RegistryError::UnknownMunicipality(unknown.to_string()));
@@ -436,7 +476,7 @@ pub fn revoke_terminal(data_dir: &Path, id: TerminalId) -> Result<(), RegistryEr
 ///
 /// # Errors
 /// When the directory file cannot be read.
-pub fn list_terminals(data_dir: &Path) -> Result<Vec<TerminalRecord>, RegistryError> {
+pub(crate) fn list_terminals(data_dir: &Path) -> Result<Vec<TerminalRecord>, RegistryError> {
     Ok(read_terminals(&terminals_path(data_dir))?.terminals)
 }
 
@@ -481,13 +521,13 @@ fn now_ms() -> i64 {
 // Administrations: what the program's bonus rule needs beyond the ISTAT list.
 
 /// The 2009 bonus for a terminal or a turnkey kit, once per administration.
-pub const BONUS_TERMINAL_EUR: u32 = 400;
+pub(crate) const BONUS_TERMINAL_EUR: u32 = 400;
 /// Added when the administration had no digital signature.
-pub const BONUS_NO_DIGITAL_SIGNATURE_EUR: u32 = 50;
+pub(crate) const BONUS_NO_DIGITAL_SIGNATURE_EUR: u32 = 50;
 /// Added when the administration had no certified e-mail box (PEC).
-pub const BONUS_NO_PEC_EUR: u32 = 10;
+pub(crate) const BONUS_NO_PEC_EUR: u32 = 10;
 /// The most one administration could receive.
-pub const BONUS_MAX_EUR: u32 = 460;
+pub(crate) const BONUS_MAX_EUR: u32 = 460;
 
 /// Version of `administrations.json`.
 const ADMINISTRATIONS_FORMAT_VERSION: u32 = 1;
@@ -495,13 +535,13 @@ const ADMINISTRATIONS_FORMAT_VERSION: u32 = 1;
 /// What the registry records of one administration: whether it already has a digital signature
 /// and a certified e-mail box. `None`: not recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AdministrationRecord {
+pub(crate) struct AdministrationRecord {
     /// Six-digit ISTAT code.
     pub municipality: String,
     #[serde(default)]
-    pub digital_signature: Option<bool>,
+    pub(crate) digital_signature: Option<bool>,
     #[serde(default)]
-    pub pec: Option<bool>,
+    pub(crate) pec: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -514,7 +554,7 @@ struct AdministrationsFile {
 /// if it is eligible (under 5,000 inhabitants), plus 50 € if it is known to lack a digital
 /// signature and 10 € if it is known to lack a PEC box, at most 460 €, once. `None` when it is
 /// not eligible. An attribute not recorded adds nothing.
-pub fn bonus_eur(eligible: bool, digital_signature: Option<bool>, pec: Option<bool>) -> Option<u32> {
+pub(crate) fn bonus_eur(eligible: bool, digital_signature: Option<bool>, pec: Option<bool>) -> Option<u32> {
     if !eligible {
         return None;
     }
@@ -531,7 +571,7 @@ fn administrations_path(data_dir: &Path) -> PathBuf {
 ///
 /// # Errors
 /// When the file exists but cannot be read or parsed.
-pub fn list_administrations(data_dir: &Path) -> Result<Vec<AdministrationRecord>, RegistryError> {
+pub(crate) fn list_administrations(data_dir: &Path) -> Result<Vec<AdministrationRecord>, RegistryError> {
     let path = administrations_path(data_dir);
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
@@ -550,7 +590,7 @@ pub fn list_administrations(data_dir: &Path) -> Result<Vec<AdministrationRecord>
 ///
 /// # Errors
 /// Unknown municipality, or the file cannot be read or written.
-pub fn set_administration(
+pub(crate) fn set_administration(
     data_dir: &Path,
     municipality: IstatCode,
     digital_signature: Option<bool>,
@@ -584,7 +624,7 @@ pub fn set_administration(
 ///
 /// # Errors
 /// When the writer fails.
-pub fn write_credentials_csv(mut out: impl Write, credentials: &[Credential]) -> std::io::Result<()> {
+pub(crate) fn write_credentials_csv(mut out: impl Write, credentials: &[Credential]) -> std::io::Result<()> {
     writeln!(out, "{}", Credential::CSV_HEADER)?;
     for credential in credentials {
         writeln!(out, "{}", credential.to_csv_line())?;

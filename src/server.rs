@@ -20,11 +20,11 @@ use crate::analysts::service::SqlService;
 use crate::analysts::tokens::{AnalystTokens, TokenSource};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::storage::engine::{Engine, EngineConfig};
-use crate::storage::faults::Faults;
 use crate::ingest::endpoint::{self as ingest, Listeners, Shared};
 use crate::metrics::Metrics;
 use crate::registry::TerminalDirectory;
+use crate::storage::engine::{Engine, EngineConfig};
+use crate::storage::faults::Faults;
 use crate::transport::tls;
 
 /// How often the terminal directory file is checked for changes.
@@ -32,7 +32,9 @@ const DIRECTORY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What tests can inject into a server.
 pub struct Hooks {
+    /// The clock the ingest rules read (timestamp windows, misuse detection); the system clock by default.
     pub clock: Arc<dyn Clock>,
+    /// I/O faults and crash points the engine checks before each durable write; none switched on by default.
     pub faults: Arc<Faults>,
 }
 
@@ -53,7 +55,9 @@ pub struct Server {
     pub http_addr: Option<SocketAddr>,
     /// The CA certificate terminals must trust (the development CA unless one was configured).
     pub ca_path: Option<PathBuf>,
+    /// The storage engine: the votes, the log, the Parquet dataset and the server's metrics.
     pub engine: Arc<Engine>,
+    /// The data directory the server recovered and writes to.
     pub data_dir: PathBuf,
     listeners: Arc<Listeners>,
     shutdown: watch::Sender<bool>,
@@ -141,7 +145,7 @@ impl Server {
     }
 
     /// Runs until Ctrl-C or SIGTERM, then stops.
-    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+    pub(crate) async fn run_until_signal(self) -> anyhow::Result<()> {
         wait_for_signal().await?;
         tracing::info!("signal received; stopping");
         self.stop().await;

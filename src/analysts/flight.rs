@@ -70,6 +70,7 @@ pub struct FlightSql {
 }
 
 impl FlightSql {
+    /// The service over `sql`, with no prepared statements open and its fixed SQL info (read-only, no transactions).
     pub fn new(sql: Arc<SqlService>) -> FlightSql {
         let mut info = SqlInfoDataBuilder::new();
         info.append(SqlInfo::FlightSqlServerName, "faccia");
@@ -329,7 +330,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.check(request.metadata())?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         flight_info(&schema, query, request.into_inner())
     }
 
@@ -389,7 +390,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.check(request.metadata())?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         flight_info(&schema, query, request.into_inner())
     }
 

@@ -26,7 +26,9 @@ use crate::query::{Format, write_results};
 
 /// What the handlers share.
 pub struct HttpState {
+    /// The SQL service `/query` checks tokens against and runs statements in.
     pub sql: Arc<SqlService>,
+    /// The server's metrics, rendered as Prometheus text on `/metrics`.
     pub metrics: Arc<Metrics>,
 }
 
@@ -37,7 +39,7 @@ struct QueryParams {
 }
 
 /// The routes.
-pub fn router(state: Arc<HttpState>) -> Router {
+pub(crate) fn router(state: Arc<HttpState>) -> Router {
     let body_max = state.sql.limits.sql_bytes_max;
     Router::new()
         .route("/health", get(|| async { "ok\n" }))

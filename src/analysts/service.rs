@@ -5,8 +5,6 @@
 //! Architecture invariant: statements from the network are read-only — no DDL, no DML, no
 //! `SET`, no `COPY` — so an analyst can never write to the server's disk.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -16,7 +14,6 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionContext};
 use futures::TryStreamExt;
-use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::analysts::tokens::AnalystTokens;
@@ -25,20 +22,35 @@ use crate::limits::QueryLimits;
 /// Why a statement from an analyst was not answered.
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
+    /// The statement is longer than `sql_bytes_max`.
     #[error("the statement is {found} bytes; sql_bytes_max is {max}")]
-    TooLong { found: usize, max: usize },
+    TooLong {
+        /// The statement's length, in bytes.
+        found: usize,
+        /// `sql_bytes_max`, in bytes.
+        max: usize,
+    },
+    /// The statement is not valid SQL over these tables, or not read-only; DataFusion's message.
     #[error("{0}")]
     Plan(String),
+    /// The query failed to start or while it ran; DataFusion's message.
     #[error("{0}")]
     Execution(String),
+    /// An HTTP answer would hold more than `http_result_rows_max` rows.
     #[error("the result has more than {max} rows (http_result_rows_max); aggregate it, or use Flight SQL, which streams")]
-    TooManyRows { max: usize },
+    TooManyRows {
+        /// `http_result_rows_max`, in rows.
+        max: usize,
+    },
 }
 
 /// The SQL context shared by the analysts' endpoints, with their limits.
 pub struct SqlService {
+    /// The DataFusion context `query` builds (tables, index functions, views) that statements run in.
     pub ctx: SessionContext,
+    /// The analyst tokens both endpoints check.
     pub tokens: AnalystTokens,
+    /// The analysts' limits: statement bytes, result rows, concurrent queries, prepared statements.
     pub limits: QueryLimits,
     permits: Arc<Semaphore>,
 }
@@ -50,6 +62,7 @@ impl std::fmt::Debug for SqlService {
 }
 
 impl SqlService {
+    /// The service over `ctx`, with `concurrent_queries_max` permits (at least one).
     pub fn new(ctx: SessionContext, tokens: AnalystTokens, limits: QueryLimits) -> SqlService {
         let permits = Arc::new(Semaphore::new(limits.concurrent_queries_max.max(1)));
         SqlService { ctx, tokens, limits, permits }
@@ -69,7 +82,7 @@ impl SqlService {
     }
 
     /// Waits for a turn among `concurrent_queries_max`; hold the permit while the query runs.
-    pub async fn permit(&self) -> OwnedSemaphorePermit {
+    pub(crate) async fn permit(&self) -> OwnedSemaphorePermit {
         Arc::clone(&self.permits).acquire_owned().await.expect("the semaphore is never closed")
     }
 
@@ -106,7 +119,7 @@ impl SqlService {
 /// characters the SQL tokenizer reads as a `?` placeholder are replaced, so string literals and
 /// comments stay byte for byte. Text that does not tokenize is returned unchanged for the
 /// planner to report.
-pub fn number_placeholders(sql: &str) -> String {
+pub(crate) fn number_placeholders(sql: &str) -> String {
     use datafusion::sql::sqlparser::dialect::GenericDialect;
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
     if !sql.contains('?') {
@@ -145,7 +158,7 @@ pub fn message(error: &DataFusionError) -> String {
 }
 
 /// The output schema of a plan (for prepared statements: before parameters are bound).
-pub fn plan_schema(plan: &LogicalPlan) -> SchemaRef {
+pub(crate) fn plan_schema(plan: &LogicalPlan) -> SchemaRef {
     Arc::new(plan.schema().as_arrow().clone())
 }
 

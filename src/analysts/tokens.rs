@@ -12,25 +12,43 @@ use sha2::{Digest, Sha256};
 /// The file a generated token is kept in, inside the data directory.
 pub const TOKEN_FILE: &str = "analyst-token";
 /// The environment variable that gives a token.
-pub const TOKEN_ENV: &str = "FACCIA_ANALYST_TOKEN";
+pub(crate) const TOKEN_ENV: &str = "FACCIA_ANALYST_TOKEN";
 /// Shortest token accepted: 16 characters are 96+ bits of a random token, not a password.
-pub const TOKEN_CHARS_MIN: usize = 16;
+pub(crate) const TOKEN_CHARS_MIN: usize = 16;
 /// Bytes of randomness in a generated token (written as hexadecimal).
 const GENERATED_TOKEN_BYTES: usize = 32;
 
+/// Why the analyst tokens could not be set up at start.
 #[derive(Debug, thiserror::Error)]
 pub enum AnalystError {
+    /// A configured token, or the token file's, is shorter than `TOKEN_CHARS_MIN` (16).
     #[error("an analyst token has {found} characters; at least {TOKEN_CHARS_MIN} are required (analyst_tokens, {TOKEN_ENV})")]
-    TokenTooShort { found: usize },
+    TokenTooShort {
+        /// The token's length once trimmed, in bytes (characters, for an ASCII token).
+        found: usize,
+    },
+    /// The token file could not be read, or could not be created and written.
     #[error("{path}")]
-    TokenFile { path: PathBuf, source: std::io::Error },
+    TokenFile {
+        /// The token file (`DATA_DIR/analyst-token`).
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
 }
 
 /// Where the tokens in force came from (for the start-up log; never the token itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
+    /// Given in the configuration (`analyst_tokens`, `--analyst-token` or `FACCIA_ANALYST_TOKEN`); how many tokens.
     Configured(usize),
-    File { path: PathBuf, generated: bool },
+    /// From the token file in the data directory.
+    File {
+        /// The token file (`DATA_DIR/analyst-token`).
+        path: PathBuf,
+        /// Whether this start generated it (first start) rather than read it.
+        generated: bool,
+    },
 }
 
 /// The analyst tokens in force, as SHA-256 digests.
@@ -66,13 +84,14 @@ impl AnalystTokens {
         Ok((AnalystTokens::new([token.as_str()]), TokenSource::File { path, generated }))
     }
 
+    /// Holds the SHA-256 digest of each token given (as is: callers trim; no length check, unlike `resolve`).
     pub fn new<'a>(tokens: impl IntoIterator<Item = &'a str>) -> AnalystTokens {
         AnalystTokens { digests: tokens.into_iter().map(|t| Sha256::digest(t.as_bytes()).into()).collect() }
     }
 
     /// Whether `token` is one of the tokens, compared in constant time (every digest is
     /// compared whole, whatever matches).
-    pub fn accepts(&self, token: &str) -> bool {
+    pub(crate) fn accepts(&self, token: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.digests.iter().fold(false, |found, known| {
             let difference = known.iter().zip(&digest).fold(0u8, |acc, (a, b)| acc | (a ^ b));
@@ -84,7 +103,7 @@ impl AnalystTokens {
     ///
     /// # Errors
     /// A message for the client when the header is missing, not a bearer token, or wrong.
-    pub fn check_bearer(&self, header: Option<&str>) -> Result<(), &'static str> {
+    pub(crate) fn check_bearer(&self, header: Option<&str>) -> Result<(), &'static str> {
         let header = header.ok_or("authentication required: send `authorization: Bearer TOKEN`")?;
         let token = header
             .strip_prefix("Bearer ")

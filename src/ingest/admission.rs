@@ -28,7 +28,7 @@ const UNITS: u64 = 60_000;
 
 /// A token bucket: holds up to `capacity` tokens, refilled continuously.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     capacity: u64,
     /// Units added per millisecond: the rate in tokens per minute.
     per_ms: u64,
@@ -38,13 +38,13 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket of `capacity` tokens refilled at `per_minute` tokens a minute.
-    pub fn per_minute(capacity: u32, per_minute: u64, now_ms: u64) -> TokenBucket {
+    pub(crate) fn per_minute(capacity: u32, per_minute: u64, now_ms: u64) -> TokenBucket {
         let capacity = u64::from(capacity) * UNITS;
         TokenBucket { capacity, per_ms: per_minute, units: capacity, last_ms: now_ms }
     }
 
     /// A full bucket of `capacity` tokens refilled at `per_second` tokens a second.
-    pub fn per_second(capacity: u32, per_second: u32, now_ms: u64) -> TokenBucket {
+    pub(crate) fn per_second(capacity: u32, per_second: u32, now_ms: u64) -> TokenBucket {
         TokenBucket::per_minute(capacity, u64::from(per_second) * 60, now_ms)
     }
 
@@ -55,7 +55,7 @@ impl TokenBucket {
     }
 
     /// Tokens available at `now_ms`.
-    pub fn available(&mut self, now_ms: u64) -> f64 {
+    pub(crate) fn available(&mut self, now_ms: u64) -> f64 {
         self.refill(now_ms);
         self.units as f64 / UNITS as f64
     }
@@ -64,7 +64,7 @@ impl TokenBucket {
     ///
     /// # Errors
     /// `Err(wait_ms)` when fewer than `n` tokens are available (nothing is taken).
-    pub fn try_take(&mut self, n: u32, now_ms: u64) -> Result<(), u64> {
+    pub(crate) fn try_take(&mut self, n: u32, now_ms: u64) -> Result<(), u64> {
         self.refill(now_ms);
         let needed = u64::from(n) * UNITS;
         if self.units >= needed {
@@ -125,6 +125,7 @@ pub enum Admit {
 /// The facts about a connection attempt that admission needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt {
+    /// The client's source address and port (connections are counted by its address, or /64).
     pub remote: SocketAddr,
     /// The client may be sent a QUIC Retry (its address is not validated yet).
     pub can_retry: bool,
@@ -143,6 +144,7 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// Budgets from `limits`, with a full handshake bucket at `now_ms` (monotonic ms) and no connection counted.
     pub fn new(limits: &Limits, now_ms: u64) -> Admission {
         Admission {
             connections_max: limits.connections_max as usize,
@@ -180,8 +182,9 @@ impl Admission {
         Admit::Accept(AddressTicket { addresses: Arc::clone(&self.addresses), key })
     }
 
+    #[cfg(test)]
     /// Connections open from `addr`'s address (or /64).
-    pub fn open_from(&self, addr: IpAddr) -> u32 {
+    pub(crate) fn open_from(&self, addr: IpAddr) -> u32 {
         self.addresses.lock().expect("address table lock").get(&address_key(addr)).copied().unwrap_or(0)
     }
 
@@ -193,7 +196,7 @@ impl Admission {
 
 /// The key connections are counted under: an IPv4 address, or the /64 prefix of an IPv6 one
 /// (a site gets a /64; counting single IPv6 addresses would be no limit at all).
-pub fn address_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -234,6 +237,7 @@ pub struct VoteRates {
 }
 
 impl VoteRates {
+    /// No terminal budgets yet; each terminal gets a full one (`votes_per_terminal_per_minute_max` votes) on its first batch.
     pub fn new(limits: &Limits) -> VoteRates {
         VoteRates {
             per_minute: limits.votes_per_terminal_per_minute_max,

@@ -24,16 +24,16 @@ use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::ingest::admission::{AddressTicket, Admission, Admit, Attempt, ConnectionLimit, VoteRates};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::storage::dedup::{Begin, PendingOutcome};
-use crate::storage::engine::Engine;
+use crate::ingest::admission::{AddressTicket, Admission, Admit, Attempt, ConnectionLimit, VoteRates};
+use crate::ingest::misuse::{MisuseDetector, Rule};
 use crate::limits::{Limits, REQUEST_OVERHEAD_BYTES};
 use crate::metrics::{Metrics, RuleLabel};
-use crate::ingest::misuse::{MisuseDetector, Rule};
 use crate::model::{IstatCode, TerminalId};
 use crate::registry::{AuthError, Catalog, Secret, TerminalDirectory};
+use crate::storage::dedup::{Begin, PendingOutcome};
+use crate::storage::engine::Engine;
 use crate::storage::wal::{AppendRequest, WalUnavailable};
 use crate::wire::{
     self, ArchiveBuf, BatchReplyV1, BatchRules, BatchView, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES, HelloReplyV1, Rejection, Status,
@@ -48,10 +48,15 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// What every connection task shares.
 pub struct Shared {
+    /// The storage engine: batch sequences (dedup) and the log a batch is appended to.
     pub engine: Arc<Engine>,
+    /// The registered terminals: authenticates hellos, gives each terminal's municipality, notices revocations.
     pub directory: Arc<TerminalDirectory>,
+    /// The ingest limits in force (`[limits]` of the configuration).
     pub limits: Limits,
+    /// The server's metrics (the engine's).
     pub metrics: Arc<Metrics>,
+    /// Wall-clock time in Unix ms: the batch's received time and the window a vote's time must fall in.
     pub clock: Arc<dyn Clock>,
     /// Bytes of frames being read or waiting to be durable, server-wide (`buffered_bytes_max`).
     budget: Semaphore,
@@ -98,7 +103,7 @@ impl Shared {
 ///
 /// # Errors
 /// When the TLS configuration is not usable for QUIC.
-pub fn server_config(tls: rustls::ServerConfig, limits: &Limits) -> anyhow::Result<quinn::ServerConfig> {
+pub(crate) fn server_config(tls: rustls::ServerConfig, limits: &Limits) -> anyhow::Result<quinn::ServerConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(VarInt::from_u32(limits.streams_per_connection_max));
     transport.max_concurrent_uni_streams(VarInt::from_u32(0));

@@ -93,22 +93,24 @@ impl MisuseRules {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Rule {
+    /// Another press of the terminal lies within `debounce_ms` of this one.
     Debounce = 1,
+    /// The nearest press before or after, within `repeat_window_ms`, has the same service, face, channel and reason.
     Repeat = 2,
+    /// The vote's `burst_window_ms` window has already counted max(`burst_votes_min`, `burst_factor` × normal) votes.
     Burst = 3,
 }
 
 impl Rule {
+    /// Every rule, in the order they are checked.
     pub const ALL: [Rule; 3] = [Rule::Debounce, Rule::Repeat, Rule::Burst];
 
+    /// The id stored in the `misuse` column (1–3; 0 there means counted).
     pub fn id(self) -> u8 {
         self as u8
     }
 
-    pub fn from_id(id: u8) -> Option<Rule> {
-        Rule::ALL.into_iter().find(|r| r.id() == id)
-    }
-
+    /// The rule's name (`debounce`, `repeat`, `burst`), as the metrics' `rule` label and `schemas/storage.md` give it.
     pub fn name(self) -> &'static str {
         match self {
             Rule::Debounce => "debounce",
@@ -245,6 +247,7 @@ pub struct MisuseDetector {
 }
 
 impl MisuseDetector {
+    /// A detector applying `rules`, with no terminal's history yet.
     pub fn new(rules: MisuseRules) -> MisuseDetector {
         MisuseDetector { rules, shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
     }
@@ -281,7 +284,8 @@ mod tests {
     use super::*;
     use crate::model::{Channel, Face, IstatCode};
 
-    const T0: i64 = 1_700_000_040_000 - 1_700_000_040_000 % 60_000;
+    const T0: i64 = 1_700_000_040_000;
+    const _: () = assert!(T0 % 60_000 == 0, "T0 starts a minute");
 
     fn vote(at_ms: i64, service: u16, face: Face) -> Vote {
         Vote { municipality: IstatCode(1003), terminal: 1, service, face, channel: Channel::Counter, reason: None, at_ms }

@@ -40,7 +40,7 @@ fn local_udf(name: &str, f: fn(i64) -> u8) -> ScalarUDF {
 }
 
 /// The calendar functions, ready to register.
-pub fn functions() -> Vec<ScalarUDF> {
+pub(crate) fn functions() -> Vec<ScalarUDF> {
     vec![local_udf("local_hour", hour), local_udf("local_weekday", weekday)]
 }
 

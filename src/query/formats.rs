@@ -11,11 +11,13 @@ use arrow::datatypes::Schema;
 pub enum Format {
     /// A text table (the CLI default).
     Table,
+    /// Comma-separated values with a header row.
     Csv,
     /// One JSON array of row objects.
     Json,
     /// One JSON object per line.
     Jsonl,
+    /// One Parquet file.
     Parquet,
     /// The Arrow IPC stream format.
     Arrow,
@@ -40,7 +42,12 @@ impl Format {
 ///
 /// # Errors
 /// Encoding or write errors.
-pub fn write_results(schema: &Arc<Schema>, batches: &[RecordBatch], format: Format, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+pub(crate) fn write_results(
+    schema: &Arc<Schema>,
+    batches: &[RecordBatch],
+    format: Format,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
     match format {
         Format::Table => writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?,
         Format::Csv => {

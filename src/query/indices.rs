@@ -17,30 +17,30 @@ use datafusion::logical_expr::{
 use datafusion::scalar::ScalarValue;
 
 /// The normal quantile for 95 % confidence, used by the Wilson bounds and trend significance.
-pub const Z_95: f64 = 1.959_963_984_540_054;
+pub(crate) const Z_95: f64 = 1.959_963_984_540_054;
 
 /// 100·part/whole; NULL when whole is 0.
-pub fn share_pct(part: f64, whole: f64) -> Option<f64> {
+pub(crate) fn share_pct(part: f64, whole: f64) -> Option<f64> {
     (whole > 0.0).then(|| 100.0 * part / whole)
 }
 
 /// CSAT %: 100·P/T.
-pub fn csat(positive: f64, total: f64) -> Option<f64> {
+pub(crate) fn csat(positive: f64, total: f64) -> Option<f64> {
     share_pct(positive, total)
 }
 
 /// Net score: 100·(P − N)/T, from −100 to +100.
-pub fn net_score(positive: f64, negative: f64, total: f64) -> Option<f64> {
+pub(crate) fn net_score(positive: f64, negative: f64, total: f64) -> Option<f64> {
     share_pct(positive - negative, total)
 }
 
 /// Happy-style index: 100·(P + U/2)/T.
-pub fn happy_index(positive: f64, neutral: f64, total: f64) -> Option<f64> {
+pub(crate) fn happy_index(positive: f64, neutral: f64, total: f64) -> Option<f64> {
     share_pct(positive + neutral / 2.0, total)
 }
 
 /// Wilson score interval of P/T at 95 %, as percentages (lower, upper).
-pub fn wilson(positive: f64, total: f64) -> Option<(f64, f64)> {
+pub(crate) fn wilson(positive: f64, total: f64) -> Option<(f64, f64)> {
     if total <= 0.0 {
         return None;
     }
@@ -54,13 +54,13 @@ pub fn wilson(positive: f64, total: f64) -> Option<(f64, f64)> {
 
 /// Empirical-Bayes shrunk CSAT %: the group's positives plus `prior_votes` pseudo-votes at the
 /// prior share `prior_pct`, 100·(P + m·μ)/(T + m). Small groups move toward the prior.
-pub fn eb_score(positive: f64, total: f64, prior_pct: f64, prior_votes: f64) -> Option<f64> {
+pub(crate) fn eb_score(positive: f64, total: f64, prior_pct: f64, prior_votes: f64) -> Option<f64> {
     share_pct(positive + prior_votes * prior_pct / 100.0, total + prior_votes)
 }
 
 /// Two-proportion z statistic of the positive share, this period (P1 of T1) against the
 /// previous one (P2 of T2), with the pooled standard error. |z| ≥ 1.96: significant at 95 %.
-pub fn change_z(p1: f64, t1: f64, p2: f64, t2: f64) -> Option<f64> {
+pub(crate) fn change_z(p1: f64, t1: f64, p2: f64, t2: f64) -> Option<f64> {
     if t1 <= 0.0 || t2 <= 0.0 {
         return None;
     }
@@ -94,7 +94,7 @@ fn float_udf(name: &str, arity: usize, f: fn(&[f64]) -> Option<f64>) -> ScalarUD
 }
 
 /// The scalar index functions, ready to register.
-pub fn scalar_functions() -> Vec<ScalarUDF> {
+pub(crate) fn scalar_functions() -> Vec<ScalarUDF> {
     vec![
         float_udf("csat", 2, |v| csat(v[0], v[1])),
         float_udf("net_score", 3, |v| net_score(v[0], v[1], v[2])),
@@ -108,7 +108,7 @@ pub fn scalar_functions() -> Vec<ScalarUDF> {
 }
 
 /// The aggregate index functions over `face`, ready to register, with `face_counts`.
-pub fn aggregate_functions() -> Vec<AggregateUDF> {
+pub(crate) fn aggregate_functions() -> Vec<AggregateUDF> {
     let aggregate = |name: &'static str, finish: Finish| {
         AggregateUDF::from(FaceIndex { name, signature: Signature::uniform(1, vec![DataType::Int8], Volatility::Immutable), finish })
     };

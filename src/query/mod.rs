@@ -14,7 +14,7 @@
 //!
 //! Architecture invariant: the query path never writes to the dataset or the log.
 
-pub mod calendar;
+pub(crate) mod calendar;
 pub mod formats;
 pub mod indices;
 pub mod tables;
@@ -32,11 +32,10 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 
-pub use formats::{Format, write_results};
-pub use indices::{Z_95, csat, happy_index, net_score, wilson};
+pub(crate) use formats::{Format, write_results};
 
-use crate::storage::engine::Engine;
 use crate::limits::QueryLimits;
+use crate::storage::engine::Engine;
 use crate::storage::{buffer, dataset, rollup};
 use votes::{EngineRows, Fresh, LogTail, Shape, VotesTable};
 
@@ -55,7 +54,7 @@ pub async fn context(data_dir: &Path) -> DfResult<SessionContext> {
 ///
 /// # Errors
 /// As `context`.
-pub async fn server_context(data_dir: &Path, engine: Arc<Engine>, limits: &QueryLimits) -> DfResult<SessionContext> {
+pub(crate) async fn server_context(data_dir: &Path, engine: Arc<Engine>, limits: &QueryLimits) -> DfResult<SessionContext> {
     build(data_dir, Arc::new(EngineRows(engine)), limits).await
 }
 
@@ -125,7 +124,7 @@ pub async fn run(ctx: &SessionContext, sql: &str) -> DfResult<Vec<RecordBatch>> 
 ///
 /// # Errors
 /// SQL errors, with DataFusion's message.
-pub async fn run_with_schema(ctx: &SessionContext, sql: &str) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
+pub(crate) async fn run_with_schema(ctx: &SessionContext, sql: &str) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
     let frame = ctx.sql(sql).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     Ok((schema, frame.collect().await?))

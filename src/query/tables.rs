@@ -44,7 +44,7 @@ fn strings<T>(items: &[T], f: impl Fn(&T) -> String) -> ArrayRef {
 ///
 /// # Errors
 /// When a table cannot be built (never expected for the built-in catalogs).
-pub fn register(ctx: &SessionContext, data_dir: PathBuf) -> DfResult<()> {
+pub(crate) fn register(ctx: &SessionContext, data_dir: PathBuf) -> DfResult<()> {
     let catalog = Catalog::builtin();
     let m = &catalog.municipalities;
     mem_table(

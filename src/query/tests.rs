@@ -8,11 +8,11 @@ use arrow::datatypes::{Float64Type, Int64Type};
 use chrono::TimeZone;
 
 use super::*;
-use crate::storage::engine::MemorySnapshot;
 use crate::model::{Channel, Face, IstatCode, Reason, Vote};
 use crate::registry;
 use crate::storage::buffer::VoteBuffer;
 use crate::storage::dataset::Dataset;
+use crate::storage::engine::MemorySnapshot;
 
 const AGLIE: u32 = 1001;
 const ALA_DI_STURA: u32 = 1003;
@@ -23,6 +23,7 @@ fn rome(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> i64 {
 }
 
 /// `count` votes with one face (and reason), one second apart from `at_ms`.
+#[allow(clippy::too_many_arguments, reason = "a test helper: each argument is a column of the rows it writes")]
 fn votes(rows: &mut VoteBuffer, municipality: u32, service: u16, face: Face, reason: Option<Reason>, at_ms: i64, count: usize, misuse: u8) {
     for i in 0..count {
         let vote = Vote {

@@ -8,7 +8,7 @@ use datafusion::prelude::SessionContext;
 
 /// Groups with fewer counted votes than this get no rank in `municipality_service_ranking`:
 /// below ~30 votes a percentage moves by several points with a single vote.
-pub const RANKING_VOTES_MIN: u32 = 30;
+pub(crate) const RANKING_VOTES_MIN: u32 = 30;
 
 /// Bounds of the empirical-Bayes prior strength (in votes) estimated from the data: at least one
 /// vote, and at most 10,000 when the groups hardly differ (everything shrinks to the mean).
@@ -115,7 +115,7 @@ fn trend_view(name: &str, unit: &str, step: &str) -> String {
 }
 
 /// Every view of the library, in creation order.
-pub fn definitions() -> Vec<String> {
+pub(crate) fn definitions() -> Vec<String> {
     let mut views = vec![
         "CREATE VIEW counted_votes AS SELECT * FROM votes WHERE misuse = 0".to_string(),
         index_view(

@@ -42,20 +42,20 @@ use datafusion::physical_plan::filter::FilterExecBuilder;
 use datafusion::physical_plan::limit::GlobalLimitExec;
 use datafusion::physical_plan::union::UnionExec;
 
-use crate::storage::checkpoint::Checkpoint;
-use crate::storage::engine::{Engine, MemorySnapshot};
 use crate::storage::buffer::{self, VoteBuffer};
+use crate::storage::checkpoint::Checkpoint;
 use crate::storage::dataset::PartFile;
+use crate::storage::engine::{Engine, MemorySnapshot};
 use crate::storage::rollup;
 use crate::wire::BatchView;
 
 /// How many times `faccia sql` reads the log tail again when a flush commits while it reads.
 /// A flush commits at most every few seconds under load, so a second attempt almost always
 /// finds a stable checkpoint; eight bounds the wait if the server flushes continuously.
-pub const LOG_TAIL_ATTEMPTS_MAX: u32 = 8;
+pub(crate) const LOG_TAIL_ATTEMPTS_MAX: u32 = 8;
 
 /// Where the rows above the watermark come from.
-pub trait Fresh: Send + Sync + fmt::Debug {
+pub(crate) trait Fresh: Send + Sync + fmt::Debug {
     /// The watermark and the rows of every log record above it, taken together.
     ///
     /// # Errors
@@ -64,7 +64,7 @@ pub trait Fresh: Send + Sync + fmt::Debug {
 }
 
 /// The running engine's buffer (`faccia serve`).
-pub struct EngineRows(pub Arc<Engine>);
+pub(crate) struct EngineRows(pub Arc<Engine>);
 
 impl fmt::Debug for EngineRows {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -83,7 +83,7 @@ impl Fresh for EngineRows {
 /// checkpoint moved while the log was read, it reads again (a committed flush may have removed
 /// segments).
 #[derive(Debug)]
-pub struct LogTail {
+pub(crate) struct LogTail {
     pub data_dir: PathBuf,
 }
 
@@ -118,14 +118,14 @@ impl Fresh for LogTail {
 
 /// Which table: the votes themselves, or one of their rollups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
+pub(crate) enum Shape {
     Votes,
     Rollup(rollup::Rollup),
 }
 
 /// The `votes` or `vote_counts` table over its Parquet files (`files`) and a `Fresh` source.
 #[derive(Debug)]
-pub struct VotesTable {
+pub(crate) struct VotesTable {
     files: Arc<ListingTable>,
     fresh: Arc<dyn Fresh>,
     shape: Shape,
@@ -135,7 +135,7 @@ pub struct VotesTable {
 }
 
 impl VotesTable {
-    pub fn new(files: Arc<ListingTable>, fresh: Arc<dyn Fresh>, shape: Shape, data_dir: &Path) -> VotesTable {
+    pub(crate) fn new(files: Arc<ListingTable>, fresh: Arc<dyn Fresh>, shape: Shape, data_dir: &Path) -> VotesTable {
         let node = std::fs::read_to_string(data_dir.join("node-id")).ok().map(|t| t.trim().to_string());
         VotesTable { files, fresh, shape, node: node.filter(|n| !n.is_empty()) }
     }

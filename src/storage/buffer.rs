@@ -11,23 +11,30 @@ use arrow::array::{
 };
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use chrono::{Datelike, NaiveDate, Offset, TimeZone};
+use chrono::{NaiveDate, Offset, TimeZone};
 
 use crate::model::{IstatCode, TerminalId, Vote};
 use crate::storage::StoreError;
 use crate::wire::BatchView;
 
 /// The time zone of vote timestamps and of the `date=` partitions.
-pub const TIME_ZONE: &str = "Europe/Rome";
+pub(crate) const TIME_ZONE: &str = "Europe/Rome";
 
 /// Column positions in the stored schema.
 pub mod col {
+    /// `municipality` (UInt32): ISTAT code of the municipality the terminal is registered to.
     pub const MUNICIPALITY: usize = 0;
+    /// `service` (UInt16): id of the service voted on, from the catalog (`schemas/services.csv`).
     pub const SERVICE: usize = 1;
+    /// `ts` (timestamp, ms since the Unix epoch, shown in Europe/Rome): when the vote was cast, by the terminal's clock.
     pub const TS: usize = 2;
+    /// `face` (Int8): the face tapped, stored as −1, 0 or +1.
     pub const FACE: usize = 3;
+    /// `channel` (UInt8): how the vote was cast, as `Channel::code` (0 counter, 1 phone, 2 web).
     pub const CHANNEL: usize = 4;
+    /// `reason` (UInt8, nullable): why a negative vote was negative, as `Reason::code` (from 1); null when none was given.
     pub const REASON: usize = 5;
+    /// `terminal` (UInt32): id of the terminal that sent the vote.
     pub const TERMINAL: usize = 6;
     /// 0: a counted vote; otherwise the id of the misuse rule that flagged it. Flagged votes
     /// are kept and left out of every index by default.
@@ -71,6 +78,7 @@ impl Default for VoteBuffer {
 }
 
 impl VoteBuffer {
+    /// An empty buffer with room for `rows` votes in every column before it reallocates.
     pub fn with_capacity(rows: usize) -> VoteBuffer {
         VoteBuffer {
             municipality: UInt32Builder::with_capacity(rows),
@@ -84,10 +92,12 @@ impl VoteBuffer {
         }
     }
 
+    /// Rows (votes) appended since the last `finish`.
     pub fn len(&self) -> usize {
         self.municipality.len()
     }
 
+    /// Whether no vote was appended since the last `finish`.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -133,7 +143,7 @@ impl VoteBuffer {
 /// cached per UTC hour in a small direct-mapped table, so rows in any order rarely ask
 /// chrono-tz.
 #[derive(Debug, Clone)]
-pub struct LocalClock {
+pub(crate) struct LocalClock {
     tz: chrono_tz::Tz,
     /// (UTC hour, offset in ms) by hour modulo the table size.
     offsets: [(i64, i64); 64],
@@ -147,7 +157,7 @@ impl Default for LocalClock {
 
 impl LocalClock {
     /// Milliseconds since 1970-01-01 00:00 local time (Europe/Rome) of a UTC timestamp.
-    pub fn local_ms(&mut self, at_ms: i64) -> i64 {
+    pub(crate) fn local_ms(&mut self, at_ms: i64) -> i64 {
         let hour = at_ms.div_euclid(3_600_000);
         let slot = &mut self.offsets[hour.rem_euclid(64) as usize];
         if slot.0 != hour {
@@ -158,7 +168,7 @@ impl LocalClock {
     }
 
     /// The day in Italy, as days since 1970-01-01.
-    pub fn day(&mut self, at_ms: i64) -> i32 {
+    pub(crate) fn day(&mut self, at_ms: i64) -> i32 {
         self.local_ms(at_ms).div_euclid(86_400_000) as i32
     }
 }
@@ -256,13 +266,15 @@ pub fn partition_date(at_ms: i64) -> NaiveDate {
 
 /// The `date` partition of every timestamp of a column, as days since 1970-01-01 (Arrow
 /// `Date32`): what a reader adds to rows that are not in a file yet.
-pub fn partition_days(ts: &TimestampMillisecondArray) -> arrow::array::Date32Array {
+pub(crate) fn partition_days(ts: &TimestampMillisecondArray) -> arrow::array::Date32Array {
     let mut clock = LocalClock::default();
     arrow::array::Date32Array::from_iter_values(ts.values().iter().map(|&t| clock.day(t)))
 }
 
+#[cfg(test)]
 /// Days since the epoch of a date (for partition filters).
-pub fn epoch_day(date: NaiveDate) -> i32 {
+pub(crate) fn epoch_day(date: NaiveDate) -> i32 {
+    use chrono::Datelike;
     date.num_days_from_ce() - 719_163
 }
 

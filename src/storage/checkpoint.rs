@@ -17,8 +17,8 @@
 use std::io;
 use std::path::Path;
 
-use crate::storage::dedup::SeqWindow;
 use crate::model::TerminalId;
+use crate::storage::dedup::SeqWindow;
 
 const MAGIC: [u8; 8] = *b"FCCKPT\0\0";
 const VERSION: u32 = 1;
@@ -40,14 +40,14 @@ pub enum CheckpointError {
 
 /// What a committed flush leaves behind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Checkpoint {
+pub(crate) struct Checkpoint {
     /// Every log record with an LSN at or below this is in durable Parquet.
     pub watermark: u64,
     pub windows: Vec<(TerminalId, SeqWindow)>,
 }
 
 impl Checkpoint {
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(HEADER_BYTES + self.windows.len() * ENTRY_BYTES + 4);
         bytes.extend_from_slice(&MAGIC);
         bytes.extend_from_slice(&VERSION.to_le_bytes());
@@ -67,7 +67,7 @@ impl Checkpoint {
 
     /// # Errors
     /// A description of the first inconsistency found.
-    pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
         if bytes.len() < HEADER_BYTES + 4 {
             return Err(format!("{} bytes is shorter than a header", bytes.len()));
         }
@@ -105,7 +105,7 @@ impl Checkpoint {
     ///
     /// # Errors
     /// I/O errors, or a damaged file (which is never silently ignored: it would double votes).
-    pub fn read(data_dir: &Path) -> Result<Checkpoint, CheckpointError> {
+    pub(crate) fn read(data_dir: &Path) -> Result<Checkpoint, CheckpointError> {
         let path = data_dir.join("checkpoint");
         let display = path.display().to_string();
         match std::fs::read(&path) {
@@ -119,7 +119,7 @@ impl Checkpoint {
     ///
     /// # Errors
     /// I/O errors; the previous checkpoint then stays in force.
-    pub fn write(&self, data_dir: &Path) -> io::Result<()> {
+    pub(crate) fn write(&self, data_dir: &Path) -> io::Result<()> {
         crate::fsutil::write_atomic(&data_dir.join("checkpoint"), &self.encode())
     }
 }

@@ -15,8 +15,8 @@
 
 use std::sync::Arc;
 
-use arrow::compute::concat_batches;
 use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
 use chrono::NaiveDate;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
@@ -30,22 +30,25 @@ use crate::storage::parquet::{encode_parquet, writer_properties};
 use crate::storage::rollup::{COUNTS_DIR, PAIRS_DIR, Rollup};
 
 /// Top-level directory of the vote dataset inside the data location.
-pub const VOTES_DIR: &str = "votes";
+pub(crate) const VOTES_DIR: &str = "votes";
 /// Suffix of a file being written; readers ignore it (it does not end in `.parquet`).
 const TMP_SUFFIX: &str = ".tmp";
-
 
 /// A vote file's place in the dataset, parsed from its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartFile {
+    /// The object's full path in the store (under `votes/`, or under a rollup directory for a counts file).
     pub path: ObjectPath,
+    /// The day in Italy (Europe/Rome) of every vote in the file: its `date=` partition.
     pub date: NaiveDate,
+    /// Id of the ingest node that wrote the file (its data directory's `node-id`).
     pub node: String,
-    pub lsn_first: u64,
-    pub lsn_last: u64,
+    pub(crate) lsn_first: u64,
+    pub(crate) lsn_last: u64,
 }
 
 impl PartFile {
+    /// The vote file `node` writes for day `date` of a flush of log records `lsn_first..=lsn_last`.
     pub fn new(date: NaiveDate, node: &str, lsn_first: u64, lsn_last: u64) -> PartFile {
         let path = ObjectPath::from(format!("{VOTES_DIR}/date={date}/part-{node}-{lsn_first:016x}-{lsn_last:016x}.parquet"));
         PartFile { path, date, node: node.to_string(), lsn_first, lsn_last }
@@ -53,7 +56,7 @@ impl PartFile {
 
     /// The node and log range of a vote file from its name alone (`part-{node}-{first}-{last}.parquet`),
     /// whatever directory it is listed under.
-    pub fn parse_name(name: &str) -> Option<(String, u64, u64)> {
+    pub(crate) fn parse_name(name: &str) -> Option<(String, u64, u64)> {
         let stem = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
         let mut fields = stem.rsplitn(3, '-');
         let lsn_last = u64::from_str_radix(fields.next()?, 16).ok()?;
@@ -62,7 +65,7 @@ impl PartFile {
     }
 
     /// The path of a rollup file written with this vote file.
-    pub fn rollup_path(&self, rollup: Rollup) -> ObjectPath {
+    pub(crate) fn rollup_path(&self, rollup: Rollup) -> ObjectPath {
         let name = self.path.filename().expect("a part file has a name");
         ObjectPath::from(format!("{}/date={}/{name}", rollup.dir(), self.date))
     }
@@ -83,7 +86,7 @@ impl PartFile {
 ///
 /// # Errors
 /// Object store listing errors.
-pub async fn list_parts(store: &dyn ObjectStore) -> Result<Vec<PartFile>, StoreError> {
+pub(crate) async fn list_parts(store: &dyn ObjectStore) -> Result<Vec<PartFile>, StoreError> {
     list_parts_in(store, VOTES_DIR).await
 }
 
@@ -91,7 +94,7 @@ pub async fn list_parts(store: &dyn ObjectStore) -> Result<Vec<PartFile>, StoreE
 ///
 /// # Errors
 /// Object store listing errors.
-pub async fn list_parts_in(store: &dyn ObjectStore, dir: &str) -> Result<Vec<PartFile>, StoreError> {
+pub(crate) async fn list_parts_in(store: &dyn ObjectStore, dir: &str) -> Result<Vec<PartFile>, StoreError> {
     let prefix = ObjectPath::from(dir);
     let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
     let mut parts: Vec<PartFile> = metas.iter().filter_map(|m| PartFile::parse(&m.location)).collect();
@@ -103,8 +106,10 @@ pub async fn list_parts_in(store: &dyn ObjectStore, dir: &str) -> Result<Vec<Par
 /// (local files are fsync'd after they are published).
 #[derive(Debug, Clone)]
 pub struct Dataset {
+    /// The object store the files are put in and listed from (the data directory, for `Dataset::local`).
     pub store: Arc<dyn ObjectStore>,
-    pub local_root: Option<std::path::PathBuf>,
+    pub(crate) local_root: Option<std::path::PathBuf>,
+    /// This node's id, written into the name of every file it publishes.
     pub node: String,
 }
 
@@ -113,7 +118,7 @@ impl Dataset {
     ///
     /// # Errors
     /// When the directory cannot be created.
-    pub fn local(root: &std::path::Path, node: &str) -> Result<Dataset, StoreError> {
+    pub(crate) fn local(root: &std::path::Path, node: &str) -> Result<Dataset, StoreError> {
         std::fs::create_dir_all(root.join(VOTES_DIR)).map_err(|source| StoreError::Sync { path: root.display().to_string(), source })?;
         let store = object_store::local::LocalFileSystem::new_with_prefix(root)?;
         Ok(Dataset { store: Arc::new(store), local_root: Some(root.to_path_buf()), node: node.to_string() })

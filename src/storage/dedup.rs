@@ -21,31 +21,31 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use crate::model::TerminalId;
 use crate::limits::SEQ_WINDOW;
+use crate::model::TerminalId;
 
 const WORDS: usize = (SEQ_WINDOW / 64) as usize;
 const SHARDS: usize = 64;
 
 /// The stored sequence numbers of one terminal, as a sliding window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SeqWindow {
+pub(crate) struct SeqWindow {
     /// Highest stored sequence number; 0 when none.
-    pub high: u64,
+    pub(crate) high: u64,
     /// Bit `i` (word `i / 64`, bit `i % 64`) is set when `high - i` is stored.
-    pub bits: [u64; WORDS],
+    pub(crate) bits: [u64; WORDS],
 }
 
 /// What the window says about a sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
+pub(crate) enum Seen {
     New,
     Stored,
     Stale,
 }
 
 impl SeqWindow {
-    pub fn check(&self, seq: u64) -> Seen {
+    pub(crate) fn check(&self, seq: u64) -> Seen {
         if seq > self.high {
             return Seen::New;
         }
@@ -58,7 +58,7 @@ impl SeqWindow {
     }
 
     /// Marks `seq` stored. Idempotent; a number older than the window is ignored.
-    pub fn insert(&mut self, seq: u64) {
+    pub(crate) fn insert(&mut self, seq: u64) {
         if seq > self.high {
             self.shift(seq - self.high);
             self.high = seq;
@@ -91,8 +91,11 @@ impl SeqWindow {
 /// Outcome of a write that other copies of the same batch wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PendingOutcome {
+    /// The first copy's write is not settled yet.
     Waiting,
+    /// The first copy is durable: answer "duplicate".
     Stored,
+    /// The first copy's write failed: answer "retry later".
     Failed,
 }
 
@@ -152,7 +155,7 @@ impl Sequences {
 
     /// Marks a batch durable and wakes the copies waiting for it. Called by the log writer after
     /// the fsync that covers the batch, and by the replay.
-    pub fn mark_stored(&self, terminal: TerminalId, seq: u64) {
+    pub(crate) fn mark_stored(&self, terminal: TerminalId, seq: u64) {
         let mut shard = self.shard(terminal);
         let state = shard.entry(terminal).or_default();
         state.window.insert(seq);
@@ -174,7 +177,7 @@ impl Sequences {
     }
 
     /// A copy of every terminal's window, for the checkpoint.
-    pub fn snapshot(&self) -> Vec<(TerminalId, SeqWindow)> {
+    pub(crate) fn snapshot(&self) -> Vec<(TerminalId, SeqWindow)> {
         let mut all: Vec<_> = self
             .shards
             .iter()
@@ -188,7 +191,7 @@ impl Sequences {
     }
 
     /// Restores windows read from a checkpoint.
-    pub fn restore(&self, windows: impl IntoIterator<Item = (TerminalId, SeqWindow)>) {
+    pub(crate) fn restore(&self, windows: impl IntoIterator<Item = (TerminalId, SeqWindow)>) {
         for (terminal, window) in windows {
             self.shard(terminal).entry(terminal).or_default().window = window;
         }
@@ -206,14 +209,16 @@ fn settle(state: &mut TerminalState, seq: u64, outcome: PendingOutcome) {
 /// writer) or `Sequences::abort`; forgetting is a programmer error caught in debug builds.
 #[derive(Debug)]
 pub struct PendingGuard {
+    /// The terminal that sent the batch.
     pub terminal: TerminalId,
+    /// The batch's sequence number, as the terminal numbered it.
     pub seq: u64,
     settled: bool,
 }
 
 impl PendingGuard {
     /// Records that the log writer settled this write (it called `mark_stored`).
-    pub fn settled_by_log(&mut self) {
+    pub(crate) fn settled_by_log(&mut self) {
         self.settled = true;
     }
 }

@@ -30,15 +30,15 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::storage::checkpoint::{Checkpoint, CheckpointError};
-use crate::storage::dedup::Sequences;
-use crate::storage::faults::{Fault, Faults, crash_point};
+use crate::error_chain;
 use crate::limits::StorageLimits;
 use crate::metrics::Metrics;
 use crate::storage::StoreError;
 use crate::storage::buffer::{self, VoteBuffer};
+use crate::storage::checkpoint::{Checkpoint, CheckpointError};
 use crate::storage::dataset::Dataset;
-use crate::error_chain;
+use crate::storage::dedup::Sequences;
+use crate::storage::faults::{Fault, Faults, crash_point};
 use crate::storage::wal::{self, AppendRequest, DurableRecord, ReplayReport, WalError};
 use crate::wire::BatchView;
 
@@ -51,30 +51,41 @@ const SHUTDOWN_FLUSH_ATTEMPTS: u32 = 3;
 /// acknowledging, instead of piling records up in memory.
 const DURABLE_GROUPS_QUEUED_MAX: usize = 256;
 
+/// What can go wrong opening the data directory (recovery) or committing a flush: the error of `engine`.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The checkpoint could not be read, or is damaged.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The log could not be replayed, or its writer could not start.
     #[error(transparent)]
     Wal(#[from] WalError),
+    /// Parquet files could not be written, listed or removed (or an injected Parquet fault).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The data directory, its node id or the checkpoint could not be created or written.
     #[error("preparing the data directory {path}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        /// The directory or file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
 }
 
-/// What start-up found and repaired.
+/// What start-up found and repaired, logged as one line (its `Debug` form).
 #[derive(Debug, Clone, Default)]
-pub struct RecoveryReport {
+#[allow(dead_code, reason = "every field is reported through Debug in the recovery log line")]
+pub(crate) struct RecoveryReport {
     pub watermark: u64,
-    pub uncommitted_files_removed: usize,
-    pub replay: ReplayReport,
+    pub(crate) uncommitted_files_removed: usize,
+    pub(crate) replay: ReplayReport,
     /// Votes put back into the buffer from the log.
-    pub votes_replayed: u64,
+    pub(crate) votes_replayed: u64,
     /// Log records that held a batch already replayed (never expected; counted, not stored).
-    pub duplicate_records_skipped: u64,
+    pub(crate) duplicate_records_skipped: u64,
     /// Log records whose archive failed validation (never expected after the checksum).
-    pub invalid_records_skipped: u64,
+    pub(crate) invalid_records_skipped: u64,
 }
 
 /// The rows not yet in committed Parquet, as SQL sees them.
@@ -87,6 +98,7 @@ pub struct MemorySnapshot {
 }
 
 impl MemorySnapshot {
+    /// Every buffered record batch, oldest generation first.
     pub fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
         self.generations.iter().flat_map(|(_, b)| b.iter())
     }
@@ -138,13 +150,16 @@ impl MemoryView {
 /// Configuration of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// The data directory: the log (`wal/`), the checkpoint, the node id and the Parquet dataset.
     pub data_dir: PathBuf,
+    /// When to flush, how many rows to buffer, and the log's segment and group-commit sizes.
     pub storage: StorageLimits,
     /// Injected I/O errors (tests and the crash-test tool); all off by default.
     pub faults: Arc<Faults>,
 }
 
 impl EngineConfig {
+    /// A configuration for `data_dir` with no fault switched on.
     pub fn new(data_dir: PathBuf, storage: StorageLimits) -> EngineConfig {
         EngineConfig { data_dir, storage, faults: Arc::default() }
     }
@@ -153,10 +168,13 @@ impl EngineConfig {
 /// The running engine. Shared by the ingest tasks; `shutdown` stops it.
 pub struct Engine {
     requests: RwLock<Option<Sender<AppendRequest>>>,
+    /// Each terminal's stored-sequence window: decides whether an arriving batch is new, a duplicate or stale.
     pub sequences: Arc<Sequences>,
+    /// The server's metrics, updated by the engine's threads and shared with the endpoints.
     pub metrics: Arc<Metrics>,
+    /// Where this node's Parquet files go: the dataset in the data directory.
     pub dataset: Dataset,
-    pub recovery: RecoveryReport,
+    /// Injected I/O errors, the switches of `EngineConfig::faults`.
     pub faults: Arc<Faults>,
     memory: Arc<MemoryView>,
     stopping: Arc<AtomicBool>,
@@ -174,7 +192,7 @@ impl std::fmt::Debug for Engine {
 ///
 /// # Errors
 /// When the file cannot be read or created.
-pub fn node_id(data_dir: &Path) -> std::io::Result<String> {
+pub(crate) fn node_id(data_dir: &Path) -> std::io::Result<String> {
     let path = data_dir.join("node-id");
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
@@ -258,7 +276,6 @@ impl Engine {
             sequences,
             metrics,
             dataset,
-            recovery,
             faults: config.faults,
             memory,
             stopping,

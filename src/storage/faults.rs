@@ -16,9 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The operations a fault can be injected into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// Writing a group of records to the log (also starting a new segment).
     WalWrite,
+    /// The `fdatasync` that makes a written group of log records durable.
     WalSync,
+    /// Writing a flush's Parquet files (the flush fails before any file is written).
     ParquetWrite,
+    /// Writing the checkpoint that commits a flush, once its Parquet files are durable.
     CheckpointWrite,
 }
 
@@ -49,8 +53,10 @@ impl Faults {
 }
 
 /// Aborts the process (as `kill -9` would stop it: no destructors, no flush) when
-/// `FACCIA_CRASH_POINT` equals `name`.
-pub fn crash_point(name: &str) {
+/// `FACCIA_CRASH_POINT` equals `name`. The points, in the order a flush reaches them:
+/// `flush.after_parquet` (every file of the flush is durable, the checkpoint is not written) and
+/// `flush.after_checkpoint` (the checkpoint is committed, flushed log segments not yet removed).
+pub(crate) fn crash_point(name: &str) {
     static POINT: OnceLock<Option<String>> = OnceLock::new();
     let point = POINT.get_or_init(|| std::env::var("FACCIA_CRASH_POINT").ok());
     if point.as_deref() == Some(name) {
@@ -58,14 +64,6 @@ pub fn crash_point(name: &str) {
         std::process::abort();
     }
 }
-
-/// The crash points, in the order a flush reaches them.
-pub const CRASH_POINTS: [&str; 2] = [
-    // Every Parquet file of the flush is durable; the checkpoint is not written.
-    "flush.after_parquet",
-    // The checkpoint is committed; flushed log segments are not removed yet.
-    "flush.after_checkpoint",
-];
 
 #[cfg(test)]
 mod tests {

@@ -20,13 +20,13 @@
 //! - `buffer`, `parquet` and `rollup` do no I/O; only `dataset`, `wal`, `checkpoint` write.
 
 pub mod buffer;
-pub mod checkpoint;
+pub(crate) mod checkpoint;
 pub mod dataset;
 pub mod dedup;
 pub mod engine;
 pub mod faults;
 pub mod parquet;
-pub mod rollup;
+pub(crate) mod rollup;
 pub mod wal;
 
 /// What can go wrong turning rows into stored files: the error of `buffer`, `parquet`,

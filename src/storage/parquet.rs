@@ -12,7 +12,7 @@ use crate::storage::StoreError;
 use crate::storage::buffer::col;
 
 /// Version of the stored layout, written into every file's key-value metadata.
-pub const STORAGE_FORMAT_VERSION: &str = "1";
+pub(crate) const STORAGE_FORMAT_VERSION: &str = "1";
 
 /// Parquet settings for vote files: zstd, statistics and page index on, sort order declared.
 ///
@@ -56,4 +56,3 @@ pub fn encode_parquet(batch: &RecordBatch, properties: WriterProperties) -> Resu
     writer.close()?;
     Ok(bytes)
 }
-

@@ -12,33 +12,31 @@ use crate::storage::StoreError;
 use crate::storage::buffer::{LocalClock, col};
 
 /// Top-level directory of the vote counts rollup: one file beside each vote file, same name.
-pub const COUNTS_DIR: &str = "vote_counts";
+pub(crate) const COUNTS_DIR: &str = "vote_counts";
 /// Top-level directory of the municipality × service counts rollup, likewise.
-pub const PAIRS_DIR: &str = "municipality_service_counts";
-
+pub(crate) const PAIRS_DIR: &str = "municipality_service_counts";
 
 /// The rollups written beside every vote file, each an aggregate of the file's rows that the
 /// index views read instead of the votes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rollup {
+pub(crate) enum Rollup {
     /// `vote_counts`: by region, service, hour, channel, face, reason, misuse (`count_votes`).
     Counts,
     /// `municipality_service_counts`: by municipality, service, misuse (`count_pairs`).
     Pairs,
 }
 
-
 impl Rollup {
-    pub const ALL: [Rollup; 2] = [Rollup::Counts, Rollup::Pairs];
+    pub(crate) const ALL: [Rollup; 2] = [Rollup::Counts, Rollup::Pairs];
 
-    pub fn dir(self) -> &'static str {
+    pub(crate) fn dir(self) -> &'static str {
         match self {
             Rollup::Counts => COUNTS_DIR,
             Rollup::Pairs => PAIRS_DIR,
         }
     }
 
-    pub fn schema(self) -> SchemaRef {
+    pub(crate) fn schema(self) -> SchemaRef {
         match self {
             Rollup::Counts => counts_schema(),
             Rollup::Pairs => pairs_schema(),
@@ -49,7 +47,7 @@ impl Rollup {
     ///
     /// # Errors
     /// Arrow errors (none expected for rows in the stored schema).
-    pub fn of(self, rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, StoreError> {
+    pub(crate) fn of(self, rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, StoreError> {
         match self {
             Rollup::Counts => count_votes(rows),
             Rollup::Pairs => count_pairs(rows),
@@ -61,7 +59,7 @@ impl Rollup {
 /// how many votes (`votes`) share a region, service, hour of the day in Italy, channel, face,
 /// reason and misuse flag on a day. About 40 thousand rows a day for a million votes: every
 /// index by service, channel, region, hour or day reads these instead of the votes.
-pub fn counts_schema() -> SchemaRef {
+pub(crate) fn counts_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     Arc::clone(SCHEMA.get_or_init(|| {
         Arc::new(Schema::new(vec![
@@ -82,7 +80,7 @@ pub fn counts_schema() -> SchemaRef {
 ///
 /// # Errors
 /// Arrow errors (none expected for rows in the stored schema).
-pub fn count_votes(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, StoreError> {
+pub(crate) fn count_votes(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, StoreError> {
     use arrow::array::Array;
     use arrow::datatypes::{Int8Type, TimestampMillisecondType, UInt8Type, UInt16Type, UInt32Type};
     type Key = (u8, u16, u8, u8, i8, u8, u8);
@@ -130,7 +128,7 @@ pub fn count_votes(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, StoreE
 /// The schema of the municipality × service rollup (the `date` partition column is added by
 /// readers): counted faces of every municipality, service and misuse flag on a day. Rankings,
 /// municipality and province indices read these instead of the votes.
-pub fn pairs_schema() -> SchemaRef {
+pub(crate) fn pairs_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     Arc::clone(SCHEMA.get_or_init(|| {
         Arc::new(Schema::new(vec![
@@ -145,12 +143,15 @@ pub fn pairs_schema() -> SchemaRef {
     }))
 }
 
+/// Negative, neutral and positive counts by (municipality, service, misuse flag), for one day.
+type FacesByPair = BTreeMap<(u32, u16, u8), [u64; 3]>;
+
 /// Counts faces of rows in the stored schema by day (in Italy), municipality, service and
 /// misuse flag (`pairs_schema`). Pure: no I/O.
 ///
 /// # Errors
 /// Arrow errors (none expected for rows in the stored schema).
-pub fn count_pairs(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, StoreError> {
+pub(crate) fn count_pairs(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, StoreError> {
     use arrow::array::{UInt8Array, UInt16Array, UInt32Array, UInt64Array};
     use arrow::datatypes::{Int8Type, TimestampMillisecondType, UInt8Type, UInt16Type, UInt32Type};
     let municipality = rows.column(col::MUNICIPALITY).as_primitive::<UInt32Type>();
@@ -159,7 +160,7 @@ pub fn count_pairs(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, StoreE
     let face = rows.column(col::FACE).as_primitive::<Int8Type>();
     let misuse = rows.column(col::MISUSE).as_primitive::<UInt8Type>();
     let mut clock = LocalClock::default();
-    let mut counts: BTreeMap<i32, BTreeMap<(u32, u16, u8), [u64; 3]>> = BTreeMap::new();
+    let mut counts: BTreeMap<i32, FacesByPair> = BTreeMap::new();
     for row in 0..rows.num_rows() {
         let key = (municipality.value(row), service.value(row), misuse.value(row));
         let faces = counts.entry(clock.day(ts.value(row))).or_default().entry(key).or_default();

@@ -34,11 +34,11 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tokio::sync::oneshot;
 
-use crate::storage::dedup::{PendingGuard, Sequences};
-use crate::storage::faults::{Fault, Faults};
 use crate::fsutil;
 use crate::metrics::Metrics;
 use crate::model::{IstatCode, TerminalId};
+use crate::storage::dedup::{PendingGuard, Sequences};
+use crate::storage::faults::{Fault, Faults};
 use crate::wire::ArchiveBuf;
 
 const SEGMENT_MAGIC: [u8; 6] = *b"FCWAL\0";
@@ -52,12 +52,26 @@ const RECORD_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// How far ahead of the expected LSN a resynchronising reader accepts a record.
 const RESYNC_LSN_AHEAD_MAX: u64 = 1 << 20;
 
+/// What can go wrong reading or writing the log.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
+    /// A log segment or the log directory could not be read, written, synced or removed, or the writer thread could not start.
     #[error("log I/O on {path}")]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The segment or directory (`<thread>` when the writer thread could not start).
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// A segment's header is too short, has the wrong magic or format version, fails its checksum, or names
+    /// a first LSN other than its file name's.
     #[error("{path} is not a faccia log segment ({reason})")]
-    BadSegment { path: PathBuf, reason: String },
+    BadSegment {
+        /// The segment.
+        path: PathBuf,
+        /// What is wrong with the header.
+        reason: String,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -66,11 +80,12 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 
 /// A record read back from the log.
 #[derive(Debug)]
-pub struct WalRecord {
-    pub lsn: u64,
+pub(crate) struct WalRecord {
+    pub(crate) lsn: u64,
     pub terminal: TerminalId,
     pub municipality: IstatCode,
     pub seq: u64,
+    #[allow(dead_code, reason = "kept in every record for forensics (when the server took the batch); no reader needs it yet")]
     pub received_ms: i64,
     pub archive: ArchiveBuf,
     /// Misuse flag of each vote (0: counted; see `storage::buffer::col::MISUSE`); empty when none is flagged.
@@ -79,19 +94,19 @@ pub struct WalRecord {
 
 /// What recovery found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ReplayReport {
+pub(crate) struct ReplayReport {
     pub segments: usize,
     pub records: u64,
     /// Records with an LSN above the caller's watermark, handed to the callback.
-    pub records_replayed: u64,
-    pub last_lsn: u64,
+    pub(crate) records_replayed: u64,
+    pub(crate) last_lsn: u64,
     /// Bytes cut off the end of the last segment (a write torn by a crash).
-    pub torn_tail_bytes: u64,
+    pub(crate) torn_tail_bytes: u64,
     /// Byte ranges skipped inside the log because they failed their checksum.
-    pub corrupt_ranges: u64,
-    pub corrupt_bytes: u64,
+    pub(crate) corrupt_ranges: u64,
+    pub(crate) corrupt_bytes: u64,
     /// LSNs missing between the first and the last record (lost to corruption).
-    pub lsn_gaps: u64,
+    pub(crate) lsn_gaps: u64,
 }
 
 fn encode_record(buf: &mut Vec<u8>, record: &AppendRequest, lsn: u64) {
@@ -179,7 +194,7 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
 /// # Errors
 /// I/O errors, or a segment whose header is not a faccia log header. A torn or corrupt record
 /// is never an error: it is cut off or skipped, and counted in the report.
-pub fn replay(dir: &Path, after_lsn: u64, mut apply: impl FnMut(WalRecord)) -> Result<ReplayReport, WalError> {
+pub(crate) fn replay(dir: &Path, after_lsn: u64, mut apply: impl FnMut(WalRecord)) -> Result<ReplayReport, WalError> {
     fsutil::create_dir_durable(dir).map_err(io_error(dir))?;
     let segments = list_segments(dir)?;
     let mut report = ReplayReport { segments: segments.len(), ..ReplayReport::default() };
@@ -306,7 +321,7 @@ fn keep_corrupt_copy(dir: &Path, segment: &Path) {
 /// # Errors
 /// I/O errors, including a segment removed while it is read (a flush committed meanwhile: the
 /// caller reads the checkpoint again and retries).
-pub fn read_tail(dir: &Path, after_lsn: u64, mut apply: impl FnMut(WalRecord)) -> Result<u64, WalError> {
+pub(crate) fn read_tail(dir: &Path, after_lsn: u64, mut apply: impl FnMut(WalRecord)) -> Result<u64, WalError> {
     if !dir.is_dir() {
         return Ok(after_lsn);
     }
@@ -342,13 +357,19 @@ pub fn read_tail(dir: &Path, after_lsn: u64, mut apply: impl FnMut(WalRecord)) -
 /// A batch to make durable. The caller has validated `archive` and holds the dedup guard.
 #[derive(Debug)]
 pub struct AppendRequest {
+    /// The terminal that sent the batch.
     pub terminal: TerminalId,
+    /// The terminal's registered municipality (from the registry, never from the network).
     pub municipality: IstatCode,
+    /// The batch's sequence number, as the terminal numbered it.
     pub seq: u64,
+    /// When the server took the batch: ms since the Unix epoch (UTC), by the server's clock.
     pub received_ms: i64,
+    /// The batch's validated archive, logged as received.
     pub archive: ArchiveBuf,
     /// Misuse flag of each vote, or empty when no vote is flagged.
     pub misuse: Vec<u8>,
+    /// The batch's dedup guard; the writer settles it (stored, or failed).
     pub guard: PendingGuard,
     /// Completed after the fsync with the record's LSN, or with the reason it was not written.
     pub durable: oneshot::Sender<Result<u64, WalUnavailable>>,
@@ -359,16 +380,21 @@ pub struct AppendRequest {
 pub enum WalUnavailable {
     /// A write or fsync failed (disk full, I/O error); the message is in the server log.
     Storage,
+    /// The server is shutting down; the batch was not written.
     ShuttingDown,
 }
 
 /// A durable record on its way to the Arrow buffer.
 #[derive(Debug)]
 pub struct DurableRecord {
-    pub lsn: u64,
+    pub(crate) lsn: u64,
+    /// The terminal that sent the batch.
     pub terminal: TerminalId,
+    /// The terminal's registered municipality.
     pub municipality: IstatCode,
+    /// The batch's validated archive, as logged.
     pub archive: ArchiveBuf,
+    /// Misuse flag of each vote, or empty when no vote is flagged.
     pub misuse: Vec<u8>,
 }
 
@@ -392,10 +418,15 @@ struct Writer {
 /// Configuration of the writer thread.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
+    /// The log directory (`wal/` in the data directory).
     pub dir: PathBuf,
+    /// LSN of the first record the writer appends: one past the highest LSN recovered.
     pub next_lsn: u64,
+    /// Size in bytes past which the active segment is closed and a new one started.
     pub segment_bytes: u64,
+    /// Bytes of batches after which one group commit stops taking requests and fsyncs.
     pub group_bytes_max: usize,
+    /// Injected I/O errors for the log's writes and fsyncs.
     pub faults: Arc<Faults>,
 }
 
@@ -568,7 +599,7 @@ impl Writer {
 ///
 /// # Errors
 /// Listing, removing or syncing errors; segments left behind are removed by a later call.
-pub fn remove_flushed_segments(dir: &Path, watermark: u64) -> Result<usize, WalError> {
+pub(crate) fn remove_flushed_segments(dir: &Path, watermark: u64) -> Result<usize, WalError> {
     let segments = list_segments(dir)?;
     let mut removed = 0;
     for pair in segments.windows(2) {
@@ -599,7 +630,7 @@ mod tests {
         let mut archive = ArchiveBuf::new();
         archive.extend_from_slice(payload);
         let (durable, receiver) = oneshot::channel();
-        let misuse = if seq % 2 == 0 { vec![0, 1, 0] } else { Vec::new() };
+        let misuse = if seq.is_multiple_of(2) { vec![0, 1, 0] } else { Vec::new() };
         let request = AppendRequest { terminal, municipality: IstatCode(1003), seq, received_ms: 5, archive, misuse, guard, durable };
         (request, receiver)
     }
@@ -645,7 +676,7 @@ mod tests {
             let seq = i as u64 + 1;
             assert_eq!((record.lsn, record.seq, record.terminal), (seq, seq, 9));
             assert_eq!(&record.archive[..], &seq.to_le_bytes().repeat(3)[..]);
-            assert_eq!(record.misuse, if seq % 2 == 0 { vec![0, 1, 0] } else { vec![] });
+            assert_eq!(record.misuse, if seq.is_multiple_of(2) { vec![0, 1, 0] } else { vec![] });
         }
         let (_, after) = {
             let mut n = 0;

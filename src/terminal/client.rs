@@ -33,30 +33,48 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a terminal waits for a batch's reply before it considers the connection dead,
 /// reconnects and resends (the resent copy is answered "duplicate" if the first was stored).
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often a connected terminal with nothing to send pings the server. It keeps NAT bindings
 /// open (UDP mappings often expire after 30 s), and it is how an idle terminal learns that the
 /// server restarted: the ping is answered by a stateless reset and the terminal reconnects at
 /// once, so a whole fleet is back within seconds rather than when each next has a vote to send.
 /// A ping and its acknowledgement are about 100 bytes: 12 a minute, about 2 MB a day.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// The client software name sent in the hello.
-pub const CLIENT_NAME: &str = concat!("faccia-terminal/", env!("CARGO_PKG_VERSION"));
+pub(crate) const CLIENT_NAME: &str = concat!("faccia-terminal/", env!("CARGO_PKG_VERSION"));
 
+/// Why a terminal's connection, exchange or outbox failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// QUIC could not start a connection to `addr` (an invalid address or server name, a closed endpoint).
     #[error("connecting to {addr}")]
-    Connect { addr: SocketAddr, source: quinn::ConnectError },
+    Connect {
+        /// The server address.
+        addr: SocketAddr,
+        /// quinn's reason.
+        source: quinn::ConnectError,
+    },
+    /// The connection failed or was closed (by the server, an idle timeout or a TLS alert).
     #[error("connection lost")]
     Connection(#[from] quinn::ConnectionError),
+    /// A stream failed, its reply never came or was cut short, or QUIC could not use the TLS configuration; the text says which.
     #[error("stream failed: {0}")]
     Stream(String),
+    /// The server refused the hello; the rejection carries its error code and message.
     #[error("server refused the terminal: {0}")]
     Refused(Rejection),
+    /// The server's reply could not be decoded, or was not the frame expected.
     #[error("server sent an invalid reply: {0}")]
     Protocol(Rejection),
+    /// Reading or writing the on-disk outbox in `path` failed.
     #[error("outbox {path}")]
-    Outbox { path: PathBuf, source: std::io::Error },
+    Outbox {
+        /// The outbox file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The CA certificate file is unusable.
     #[error("TLS configuration")]
     Tls(#[from] crate::transport::tls::TlsError),
 }
@@ -82,8 +100,11 @@ impl ClientError {
 /// Where terminals connect and what they trust.
 #[derive(Clone)]
 pub struct ServerTarget {
+    /// The server's ingest address (UDP).
     pub addr: SocketAddr,
+    /// The name the server's certificate must carry (`localhost` for the development certificate).
     pub server_name: String,
+    /// The QUIC configuration each connection uses: the trusted CA, ALPN, idle timeout and keep-alive.
     pub client_config: quinn::ClientConfig,
     tls: Arc<rustls::ClientConfig>,
     transport: Arc<quinn::TransportConfig>,
@@ -152,7 +173,7 @@ pub type ClientEndpoint = quinn::Endpoint;
 
 /// Closes every connection of a client endpoint with code 0 ("done"), without waiting for the
 /// server to be told (`ClientEndpoint::wait_idle` waits).
-pub fn close_endpoint(endpoint: &ClientEndpoint) {
+pub(crate) fn close_endpoint(endpoint: &ClientEndpoint) {
     endpoint.close(quinn::VarInt::from_u32(0), b"done");
 }
 
@@ -170,7 +191,7 @@ pub fn client_endpoint(server: SocketAddr) -> std::io::Result<ClientEndpoint> {
 ///
 /// # Errors
 /// When no UDP socket can be bound.
-pub fn client_endpoint_with_buffers(server: SocketAddr) -> std::io::Result<ClientEndpoint> {
+pub(crate) fn client_endpoint_with_buffers(server: SocketAddr) -> std::io::Result<ClientEndpoint> {
     let bind: SocketAddr = if server.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("valid address");
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("a client endpoint needs a tokio runtime"))?;
     quinn::Endpoint::new(quinn::EndpointConfig::default(), None, crate::transport::udp::udp_socket(bind)?, runtime)
@@ -179,10 +200,13 @@ pub fn client_endpoint_with_buffers(server: SocketAddr) -> std::io::Result<Clien
 /// An authenticated connection.
 #[derive(Clone)]
 pub struct Session {
+    /// The QUIC connection, its hello accepted.
     pub connection: quinn::Connection,
+    /// The terminal's registered municipality, from the server's hello reply.
     pub municipality: IstatCode,
     /// Highest batch the server had stored for this terminal when the session opened.
     pub last_seq: u64,
+    /// Most votes the server accepts in one batch (its `batch_votes_max` limit).
     pub batch_votes_max: u32,
 }
 
@@ -247,10 +271,15 @@ async fn exchange(connection: &quinn::Connection, frame: &[u8], kind: FrameKind)
 /// One vote as a terminal records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TerminalVote {
+    /// When the vote was cast: terminal clock, milliseconds since the Unix epoch (UTC).
     pub at_ms: i64,
+    /// Service id, from `schemas/services.csv`.
     pub service: u16,
+    /// The face the citizen tapped.
     pub face: Face,
+    /// How the vote was cast: at the counter, by phone or on the web.
     pub channel: Channel,
+    /// Why the citizen tapped the red face; `None` if the question was skipped, and always for the other faces.
     pub reason: Option<Reason>,
 }
 
@@ -278,7 +307,7 @@ pub fn batch_frame(seq: u64, municipality: IstatCode, votes: &[TerminalVote]) ->
 /// Names a batch inside one terminal from `enqueue` to its answer. Not the wire sequence
 /// number, which a terminal that does not know its numbering yet assigns only after its first
 /// hello.
-pub type BatchId = u64;
+pub(crate) type BatchId = u64;
 
 /// A batch waiting for its acknowledgement.
 #[derive(Debug, Clone)]
@@ -402,32 +431,47 @@ fn frame_votes(frame: &[u8], municipality: IstatCode, terminal: crate::model::Te
 /// What happened to the terminal.
 #[derive(Debug)]
 pub enum Event {
+    /// A connection was opened and its hello accepted.
     Connected {
+        /// Highest batch sequence number the server had stored for this terminal (0: none).
         last_seq: u64,
     },
     /// A batch was answered `stored` (or `duplicate`: stored by an earlier copy).
     Acknowledged {
+        /// The id `enqueue` returned for the batch.
         batch: BatchId,
+        /// The batch's wire sequence number.
         seq: u64,
+        /// Votes in the batch.
         votes: usize,
+        /// Whether the answer was `duplicate` (an earlier copy was stored) rather than `stored`.
         duplicate: bool,
+        /// When the batch was put in the outbox, or loaded from disk by this run if a previous run left it there.
         enqueued: Instant,
     },
     /// A batch was refused for good and dropped from the outbox.
     Rejected {
+        /// The id `enqueue` returned for the batch.
         batch: BatchId,
+        /// The batch's wire sequence number.
         seq: u64,
+        /// Votes in the batch, now dropped.
         votes: usize,
+        /// The server's error code and message.
         rejection: Rejection,
     },
     /// The link failed; the terminal reconnects after a backoff and resends.
     Disconnected {
+        /// Why the link failed, as text (the error and its causes).
         error: String,
     },
     /// The server told us to retry a batch later.
     RetryLater {
+        /// The id `enqueue` returned for the batch.
         batch: BatchId,
+        /// The batch's wire sequence number.
         seq: u64,
+        /// The server's error code and message; the batch stays in the outbox and is resent.
         rejection: Rejection,
     },
     /// Nothing to send and nothing in flight.
@@ -441,6 +485,7 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<Session, ClientError>> +
 
 /// One terminal: credential, numbering, outbox and connection.
 pub struct Terminal {
+    /// The terminal's id, municipality and secret, presented in each hello.
     pub credential: Credential,
     endpoint: quinn::Endpoint,
     target: ServerTarget,
@@ -519,10 +564,6 @@ impl Terminal {
     /// Batches not yet acknowledged.
     pub fn unacknowledged(&self) -> usize {
         self.outbox.batches.len()
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.session.is_some()
     }
 
     /// Connects now (one attempt, after any backoff in force) if not connected.

@@ -72,6 +72,7 @@ pub struct VoteSimulator {
 }
 
 impl VoteSimulator {
+    /// The citizens of `municipality`, drawing from `seed`: the same seed and municipality give the same votes.
     pub fn new(seed: u64, municipality: IstatCode) -> VoteSimulator {
         let catalog = &Catalog::builtin().services;
         let services = catalog.iter().map(|s| (s.id, 0.50 + 0.30 * unit_hash(u64::from(s.id)))).collect();
@@ -133,6 +134,7 @@ impl VoteSimulator {
         votes
     }
 
+    /// The simulator's random generator, so that the rest of a simulation (batch sizes, pauses) follows the same seed.
     pub fn rng(&mut self) -> &mut SmallRng {
         &mut self.rng
     }
@@ -140,17 +142,17 @@ impl VoteSimulator {
 
 /// How a simulated fleet behaves.
 #[derive(Debug, Clone)]
-pub struct FleetPlan {
+pub(crate) struct FleetPlan {
     pub duration: Duration,
     /// Votes per batch are drawn from 1..=batch_votes_max.
     pub batch_votes_max: usize,
     /// Mean pause between a terminal's batches.
-    pub think_time: Duration,
+    pub(crate) think_time: Duration,
     pub in_flight_max: usize,
     /// Client UDP sockets the terminals share.
     pub endpoints: usize,
     /// How long to keep delivering the backlog after `duration`.
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     pub seed: u64,
 }
 
@@ -170,22 +172,22 @@ impl Default for FleetPlan {
 
 /// What a fleet saw. Votes count once per batch acknowledged, however often it was resent.
 #[derive(Debug, Default)]
-pub struct FleetReport {
+pub(crate) struct FleetReport {
     pub terminals: usize,
     pub votes_acknowledged: AtomicU64,
-    pub batches_acknowledged: AtomicU64,
-    pub batches_duplicate: AtomicU64,
-    pub votes_rejected: AtomicU64,
-    pub batches_rejected: AtomicU64,
-    pub disconnects: AtomicU64,
+    pub(crate) batches_acknowledged: AtomicU64,
+    pub(crate) batches_duplicate: AtomicU64,
+    pub(crate) votes_rejected: AtomicU64,
+    pub(crate) batches_rejected: AtomicU64,
+    pub(crate) disconnects: AtomicU64,
     pub retries: AtomicU64,
     /// Batches still unacknowledged when the drain timed out.
-    pub batches_undelivered: AtomicU64,
-    pub fatal: AtomicU64,
+    pub(crate) batches_undelivered: AtomicU64,
+    pub(crate) fatal: AtomicU64,
 }
 
 impl FleetReport {
-    pub fn votes(&self) -> u64 {
+    pub(crate) fn votes(&self) -> u64 {
         self.votes_acknowledged.load(Ordering::Relaxed)
     }
 }
@@ -195,7 +197,7 @@ impl FleetReport {
 ///
 /// # Errors
 /// When no client socket can be bound.
-pub async fn run_fleet(credentials: Vec<Credential>, target: ServerTarget, plan: FleetPlan) -> anyhow::Result<Arc<FleetReport>> {
+pub(crate) async fn run_fleet(credentials: Vec<Credential>, target: ServerTarget, plan: FleetPlan) -> anyhow::Result<Arc<FleetReport>> {
     let endpoints: Vec<crate::terminal::client::ClientEndpoint> =
         (0..plan.endpoints.max(1)).map(|_| crate::terminal::client::client_endpoint(target.addr)).collect::<Result<_, _>>()?;
     let report = Arc::new(FleetReport { terminals: credentials.len(), ..FleetReport::default() });

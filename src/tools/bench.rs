@@ -29,10 +29,10 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 
 use crate::model::IstatCode;
-use crate::tools::process::{ServerProcess, free_udp_port, log_field};
 use crate::registry::{self, Catalog, Credential};
-use crate::terminal::simulate::VoteSimulator;
 use crate::terminal::client::{BatchId, ClientEndpoint, Event, ServerTarget, Terminal, close_endpoint};
+use crate::terminal::simulate::VoteSimulator;
+use crate::tools::process::{ServerProcess, free_udp_port, log_field};
 
 /// Latency histograms are sharded so that thousands of terminals do not contend on one lock.
 const HISTOGRAM_SHARDS: usize = 32;
@@ -50,47 +50,82 @@ const TERMINALS_PER_MUNICIPALITY: [f64; 5] = [0.55, 0.20, 0.12, 0.08, 0.05];
 #[derive(Debug, Clone)]
 pub enum Target {
     /// Start `faccia serve` (this executable) on a temporary directory and register terminals.
-    Spawn { exe: PathBuf, config: Option<PathBuf>, data_dir: Option<PathBuf> },
+    Spawn {
+        /// The `faccia` executable to run as the server.
+        exe: PathBuf,
+        /// Configuration file for the server (`None`: defaults); the bench sets its `listen` and lifts the per-address connection and
+        /// per-terminal vote limits unless the file sets them.
+        config: Option<PathBuf>,
+        /// Data directory of the server; `None`: a temporary directory, removed after the run.
+        data_dir: Option<PathBuf>,
+    },
     /// A running server and the credentials of its terminals.
-    Server { addr: SocketAddr, server_name: String, ca: PathBuf, credentials: PathBuf },
+    Server {
+        /// The server's QUIC address.
+        addr: SocketAddr,
+        /// Name the server's certificate is checked against.
+        server_name: String,
+        /// CA certificate the server's certificate is verified with.
+        ca: PathBuf,
+        /// CSV of the terminals' credentials (as written by `faccia terminals add --out`).
+        credentials: PathBuf,
+    },
 }
 
 /// What the bench does.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Where the load goes: a spawned server or a running one.
     pub target: Target,
     /// Number of terminals; default: every small municipality with 1–5 terminals each.
     pub terminals: Option<usize>,
     /// Use only the first N small municipalities.
     pub municipalities: Option<usize>,
+    /// Votes per batch a terminal sends.
     pub batch_votes: usize,
+    /// Batches each terminal keeps unacknowledged at once (closed loop), and its outbox's in-flight limit.
     pub in_flight: usize,
+    /// How long the run is measured, after the warm-up.
     pub duration: Duration,
+    /// How long terminals send before measuring starts (counted in the totals, not in rates or latency).
     pub warmup: Duration,
     /// Open loop at this many votes per second; `None`: closed loop.
     pub rate: Option<f64>,
+    /// Client UDP sockets the terminals' connections are spread over (at least one is used).
     pub endpoints: usize,
     /// Handshakes allowed in progress at once, and started per second, by the generator.
     pub connect_concurrency: usize,
+    /// Handshakes started per second by the generator.
     pub connect_rate: f64,
     /// Spawned server only: kill it with SIGKILL this long into the run and restart it (the
     /// reconnect storm).
     pub restart_at: Option<Duration>,
+    /// Where to write the report as JSON, if asked (the caller writes it; `run` does not).
     pub json: Option<PathBuf>,
+    /// Where to write the latency percentile plot (SVG), if asked (the caller draws it with `plot`).
     pub plot: Option<PathBuf>,
+    /// Seed of the number of terminals per municipality and of the simulated votes (terminal i uses seed + i).
     pub seed: u64,
+    /// Whether to show the live progress line (connected terminals, votes per second, errors).
     pub progress: bool,
 }
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
+    /// Batches whose latency was recorded: those sent and acknowledged within the measured window.
     pub count: u64,
+    /// Median acknowledgement latency of a batch, in microseconds.
     pub p50_us: u64,
+    /// 90th percentile acknowledgement latency, in microseconds.
     pub p90_us: u64,
+    /// 99th percentile acknowledgement latency, in microseconds.
     pub p99_us: u64,
+    /// 99.9th percentile acknowledgement latency, in microseconds.
     pub p999_us: u64,
+    /// Slowest acknowledgement, in microseconds (capped at 120 s).
     pub max_us: u64,
+    /// Mean acknowledgement latency, in microseconds.
     pub mean_us: f64,
 }
 
@@ -100,6 +135,7 @@ pub struct Storm {
     /// From the restarted server reporting ready until the last terminal had reconnected and
     /// had every batch it held (sent before the kill or queued during the outage) acknowledged.
     pub all_caught_up_ms: u64,
+    /// Terminals that reconnected after the restart and had everything they held acknowledged.
     pub terminals_caught_up: usize,
     /// From the kill to the restarted server reporting ready (log replay included).
     pub server_restart_ms: u64,
@@ -120,32 +156,57 @@ fn quantiles(mut values: Vec<u64>) -> [u64; 4] {
 /// Everything a run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// Load shape: "closed loop" or "open loop".
     pub mode: String,
+    /// Simulated terminals in the fleet.
     pub terminals: usize,
+    /// Distinct municipalities the terminals belong to.
     pub municipalities: usize,
+    /// Client UDP sockets the connections were spread over.
     pub endpoints: usize,
+    /// Votes per batch.
     pub batch_votes: usize,
+    /// Batches each terminal kept outstanding (closed loop).
     pub in_flight: usize,
+    /// Open loop: the target arrival rate in votes per second over the whole fleet; `None` in closed loop.
     pub rate_target_votes_per_s: Option<f64>,
+    /// Warm-up before measuring, in seconds.
     pub warmup_s: f64,
+    /// Length of the measured window, in seconds.
     pub measured_s: f64,
+    /// Seconds the fleet took to connect (at most the connect timeout, 120 s).
     pub connect_s: f64,
+    /// Terminals divided by the connect time, in handshakes per second.
     pub handshakes_per_s: f64,
+    /// Votes acknowledged over the whole run, warm-up and drain included.
     pub votes_acknowledged: u64,
+    /// Batches acknowledged over the whole run, warm-up and drain included.
     pub batches_acknowledged: u64,
+    /// Votes acknowledged per second over the measured window.
     pub votes_per_s: f64,
+    /// Batches acknowledged per second over the measured window.
     pub batches_per_s: f64,
+    /// Acknowledgement latency of the batches in the measured window.
     pub latency: Latency,
+    /// Errors the terminals met (rejections, lost connections, failed handshakes…), counted by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Spawned server's resident memory in bytes before the terminals connected; `None` if not ours or unreadable.
     pub server_rss_idle_bytes: Option<u64>,
+    /// Spawned server's resident memory in bytes with the fleet connected; `None` if not ours or unreadable.
     pub server_rss_connected_bytes: Option<u64>,
+    /// Growth of the server's resident memory per terminal (connected minus idle, divided by the terminals), in bytes.
     pub server_bytes_per_terminal: Option<f64>,
+    /// The reconnect storm, when the run restarted the server; `None` otherwise.
     pub storm: Option<Storm>,
+    /// Votes the spawned server counted as stored, from its shutdown log line; `None` if not ours or not reported.
     pub server_votes_stored: Option<u64>,
+    /// Votes SQL counts in the dataset afterwards (`SELECT count(*) FROM votes`); `None` when the server is not ours.
     pub sql_votes: Option<u64>,
     /// Warnings and errors in the spawned server's log (the first ones).
     pub server_log_problems: Vec<String>,
+    /// Outcome of comparing the acknowledged votes with the server's counters and SQL: "ok: …", "not checked: …" or "MISMATCH: …".
     pub cross_check: String,
+    /// (percentile, latency in µs) points for the plot, denser towards the tail, ending with (100, maximum).
     pub percentiles: Vec<(f64, u64)>,
 }
 

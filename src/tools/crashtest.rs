@@ -20,9 +20,9 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
 use crate::model::{Channel, Face, IstatCode, Reason, TerminalId};
-pub use crate::tools::process::{ServerProcess, free_udp_port};
 use crate::registry::{self, Catalog};
 use crate::terminal::client::{Event, Terminal, TerminalVote};
+pub use crate::tools::process::{ServerProcess, free_udp_port};
 
 /// Votes a terminal may stamp: its clock starts an hour back and advances one millisecond per
 /// vote, so it must stay below the server's future-skew limit.
@@ -35,31 +35,45 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Plan {
     /// The `faccia` executable to run as the server.
     pub server_exe: PathBuf,
+    /// Data directory the server runs on in every round; terminals are registered and the configuration written there.
     pub data_dir: PathBuf,
+    /// How many times the server is killed with SIGKILL and restarted.
     pub rounds: u32,
+    /// Simulated terminals sending votes.
     pub terminals: usize,
     /// Each round, the server is killed after a random time in this range (ms).
     pub run_ms: (u64, u64),
+    /// Largest batch a terminal sends, in votes (each batch holds 1 to this many).
     pub batch_votes_max: usize,
+    /// In-flight batch limit of each terminal's client.
     pub in_flight_max: usize,
+    /// Seed of the terminals' municipalities, the kill times, the batch sizes and the simulated votes.
     pub seed: u64,
 }
 
 /// What the crash test found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
+    /// Kill-and-restart rounds run.
     pub rounds: u32,
+    /// Votes the terminals were told were stored.
     pub votes_acknowledged: u64,
+    /// Batches acknowledged, duplicates included.
     pub batches_acknowledged: u64,
     /// Acknowledgements that said "duplicate": a resent batch whose first copy was stored.
     pub batches_duplicate: u64,
+    /// Votes SQL found in the dataset at the end.
     pub votes_found: u64,
+    /// Acknowledged votes not found in the dataset.
     pub lost: u64,
+    /// Extra copies of acknowledged votes found in the dataset (a vote stored twice counts one).
     pub duplicated: u64,
+    /// Votes found in the dataset that were never acknowledged.
     pub unexpected: u64,
 }
 
 impl Report {
+    /// True when no vote was lost, doubled or unexpected and SQL found exactly the votes acknowledged.
     pub fn is_clean(&self) -> bool {
         self.lost == 0 && self.duplicated == 0 && self.unexpected == 0 && self.votes_acknowledged == self.votes_found
     }

@@ -21,8 +21,8 @@ use crate::model::IstatCode;
 use crate::query::{self, Format};
 use crate::registry::{self, Catalog};
 use crate::server::Server;
-use crate::terminal::simulate::{FleetPlan, run_fleet};
 use crate::terminal::client::ServerTarget;
+use crate::terminal::simulate::{FleetPlan, run_fleet};
 
 /// Picks `terminals` terminal slots over random small municipalities, 1–3 per municipality.
 fn pick_municipalities(terminals: usize, seed: u64) -> Vec<IstatCode> {
@@ -42,7 +42,7 @@ fn pick_municipalities(terminals: usize, seed: u64) -> Vec<IstatCode> {
 /// # Errors
 /// Any failure of the server, the terminals or SQL; a count that does not match what was
 /// acknowledged is an error too.
-pub async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usize) -> anyhow::Result<()> {
+pub(crate) async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usize) -> anyhow::Result<()> {
     let temporary = match &data_dir {
         Some(_) => None,
         None => Some(tempfile::Builder::new().prefix("faccia-demo-").tempdir().context("creating a temporary directory")?),

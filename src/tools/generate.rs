@@ -21,13 +21,13 @@ use rand::{Rng, SeedableRng};
 
 use crate::model::{IstatCode, Vote};
 use crate::registry::Catalog;
-use crate::terminal::simulate::VoteSimulator;
 use crate::storage::StoreError;
 use crate::storage::buffer::VoteBuffer;
 use crate::storage::dataset::Dataset;
+use crate::terminal::simulate::VoteSimulator;
 
 /// The node name in generated file names.
-pub const NODE: &str = "generated";
+pub(crate) const NODE: &str = "generated";
 /// Share of votes flagged as misuse (repeated presses), rule 1.
 const MISUSE_SHARE: f64 = 0.002;
 /// Relative volume per weekday, Monday first.
@@ -42,18 +42,23 @@ const WEB_HOURS: [f64; 24] =
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GeneratePlan {
+    /// Votes to generate in total, spread over the days by weekday.
     pub votes: u64,
-    pub days: u32,
+    pub(crate) days: u32,
     /// The last day (in Italy) of the dataset.
     pub end: NaiveDate,
+    /// Seed of the random generator: the same plan and seed give the same dataset.
     pub seed: u64,
 }
 
 /// What was written.
 #[derive(Debug, Default, Clone)]
 pub struct GenerateReport {
+    /// Votes written.
     pub votes: u64,
+    /// Parquet files written.
     pub files: usize,
+    /// Total size of the files written, in bytes.
     pub bytes: u64,
 }
 

@@ -9,6 +9,6 @@
 
 pub mod bench;
 pub mod crashtest;
-pub mod demo;
+pub(crate) mod demo;
 pub mod generate;
 pub mod process;

@@ -39,12 +39,16 @@ pub fn child_config(listen: SocketAddr, rest: &str, defaults: &[(&str, toml::Val
 /// A `faccia serve` child process. Dropping it kills the process: a server must never outlive
 /// the test or tool that started it.
 pub struct ServerProcess {
+    /// The running `faccia serve` process; its stderr is read by a log-watching thread.
     pub child: Child,
+    /// The UDP address the server accepts terminals' QUIC connections on.
     pub addr: SocketAddr,
+    /// The development CA certificate the server wrote (`DATA_DIR/tls/ca.pem`), for terminals to verify it.
     pub ca: PathBuf,
+    /// The configuration file the server was started with (reused on restart).
     pub config: PathBuf,
     /// Warnings and errors the server logged.
-    pub problems: Arc<Mutex<Vec<String>>>,
+    pub(crate) problems: Arc<Mutex<Vec<String>>>,
     /// The server's last log line, written when it stopped cleanly (it holds its counters).
     stopped: Arc<Mutex<Option<String>>>,
 }
@@ -123,7 +127,7 @@ impl ServerProcess {
     ///
     /// # Errors
     /// When the signal cannot be sent.
-    pub fn terminate_with_log(mut self) -> anyhow::Result<(std::process::ExitStatus, Option<String>)> {
+    pub(crate) fn terminate_with_log(mut self) -> anyhow::Result<(std::process::ExitStatus, Option<String>)> {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status()?;
         anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
@@ -140,7 +144,7 @@ impl ServerProcess {
     }
 
     /// The server's resident memory in bytes (Linux `/proc`), if readable.
-    pub fn rss_bytes(&self) -> Option<u64> {
+    pub(crate) fn rss_bytes(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -158,7 +162,7 @@ impl Drop for ServerProcess {
 }
 
 /// Reads `name=value` from a log line (the server's "faccia stopped" line carries its counters).
-pub fn log_field(line: &str, name: &str) -> Option<u64> {
+pub(crate) fn log_field(line: &str, name: &str) -> Option<u64> {
     let start = line.find(&format!("{name}="))? + name.len() + 1;
     line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }

@@ -8,4 +8,4 @@
 //! depend on `ingest` or `terminal`, which both depend on it.
 
 pub mod tls;
-pub mod udp;
+pub(crate) mod udp;

@@ -15,14 +15,29 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::wire::ALPN;
 
+/// Why TLS material (a certificate, a key, a secret in `DATA_DIR/tls`) could not be read, made or used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// Reading or writing the file at `path` failed.
     #[error("reading {path}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file at `path` holds no usable PEM item of the kind `what` names (`certificate`, `private key`).
     #[error("{path} holds no usable PEM {what}")]
-    Pem { path: PathBuf, what: &'static str },
+    Pem {
+        /// The PEM file.
+        path: PathBuf,
+        /// What was looked for: `certificate` or `private key`.
+        what: &'static str,
+    },
+    /// The development CA or server certificate could not be generated.
     #[error("generating the development certificate")]
     Generate(#[from] rcgen::Error),
+    /// rustls refused the configuration, e.g. a key that does not match the certificate.
     #[error("TLS configuration")]
     Rustls(#[from] rustls::Error),
 }
@@ -30,12 +45,14 @@ pub enum TlsError {
 /// A certificate chain and its private key.
 #[derive(Debug)]
 pub struct Identity {
+    /// The certificate chain (DER), in the order of its PEM file: the server's own certificate first.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The private key of the chain's first certificate (DER).
     pub key: PrivateKeyDer<'static>,
 }
 
 /// Paths of the development identity inside a data directory.
-pub fn dev_paths(data_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn dev_paths(data_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let dir = data_dir.join("tls");
     (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
 }
@@ -88,7 +105,7 @@ fn generate_dev_identity(ca_path: &Path, cert_path: &Path, key_path: &Path) -> R
 ///
 /// # Errors
 /// When the file cannot be read or created.
-pub fn reset_key(data_dir: &Path) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn reset_key(data_dir: &Path) -> Result<Vec<u8>, TlsError> {
     persistent_secret(data_dir, "reset-key")
 }
 
@@ -120,7 +137,7 @@ const TICKET_LIFETIME_S: u32 = 24 * 3600;
 /// reconnect within seconds. Resumption still runs a fresh key exchange (`psk_dhe_ke`), so
 /// session keys stay forward secret; it does not replace the terminal's hello credential.
 #[derive(Debug)]
-pub struct SessionTickets {
+pub(crate) struct SessionTickets {
     secret: ring::hmac::Key,
     /// Counts the tickets opened (sessions resumed).
     resumed: prometheus_client::metrics::counter::Counter,
@@ -129,7 +146,7 @@ pub struct SessionTickets {
 impl SessionTickets {
     /// # Errors
     /// When the secret cannot be read or created.
-    pub fn open(data_dir: &Path, resumed: prometheus_client::metrics::counter::Counter) -> Result<SessionTickets, TlsError> {
+    pub(crate) fn open(data_dir: &Path, resumed: prometheus_client::metrics::counter::Counter) -> Result<SessionTickets, TlsError> {
         let secret = persistent_secret(data_dir, "ticket-key")?;
         Ok(SessionTickets { secret: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret), resumed })
     }
@@ -194,7 +211,7 @@ impl rustls::server::ProducesTickets for SessionTickets {
 ///
 /// # Errors
 /// Unreadable files or no certificate / key in them.
-pub fn load_identity(cert_path: &Path, key_path: &Path) -> Result<Identity, TlsError> {
+pub(crate) fn load_identity(cert_path: &Path, key_path: &Path) -> Result<Identity, TlsError> {
     Ok(Identity { chain: load_certs(cert_path)?, key: load_key(key_path)? })
 }
 
@@ -221,7 +238,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 ///
 /// # Errors
 /// When the key does not match the certificate.
-pub fn server_config(identity: Identity, tickets: Option<SessionTickets>) -> Result<rustls::ServerConfig, TlsError> {
+pub(crate) fn server_config(identity: Identity, tickets: Option<SessionTickets>) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()

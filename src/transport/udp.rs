@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 /// Socket buffer size asked for on endpoints that carry many connections. A burst of
 /// handshakes or acknowledgements overflowing the default ~200 KiB buffer loses packets, and a
 /// lost Initial packet costs a retransmission timeout of a second.
-pub const UDP_BUFFER_BYTES: usize = 8 << 20;
+pub(crate) const UDP_BUFFER_BYTES: usize = 8 << 20;
 
 /// A UDP socket with `UDP_BUFFER_BYTES` of send and receive buffer (the kernel caps it at
 /// `net.core.rmem_max` / `wmem_max`).
 ///
 /// # Errors
 /// When the socket cannot be created or bound.
-pub fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     udp_socket_with(bind, false)
 }
 
@@ -22,7 +22,7 @@ pub fn udp_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 ///
 /// # Errors
 /// When the socket cannot be created or bound.
-pub fn udp_socket_shared(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn udp_socket_shared(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     udp_socket_with(bind, true)
 }
 

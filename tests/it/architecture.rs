@@ -177,7 +177,8 @@ fn the_query_path_never_writes() {
     ];
     let mut offenders = Vec::new();
     for module in faccia_modules() {
-        let query_path = top(&module.path) == "query" || ["analysts::service", "analysts::flight", "analysts::http"].contains(&module.path.as_str());
+        let query_path =
+            top(&module.path) == "query" || ["analysts::service", "analysts::flight", "analysts::http"].contains(&module.path.as_str());
         if !query_path {
             continue;
         }
@@ -196,9 +197,20 @@ fn the_query_path_never_writes() {
 fn forbidden() -> BTreeMap<&'static str, &'static [&'static str]> {
     const ABOVE_STORAGE: &[&str] = &["ingest", "terminal", "transport", "query", "analysts", "tools", "server", "cli"];
     BTreeMap::from([
-        ("clock", &["registry", "ingest", "terminal", "transport", "storage", "query", "analysts", "tools", "server", "cli", "config", "metrics"][..]),
-        ("fsutil", &["registry", "ingest", "terminal", "transport", "storage", "query", "analysts", "tools", "server", "cli", "config", "metrics"][..]),
-        ("metrics", &["registry", "ingest", "terminal", "transport", "storage", "query", "analysts", "tools", "server", "cli", "config"][..]),
+        (
+            "clock",
+            &["registry", "ingest", "terminal", "transport", "storage", "query", "analysts", "tools", "server", "cli", "config", "metrics"]
+                [..],
+        ),
+        (
+            "fsutil",
+            &["registry", "ingest", "terminal", "transport", "storage", "query", "analysts", "tools", "server", "cli", "config", "metrics"]
+                [..],
+        ),
+        (
+            "metrics",
+            &["registry", "ingest", "terminal", "transport", "storage", "query", "analysts", "tools", "server", "cli", "config"][..],
+        ),
         ("registry", &["ingest", "terminal", "transport", "storage", "query", "analysts", "tools", "server", "cli", "config"][..]),
         ("transport", &["ingest", "terminal", "storage", "query", "analysts", "tools", "server", "cli", "registry"][..]),
         ("storage", ABOVE_STORAGE),
@@ -250,7 +262,12 @@ fn no_two_modules_import_each_other_even_through_others() {
         })
         .collect();
     // Depth-first search with colours; the first back edge found is reported as a cycle.
-    fn visit(node: &str, edges: &BTreeMap<String, BTreeSet<String>>, state: &mut BTreeMap<String, u8>, stack: &mut Vec<String>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
         state.insert(node.to_string(), 1);
         stack.push(node.to_string());
         for next in edges.get(node).into_iter().flatten() {

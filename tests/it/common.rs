@@ -13,35 +13,35 @@ use faccia::server::Server;
 use faccia::terminal::client::{Event, ServerTarget, Session, Terminal, TerminalVote};
 
 /// Agliè (TO), 2,644 inhabitants.
-pub const AGLIE: IstatCode = IstatCode(1001);
+pub(crate) const AGLIE: IstatCode = IstatCode(1001);
 /// Ala di Stura (TO), 462 inhabitants.
-pub const ALA_DI_STURA: IstatCode = IstatCode(1003);
+pub(crate) const ALA_DI_STURA: IstatCode = IstatCode(1003);
 
 /// A configuration listening on ephemeral loopback ports.
-pub fn loopback_config() -> Config {
+pub(crate) fn loopback_config() -> Config {
     let any = "127.0.0.1:0".parse().unwrap();
     Config { listen: any, flight_listen: Some(any), http_listen: Some(any), ..Config::default() }
 }
 
-pub async fn start(dir: &Path) -> Server {
+pub(crate) async fn start(dir: &Path) -> Server {
     Server::start(dir.to_path_buf(), loopback_config()).await.expect("server starts")
 }
 
 /// A server on loopback with `limits`.
-pub async fn start_with_limits(dir: &Path, limits: faccia::limits::Limits) -> Server {
+pub(crate) async fn start_with_limits(dir: &Path, limits: faccia::limits::Limits) -> Server {
     Server::start(dir.to_path_buf(), Config { limits, ..loopback_config() }).await.expect("server starts")
 }
 
-pub fn target(server: &Server) -> ServerTarget {
+pub(crate) fn target(server: &Server) -> ServerTarget {
     ServerTarget::new(server.ingest_addr, "localhost", server.ca_path.as_ref().unwrap()).unwrap()
 }
 
-pub fn add(dir: &Path, municipality: IstatCode, count: u32) -> Vec<Credential> {
+pub(crate) fn add(dir: &Path, municipality: IstatCode, count: u32) -> Vec<Credential> {
     registry::add_terminals(dir, municipality, count, "test").unwrap()
 }
 
 /// `count` distinct votes starting at `at_ms`, one millisecond apart.
-pub fn votes(at_ms: i64, count: usize) -> Vec<TerminalVote> {
+pub(crate) fn votes(at_ms: i64, count: usize) -> Vec<TerminalVote> {
     (0..count)
         .map(|i| {
             let face = Face::ALL[i % 3];
@@ -57,34 +57,34 @@ pub fn votes(at_ms: i64, count: usize) -> Vec<TerminalVote> {
 }
 
 /// Time between two citizens' votes in `human_votes`: longer than every misuse rule's window.
-pub const CITIZEN_GAP_MS: i64 = 7_000;
+pub(crate) const CITIZEN_GAP_MS: i64 = 7_000;
 
 /// `count` votes as people cast them, `CITIZEN_GAP_MS` apart from `at_ms`, each different from
 /// the one before: no misuse rule flags them.
-pub fn human_votes(at_ms: i64, count: usize) -> Vec<TerminalVote> {
+pub(crate) fn human_votes(at_ms: i64, count: usize) -> Vec<TerminalVote> {
     votes(0, count).into_iter().enumerate().map(|(i, v)| TerminalVote { at_ms: at_ms + i as i64 * CITIZEN_GAP_MS, ..v }).collect()
 }
 
 /// A copy of `bytes` aligned for in-place reading of archives.
-pub fn aligned(bytes: &[u8]) -> faccia::wire::ArchiveBuf {
+pub(crate) fn aligned(bytes: &[u8]) -> faccia::wire::ArchiveBuf {
     let mut buf = faccia::wire::ArchiveBuf::with_capacity(bytes.len());
     buf.extend_from_slice(bytes);
     buf
 }
 
 /// The batch reply in `frame`, the bytes a stream answered (tests that speak raw QUIC).
-pub fn batch_reply(frame: &[u8]) -> faccia::wire::BatchReplyV1 {
+pub(crate) fn batch_reply(frame: &[u8]) -> faccia::wire::BatchReplyV1 {
     let (_, payload) = faccia::wire::decode_frame(frame, 4096).expect("a reply frame");
     faccia::wire::read_batch_reply(&aligned(payload)).expect("a batch reply")
 }
 
-pub async fn session(server: &Server, credential: &Credential) -> Session {
+pub(crate) async fn session(server: &Server, credential: &Credential) -> Session {
     let endpoint = faccia::terminal::client::client_endpoint(server.ingest_addr).unwrap();
     Session::connect(&endpoint, &target(server), credential).await.expect("terminal connects")
 }
 
 /// Drives a terminal until its outbox is empty; returns (votes acknowledged, duplicates).
-pub async fn deliver(terminal: &mut Terminal) -> (usize, usize) {
+pub(crate) async fn deliver(terminal: &mut Terminal) -> (usize, usize) {
     let (mut votes, mut duplicates) = (0, 0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while terminal.unacknowledged() > 0 {
@@ -102,13 +102,13 @@ pub async fn deliver(terminal: &mut Terminal) -> (usize, usize) {
     (votes, duplicates)
 }
 
-pub async fn count(dir: &Path, sql: &str) -> i64 {
+pub(crate) async fn count(dir: &Path, sql: &str) -> i64 {
     let ctx = faccia::query::context(dir).await.unwrap();
     let batches = faccia::query::run(&ctx, sql).await.unwrap();
     batches[0].column(0).as_primitive::<Int64Type>().value(0)
 }
 
-pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut stack = vec![dir.join("votes")];
     while let Some(d) = stack.pop() {
@@ -127,13 +127,13 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Whether this run is CI's (`CI` set, and not to `false` or `0`): there a test must run its
 /// real part or fail.
-pub fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 /// A test that cannot set up its real part (a mount, a tool) calls this and returns. In CI it
 /// fails, naming what was missing; elsewhere it says loudly, on stderr, that it did not run.
-pub fn cannot_run(test: &str, why: &str) {
+pub(crate) fn cannot_run(test: &str, why: &str) {
     assert!(!in_ci(), "{test} could not run its real part in CI: {why}");
     eprintln!("SKIPPED {test}: {why} (outside CI only; in CI this fails)");
 }

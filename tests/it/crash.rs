@@ -9,16 +9,16 @@ use faccia::wire::Status;
 
 use crate::common::*;
 
-pub use faccia::tools::process::ServerProcess;
+pub(crate) use faccia::tools::process::ServerProcess;
 
 /// A free UDP port on loopback (the kernel's pick; released before the server binds it).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     faccia::tools::process::free_udp_port().unwrap()
 }
 
 /// `faccia serve` as a child process on `dir`, listening on 127.0.0.1:`port` with the default
 /// limits (its configuration file is kept in `dir`).
-pub fn start_process(dir: &Path, port: u16) -> ServerProcess {
+pub(crate) fn start_process(dir: &Path, port: u16) -> ServerProcess {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let config = dir.join("serve.toml");
     std::fs::write(&config, faccia::tools::process::child_config(addr, "", &[]).unwrap()).unwrap();

@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use faccia::tools::crashtest::{self, ServerProcess};
-use faccia::storage::faults::{Fault, Faults};
 use faccia::limits::Limits;
 use faccia::server::{Hooks, Server};
+use faccia::storage::faults::{Fault, Faults};
 use faccia::terminal::client::{Event, ServerTarget, Terminal, batch_frame};
+use faccia::tools::crashtest::{self, ServerProcess};
 use faccia::wire::{ErrorCode, Status};
 
 use crate::common::*;

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use faccia::config::Config;
-use faccia::limits::Limits;
 use faccia::ingest::misuse::MisuseRules;
+use faccia::limits::Limits;
 use faccia::server::Server;
 use faccia::terminal::client::{ClientError, Session, Terminal, batch_frame};
 use faccia::wire::{ErrorCode, FrameHeader, FrameKind, Status};

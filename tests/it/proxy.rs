@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::UdpSocket;
 
-pub struct LossyProxy {
+pub(crate) struct LossyProxy {
     pub addr: SocketAddr,
     pub drop_replies: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl LossyProxy {
-    pub async fn start(server: SocketAddr) -> LossyProxy {
+    pub(crate) async fn start(server: SocketAddr) -> LossyProxy {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = front.local_addr().unwrap();
         let drop_replies = Arc::new(AtomicBool::new(false));

@@ -89,8 +89,10 @@ async fn parquet_is_partitioned_by_day_sorted_and_self_describing() {
     let files = parquet_files(dir.path());
     let dates: std::collections::BTreeSet<String> =
         files.iter().map(|f| f.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned()).collect();
-    let expected: std::collections::BTreeSet<String> =
-        [now - day_ms - 3_600_000, now - 120_000].into_iter().map(|t| format!("date={}", faccia::storage::buffer::partition_date(t))).collect();
+    let expected: std::collections::BTreeSet<String> = [now - day_ms - 3_600_000, now - 120_000]
+        .into_iter()
+        .map(|t| format!("date={}", faccia::storage::buffer::partition_date(t)))
+        .collect();
     assert_eq!(dates, expected);
     let mut total = 0;
     for file in &files {

@@ -89,8 +89,11 @@ impl Default for Limits {
 pub struct LimitError {
     /// The table of the configuration file: `limits`, `misuse`.
     pub table: &'static str,
+    /// The field that was set wrong, as named in the configuration file.
     pub field: &'static str,
+    /// The value configured, as text.
     pub value: String,
+    /// The values allowed, in words or as a range (e.g. `at least 1`).
     pub allowed: String,
 }
 

@@ -9,12 +9,16 @@ use std::fmt;
 /// The face a citizen tapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Face {
+    /// The red face; wire code 0, stored as −1.
     Negative,
+    /// The yellow face; wire code 1, stored as 0.
     Neutral,
+    /// The green face; wire code 2, stored as +1.
     Positive,
 }
 
 impl Face {
+    /// Every face, in wire-code order (index = code).
     pub const ALL: [Face; 3] = [Face::Negative, Face::Neutral, Face::Positive];
 
     /// Decodes the wire code (0 negative, 1 neutral, 2 positive).
@@ -22,6 +26,7 @@ impl Face {
         Face::ALL.get(usize::from(code)).copied()
     }
 
+    /// The wire code: 0 negative, 1 neutral, 2 positive.
     pub fn code(self) -> u8 {
         self as u8
     }
@@ -31,6 +36,7 @@ impl Face {
         self as i8 - 1
     }
 
+    /// The stable lowercase name (`negative`, `neutral`, `positive`), as in the SQL lookup tables.
     pub fn name(self) -> &'static str {
         match self {
             Face::Negative => "negative",
@@ -43,22 +49,29 @@ impl Face {
 /// How the vote was cast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Channel {
+    /// In person, at an office counter; wire code 0.
     Counter,
+    /// By phone; wire code 1.
     Phone,
+    /// On the web; wire code 2.
     Web,
 }
 
 impl Channel {
+    /// Every channel, in wire-code order (index = code).
     pub const ALL: [Channel; 3] = [Channel::Counter, Channel::Phone, Channel::Web];
 
+    /// Decodes the wire code (0 counter, 1 phone, 2 web); `None` for any other value.
     pub fn from_code(code: u8) -> Option<Channel> {
         Channel::ALL.get(usize::from(code)).copied()
     }
 
+    /// The wire code: 0 counter, 1 phone, 2 web.
     pub fn code(self) -> u8 {
         self as u8
     }
 
+    /// The stable lowercase name (`counter`, `phone`, `web`), as in the SQL lookup tables.
     pub fn name(self) -> &'static str {
         match self {
             Channel::Counter => "counter",
@@ -71,27 +84,42 @@ impl Channel {
 /// Why a citizen tapped the red face; only negative votes carry one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
+    /// The waiting time; wire code 1.
     WaitingTime,
+    /// The service itself; wire code 2.
     Service,
+    /// The citizen had to come back another time; wire code 3.
     HadToComeBack,
+    /// Any other reason; wire code 4.
     Other,
 }
 
+/// A reason code outside 0..=4 (`Reason::from_code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("reason code {0} is not one of 0 (none) to 4")]
+pub struct UnknownReason(pub u8);
+
 impl Reason {
+    /// Every reason, in wire-code order (index = code − 1).
     pub const ALL: [Reason; 4] = [Reason::WaitingTime, Reason::Service, Reason::HadToComeBack, Reason::Other];
 
     /// Decodes the wire code: 0 is "no reason given", 1..=4 a reason.
-    pub fn from_code(code: u8) -> Result<Option<Reason>, ()> {
+    ///
+    /// # Errors
+    /// `UnknownReason` for a code above 4.
+    pub fn from_code(code: u8) -> Result<Option<Reason>, UnknownReason> {
         match code {
             0 => Ok(None),
-            _ => Reason::ALL.get(usize::from(code) - 1).copied().map(Some).ok_or(()),
+            _ => Reason::ALL.get(usize::from(code) - 1).copied().map(Some).ok_or(UnknownReason(code)),
         }
     }
 
+    /// The wire code, 1..=4 (0 means no reason given and has no variant).
     pub fn code(self) -> u8 {
         self as u8 + 1
     }
 
+    /// The stable lowercase name (`waiting_time`, `service`, `had_to_come_back`, `other`), as in the SQL lookup tables.
     pub fn name(self) -> &'static str {
         match self {
             Reason::WaitingTime => "waiting_time",
@@ -130,11 +158,17 @@ pub type TerminalId = u32;
 /// registered one, never a value from the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Vote {
+    /// The terminal's registered municipality (not the one its batch declared).
     pub municipality: IstatCode,
+    /// The terminal that sent the vote.
     pub terminal: TerminalId,
+    /// Service id from `schemas/services.csv`, 1..= the catalog's highest id.
     pub service: u16,
+    /// The face tapped.
     pub face: Face,
+    /// How the vote was cast.
     pub channel: Channel,
+    /// Why the face was negative, if the citizen said; always `None` for the other faces.
     pub reason: Option<Reason>,
     /// Terminal clock, milliseconds since the Unix epoch (UTC).
     pub at_ms: i64,
@@ -160,7 +194,7 @@ mod tests {
             assert_eq!(Reason::from_code(reason.code()), Ok(Some(reason)));
         }
         assert_eq!(Reason::from_code(0), Ok(None));
-        assert_eq!(Reason::from_code(5), Err(()));
+        assert_eq!(Reason::from_code(5), Err(UnknownReason(5)));
     }
 
     #[test]

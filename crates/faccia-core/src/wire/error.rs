@@ -7,22 +7,31 @@
 pub enum ErrorCode {
     /// Header magic wrong, unknown frame kind, or a frame cut short.
     MalformedFrame = 1,
+    /// The header's protocol version is not 1.
     UnsupportedVersion = 2,
     /// The payload is not a valid archive of the expected message (bytecheck failed).
     MalformedArchive = 3,
     /// A batch arrived before the hello was accepted, or the first stream was not a hello.
     NotAuthenticated = 4,
+    /// No terminal has the id given in the hello.
     UnknownTerminal = 5,
+    /// The hello's secret is wrong for this terminal.
     BadCredential = 6,
+    /// The terminal was revoked; one still connected is disconnected with this code.
     TerminalRevoked = 7,
     /// The batch names a municipality other than the terminal's registered one.
     WrongMunicipality = 8,
+    /// The header announces a payload longer than `frame_bytes_max`.
     FrameTooLarge = 9,
+    /// The batch holds more than `batch_votes_max` votes.
     TooManyVotes = 10,
+    /// The batch holds no votes.
     EmptyBatch = 11,
     /// An enum or id field holds a value outside its range (the message names the field).
     FieldOutOfRange = 12,
+    /// A vote's time is more than `future_skew_ms` (default 5 min) ahead of the server clock.
     TimestampInFuture = 13,
+    /// A vote's time is more than `past_age_ms` (default 31 days) behind the server clock.
     TimestampTooOld = 14,
     /// Sequence number 0, which is reserved.
     BadSequence = 15,
@@ -45,6 +54,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in numeric order.
     pub const ALL: [ErrorCode; 22] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
@@ -70,6 +80,7 @@ impl ErrorCode {
         ErrorCode::Internal,
     ];
 
+    /// Decodes a wire code; `None` for a number that is no code.
     pub fn from_u16(value: u16) -> Option<ErrorCode> {
         ErrorCode::ALL.into_iter().find(|c| *c as u16 == value)
     }
@@ -130,11 +141,14 @@ impl std::fmt::Display for ErrorCode {
 /// A refusal: the code a terminal acts on and a message a person reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    /// The protocol error code the terminal acts on.
     pub code: ErrorCode,
+    /// For a person: what was wrong, naming the field or limit involved.
     pub message: String,
 }
 
 impl Rejection {
+    /// A rejection with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Rejection {
         Rejection { code, message: message.into() }
     }

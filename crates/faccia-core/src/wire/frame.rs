@@ -18,9 +18,13 @@ pub const HEADER_BYTES: usize = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameKind {
+    /// Hello (0x01), client → server: the terminal's credential, on the first stream.
     Hello = 0x01,
+    /// Batch of votes (0x02), client → server.
     Batch = 0x02,
+    /// Reply to a hello (0x81), server → client.
     HelloReply = 0x81,
+    /// Reply to a batch (0x82), server → client.
     BatchReply = 0x82,
 }
 
@@ -33,11 +37,14 @@ impl FrameKind {
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// What the payload carries.
     pub kind: FrameKind,
+    /// Length of the payload after the header, in bytes.
     pub payload_bytes: u32,
 }
 
 impl FrameHeader {
+    /// The 8 header bytes: magic, version, kind, payload length (u32 little-endian).
     pub fn encode(self) -> [u8; HEADER_BYTES] {
         let mut bytes = [0u8; HEADER_BYTES];
         bytes[0..2].copy_from_slice(&MAGIC);

@@ -24,7 +24,9 @@ pub type ArchiveBuf = AlignedVec<ARCHIVE_ALIGN>;
 /// First frame on a connection: who the terminal is.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct HelloV1 {
+    /// The terminal id issued by `faccia terminals add`.
     pub terminal: u32,
+    /// The terminal's 32-byte secret (printed as 64 hexadecimal characters).
     pub secret: [u8; 32],
     /// Software name and version (UTF-8), for the server's logs; at most 64 bytes.
     pub client: Vec<u8>,
@@ -38,10 +40,13 @@ pub struct HelloReplyV1 {
     pub last_seq: u64,
     /// The terminal's registered municipality (ISTAT code as a number).
     pub municipality: u32,
+    /// Most votes the server accepts in one batch (0 when refused).
     pub batch_votes_max: u32,
+    /// Most streams the terminal may have open at once on this connection (0 when refused).
     pub streams_max: u32,
     /// 0 accepted, 2 rejected (see `Status`).
     pub status: u8,
+    /// The `ErrorCode` when refused, 0 when accepted.
     pub code: u16,
     /// Why the hello was refused (UTF-8); empty when accepted.
     pub message: Vec<u8>,
@@ -52,6 +57,7 @@ pub struct HelloReplyV1 {
 pub struct VoteV1 {
     /// Milliseconds after the batch's `base_ms`.
     pub offset_ms: u32,
+    /// Service id from `schemas/services.csv`.
     pub service: u16,
     /// 0 negative, 1 neutral, 2 positive.
     pub face: u8,
@@ -71,26 +77,32 @@ pub struct BatchV1 {
     pub base_ms: i64,
     /// The municipality the terminal believes it serves; must match its registration.
     pub municipality: u32,
+    /// The votes: 1 to `batch_votes_max` (default 4,096).
     pub votes: Vec<VoteV1>,
 }
 
 /// The server's answer to a batch.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct BatchReplyV1 {
+    /// The batch's sequence number (0 if the batch could not be read).
     pub seq: u64,
+    /// The outcome (see `Status`): 0 stored, 1 duplicate, 2 rejected, 3 retry later.
     pub status: u8,
+    /// The `ErrorCode` when rejected or to be retried later, else 0.
     pub code: u16,
     /// Why the batch was refused (UTF-8, names the field or limit); empty otherwise.
     pub message: Vec<u8>,
 }
 
 impl BatchReplyV1 {
+    /// The message as text, invalid UTF-8 replaced by U+FFFD.
     pub fn message_text(&self) -> String {
         String::from_utf8_lossy(&self.message).into_owned()
     }
 }
 
 impl HelloReplyV1 {
+    /// The message as text, invalid UTF-8 replaced by U+FFFD.
     pub fn message_text(&self) -> String {
         String::from_utf8_lossy(&self.message).into_owned()
     }
@@ -111,6 +123,7 @@ pub enum Status {
 }
 
 impl Status {
+    /// Decodes a status byte; `None` for any value outside 0..=3.
     pub fn from_u8(value: u8) -> Option<Status> {
         [Status::Stored, Status::Duplicate, Status::Rejected, Status::RetryLater].into_iter().find(|s| *s as u8 == value)
     }
@@ -123,10 +136,12 @@ where
     rkyv::api::high::to_bytes_in(value, ArchiveBuf::new()).expect("serialising into memory cannot fail")
 }
 
+/// Encodes a hello as a whole frame (header + archive), ready to write on a stream.
 pub fn encode_hello(hello: &HelloV1) -> Vec<u8> {
     frame(FrameKind::Hello, &archive(hello))
 }
 
+/// Encodes a hello reply as a whole frame (header + archive), ready to write on a stream.
 pub fn encode_hello_reply(reply: &HelloReplyV1) -> Vec<u8> {
     frame(FrameKind::HelloReply, &archive(reply))
 }
@@ -136,6 +151,7 @@ pub fn encode_batch(batch: &BatchV1) -> ArchiveBuf {
     archive(batch)
 }
 
+/// Encodes a batch reply as a whole frame (header + archive), ready to write on a stream.
 pub fn encode_batch_reply(reply: &BatchReplyV1) -> Vec<u8> {
     frame(FrameKind::BatchReply, &archive(reply))
 }
@@ -163,10 +179,12 @@ pub fn read_hello(bytes: &[u8]) -> Result<&ArchivedHelloV1, Rejection> {
 }
 
 impl ArchivedHelloV1 {
+    /// The terminal id the hello presents.
     pub fn terminal(&self) -> TerminalId {
         self.terminal.to_native()
     }
 
+    /// The client's software name and version, invalid UTF-8 replaced by U+FFFD.
     pub fn client(&self) -> String {
         String::from_utf8_lossy(self.client.as_slice()).into_owned()
     }

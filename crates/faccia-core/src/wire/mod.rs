@@ -24,9 +24,9 @@ mod validate;
 pub use error::{ErrorCode, Rejection};
 pub use frame::{ALPN, FrameHeader, FrameKind, HEADER_BYTES, MAGIC, VERSION, decode_frame, frame};
 pub use messages::{
-    ARCHIVE_ALIGN, ArchiveBuf, ArchivedBatchReplyV1, ArchivedBatchV1, ArchivedHelloReplyV1, ArchivedHelloV1, ArchivedVoteV1,
-    BatchReplyV1, BatchV1, CLIENT_NAME_BYTES_MAX, HelloReplyV1, HelloV1, Status, VoteV1, encode_batch, encode_batch_reply,
-    encode_hello, encode_hello_reply, read_batch_reply, read_hello, read_hello_reply,
+    ARCHIVE_ALIGN, ArchiveBuf, ArchivedBatchReplyV1, ArchivedBatchV1, ArchivedHelloReplyV1, ArchivedHelloV1, ArchivedVoteV1, BatchReplyV1,
+    BatchV1, CLIENT_NAME_BYTES_MAX, HelloReplyV1, HelloV1, Status, VoteV1, encode_batch, encode_batch_reply, encode_hello,
+    encode_hello_reply, read_batch_reply, read_hello, read_hello_reply,
 };
 pub use validate::{BatchRules, BatchView, Message, read_message};
 

@@ -4,15 +4,21 @@
 
 use super::error::{ErrorCode, Rejection};
 use super::frame::FrameKind;
-use super::messages::{ArchivedBatchV1, ArchivedHelloV1, ArchivedVoteV1, BatchReplyV1, HelloReplyV1, access, read_batch_reply, read_hello, read_hello_reply};
+use super::messages::{
+    ArchivedBatchV1, ArchivedHelloV1, ArchivedVoteV1, BatchReplyV1, HelloReplyV1, access, read_batch_reply, read_hello, read_hello_reply,
+};
 use crate::limits::Limits;
 use crate::model::{Channel, Face, IstatCode, Reason, TerminalId, Vote};
 
 /// A validated message of any kind (`read_message`).
 pub enum Message<'a> {
+    /// A hello, read in place, its client name checked.
     Hello(&'a ArchivedHelloV1),
+    /// A batch, checked against the rules.
     Batch(BatchView<'a>),
+    /// A hello reply, deserialised.
     HelloReply(HelloReplyV1),
+    /// A batch reply, deserialised.
     BatchReply(BatchReplyV1),
 }
 
@@ -34,15 +40,22 @@ pub fn read_message<'a>(kind: FrameKind, payload: &'a [u8], rules: &BatchRules) 
 /// What a batch is checked against: the terminal's registration, the server's clock and limits.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchRules {
+    /// The terminal's registered municipality; the batch must declare the same.
     pub municipality: IstatCode,
+    /// The server clock, milliseconds since the Unix epoch (UTC).
     pub now_ms: i64,
+    /// Most votes in one batch (`Limits::batch_votes_max`).
     pub batch_votes_max: u32,
+    /// How far ahead of `now_ms` a vote's time may be, in ms (`Limits::future_skew_ms`).
     pub future_skew_ms: i64,
+    /// How far behind `now_ms` a vote's time may be, in ms (`Limits::past_age_ms`).
     pub past_age_ms: i64,
+    /// Highest service id in the catalog; a vote's service must be in `1..=service_id_max`.
     pub service_id_max: u16,
 }
 
 impl BatchRules {
+    /// The rules for one terminal's batches at `now_ms`, with the vote and time limits from `limits`.
     pub fn new(limits: &Limits, municipality: IstatCode, now_ms: i64, service_id_max: u16) -> BatchRules {
         BatchRules {
             municipality,
@@ -129,22 +142,27 @@ impl<'a> BatchView<'a> {
         Ok(())
     }
 
+    /// The batch's sequence number.
     pub fn seq(&self) -> u64 {
         self.archived.seq.to_native()
     }
 
+    /// The batch's base time: terminal clock, milliseconds since the Unix epoch (UTC).
     pub fn base_ms(&self) -> i64 {
         self.archived.base_ms.to_native()
     }
 
+    /// The municipality the batch declares (ISTAT code as a number); a validated batch's is the terminal's.
     pub fn declared_municipality(&self) -> u32 {
         self.archived.municipality.to_native()
     }
 
+    /// Number of votes in the batch.
     pub fn len(&self) -> usize {
         self.archived.votes.len()
     }
 
+    /// Whether the batch holds no votes (never true once validated).
     pub fn is_empty(&self) -> bool {
         self.archived.votes.is_empty()
     }
@@ -180,7 +198,7 @@ fn check_vote(index: usize, vote: &ArchivedVoteV1, service_id_max: u16) -> Resul
         return out_of_range("channel", u64::from(vote.channel), "0..=2");
     }
     match Reason::from_code(vote.reason) {
-        Err(()) => return out_of_range("reason", u64::from(vote.reason), "0..=4"),
+        Err(_) => return out_of_range("reason", u64::from(vote.reason), "0..=4"),
         Ok(Some(_)) if vote.face != Face::Negative.code() => {
             return out_of_range("reason", u64::from(vote.reason), "0 for a face other than negative");
         }
