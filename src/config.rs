@@ -96,7 +96,7 @@ impl Config {
     /// # Errors
     /// When the file cannot be read, or a field is unknown or of the wrong type (the message
     /// names it).
-    pub fn read(path: &Path) -> anyhow::Result<Config> {
+    pub(crate) fn read(path: &Path) -> anyhow::Result<Config> {
         use anyhow::Context;
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("in the configuration file {}", path.display()))
@@ -106,7 +106,7 @@ impl Config {
     ///
     /// # Errors
     /// The first value out of its range, named with its table.
-    pub fn check(&self) -> Result<(), LimitError> {
+    pub(crate) fn check(&self) -> Result<(), LimitError> {
         self.limits.check()?;
         self.misuse.check()
     }

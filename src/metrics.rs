@@ -26,7 +26,7 @@ pub struct LimitLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RuleLabel {
-    pub rule: &'static str,
+    pub(crate) rule: &'static str,
 }
 
 /// Everything the server counts.
@@ -175,7 +175,7 @@ impl Metrics {
     }
 
     /// Counts one batch rejected with `code`.
-    pub fn rejected(&self, code: crate::wire::ErrorCode) {
+    pub(crate) fn rejected(&self, code: crate::wire::ErrorCode) {
         self.batches_rejected.get_or_create(&CodeLabel { code: code.name() }).inc();
     }
 
@@ -184,7 +184,7 @@ impl Metrics {
     }
 
     /// Counts one connection refused with `code`.
-    pub fn refused(&self, code: crate::wire::ErrorCode) {
+    pub(crate) fn refused(&self, code: crate::wire::ErrorCode) {
         self.connections_refused.get_or_create(&CodeLabel { code: code.name() }).inc();
     }
 
@@ -193,7 +193,7 @@ impl Metrics {
     }
 
     /// Counts `bytes` more buffered, and keeps the peak.
-    pub fn buffered(&self, bytes: i64) {
+    pub(crate) fn buffered(&self, bytes: i64) {
         let now = self.buffered_request_bytes.inc_by(bytes) + bytes;
         self.buffered_request_bytes_peak.inner().fetch_max(now, std::sync::atomic::Ordering::Relaxed);
     }

@@ -82,8 +82,8 @@ pub enum RegistryError {
 /// One comune of the registry.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Municipality {
-    pub code: IstatCode,
-    pub name: String,
+    pub(crate) code: IstatCode,
+    pub(crate) name: String,
     pub(crate) province: String,
     pub(crate) region_code: u8,
     pub(crate) region: String,
@@ -101,19 +101,19 @@ impl Municipality {
 /// One service of the catalog.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Service {
-    pub id: u16,
-    pub code: String,
+    pub(crate) id: u16,
+    pub(crate) code: String,
     pub(crate) name_it: String,
     pub(crate) name_en: String,
     /// Typical share of all votes; used by simulated terminals, not by any index.
-    pub share: f64,
+    pub(crate) share: f64,
 }
 
 /// The catalogs compiled into the binary: municipalities and services.
 #[derive(Debug)]
 pub(crate) struct Catalog {
-    pub municipalities: Vec<Municipality>,
-    pub services: Vec<Service>,
+    pub(crate) municipalities: Vec<Municipality>,
+    pub(crate) services: Vec<Service>,
     by_code: HashMap<IstatCode, usize>,
 }
 
@@ -182,7 +182,7 @@ pub struct Secret(pub [u8; SECRET_BYTES]);
 
 impl Secret {
     /// A fresh secret: 32 bytes from `rand::rng()`, a cryptographically secure generator.
-    pub fn generate() -> Secret {
+    pub(crate) fn generate() -> Secret {
         let mut bytes = [0u8; SECRET_BYTES];
         rand::rng().fill_bytes(&mut bytes);
         Secret(bytes)
@@ -218,15 +218,15 @@ impl std::fmt::Debug for Secret {
 /// stored: the secret itself is printed once, when the terminal is added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct TerminalRecord {
-    pub id: TerminalId,
+    pub(crate) id: TerminalId,
     /// Six-digit ISTAT code.
-    pub municipality: String,
+    pub(crate) municipality: String,
     pub(crate) secret_sha256: String,
     pub(crate) added_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) revoked_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub label: String,
+    pub(crate) label: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -238,7 +238,7 @@ struct TerminalsFile {
 
 /// Why a terminal was not let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// No terminal with this id, or its record names no municipality of the registry (a
     /// hand-edited file): a terminal is never let in without a known municipality.
     UnknownTerminal,
@@ -285,7 +285,7 @@ impl TerminalDirectory {
     ///
     /// # Errors
     /// When the file exists but cannot be read or parsed.
-    pub fn open(data_dir: &Path) -> Result<TerminalDirectory, RegistryError> {
+    pub(crate) fn open(data_dir: &Path) -> Result<TerminalDirectory, RegistryError> {
         let directory = TerminalDirectory {
             path: terminals_path(data_dir),
             state: RwLock::new((None, Arc::new(HashMap::new()))),
@@ -299,7 +299,7 @@ impl TerminalDirectory {
     ///
     /// # Errors
     /// When the file cannot be read or parsed; the previous directory stays in force.
-    pub fn reload(&self) -> Result<bool, RegistryError> {
+    pub(crate) fn reload(&self) -> Result<bool, RegistryError> {
         let modified = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
         if modified.is_some() && self.state.read().expect("lock").0 == modified {
             return Ok(false);
@@ -335,7 +335,7 @@ impl TerminalDirectory {
     ///
     /// # Errors
     /// Unknown (or no longer known) or revoked terminal.
-    pub fn check(&self, id: TerminalId) -> Result<IstatCode, AuthError> {
+    pub(crate) fn check(&self, id: TerminalId) -> Result<IstatCode, AuthError> {
         self.index().get(&id).ok_or(AuthError::UnknownTerminal)?.admit()
     }
 
@@ -359,13 +359,8 @@ impl TerminalDirectory {
     }
 
     /// Number of terminals in the directory, revoked ones included.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.state.read().expect("lock").1.len()
-    }
-
-    /// Whether the directory holds no terminal.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -537,7 +532,7 @@ const ADMINISTRATIONS_FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct AdministrationRecord {
     /// Six-digit ISTAT code.
-    pub municipality: String,
+    pub(crate) municipality: String,
     #[serde(default)]
     pub(crate) digital_signature: Option<bool>,
     #[serde(default)]

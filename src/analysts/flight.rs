@@ -63,7 +63,7 @@ struct PreparedStatements {
 }
 
 /// The Flight SQL service.
-pub struct FlightSql {
+pub(crate) struct FlightSql {
     sql: Arc<SqlService>,
     prepared: Mutex<PreparedStatements>,
     info: SqlInfoData,
@@ -71,7 +71,7 @@ pub struct FlightSql {
 
 impl FlightSql {
     /// The service over `sql`, with no prepared statements open and its fixed SQL info (read-only, no transactions).
-    pub fn new(sql: Arc<SqlService>) -> FlightSql {
+    pub(crate) fn new(sql: Arc<SqlService>) -> FlightSql {
         let mut info = SqlInfoDataBuilder::new();
         info.append(SqlInfo::FlightSqlServerName, "faccia");
         info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -427,7 +427,7 @@ impl FlightSqlService for FlightSql {
 }
 
 /// Serves Flight SQL on `listener` until `shutdown` turns true.
-pub async fn serve(listener: tokio::net::TcpListener, service: FlightSql, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, service: FlightSql, mut shutdown: watch::Receiver<bool>) {
     let incoming = tokio_stream_of(listener);
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;

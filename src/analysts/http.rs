@@ -25,11 +25,11 @@ use crate::metrics::Metrics;
 use crate::query::{Format, write_results};
 
 /// What the handlers share.
-pub struct HttpState {
+pub(crate) struct HttpState {
     /// The SQL service `/query` checks tokens against and runs statements in.
-    pub sql: Arc<SqlService>,
+    pub(crate) sql: Arc<SqlService>,
     /// The server's metrics, rendered as Prometheus text on `/metrics`.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,7 +50,7 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<HttpState>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, state: Arc<HttpState>, mut shutdown: watch::Receiver<bool>) {
     let addr = listener.local_addr().map_or_else(|_| "?".into(), |a: SocketAddr| a.to_string());
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;

@@ -21,7 +21,7 @@ use crate::limits::QueryLimits;
 
 /// Why a statement from an analyst was not answered.
 #[derive(Debug, thiserror::Error)]
-pub enum SqlError {
+pub(crate) enum SqlError {
     /// The statement is longer than `sql_bytes_max`.
     #[error("the statement is {found} bytes; sql_bytes_max is {max}")]
     TooLong {
@@ -45,13 +45,13 @@ pub enum SqlError {
 }
 
 /// The SQL context shared by the analysts' endpoints, with their limits.
-pub struct SqlService {
+pub(crate) struct SqlService {
     /// The DataFusion context `query` builds (tables, index functions, views) that statements run in.
-    pub ctx: SessionContext,
+    pub(crate) ctx: SessionContext,
     /// The analyst tokens both endpoints check.
-    pub tokens: AnalystTokens,
+    pub(crate) tokens: AnalystTokens,
     /// The analysts' limits: statement bytes, result rows, concurrent queries, prepared statements.
-    pub limits: QueryLimits,
+    pub(crate) limits: QueryLimits,
     permits: Arc<Semaphore>,
 }
 
@@ -63,7 +63,7 @@ impl std::fmt::Debug for SqlService {
 
 impl SqlService {
     /// The service over `ctx`, with `concurrent_queries_max` permits (at least one).
-    pub fn new(ctx: SessionContext, tokens: AnalystTokens, limits: QueryLimits) -> SqlService {
+    pub(crate) fn new(ctx: SessionContext, tokens: AnalystTokens, limits: QueryLimits) -> SqlService {
         let permits = Arc::new(Semaphore::new(limits.concurrent_queries_max.max(1)));
         SqlService { ctx, tokens, limits, permits }
     }
@@ -72,7 +72,7 @@ impl SqlService {
     ///
     /// # Errors
     /// Too long, not read-only, or not valid SQL over these tables.
-    pub async fn plan(&self, sql: &str) -> Result<DataFrame, SqlError> {
+    pub(crate) async fn plan(&self, sql: &str) -> Result<DataFrame, SqlError> {
         if sql.len() > self.limits.sql_bytes_max {
             return Err(SqlError::TooLong { found: sql.len(), max: self.limits.sql_bytes_max });
         }
@@ -90,7 +90,7 @@ impl SqlService {
     ///
     /// # Errors
     /// When it cannot start.
-    pub async fn stream(&self, frame: DataFrame) -> Result<SendableRecordBatchStream, SqlError> {
+    pub(crate) async fn stream(&self, frame: DataFrame) -> Result<SendableRecordBatchStream, SqlError> {
         frame.execute_stream().await.map_err(|e| SqlError::Execution(message(&e)))
     }
 
@@ -98,7 +98,7 @@ impl SqlService {
     ///
     /// # Errors
     /// As `plan`, execution errors, or a result past the row limit.
-    pub async fn collect(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
+    pub(crate) async fn collect(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
         let frame = self.plan(sql).await?;
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let _permit = self.permit().await;
@@ -153,7 +153,7 @@ pub(crate) fn number_placeholders(sql: &str) -> String {
 }
 
 /// DataFusion's message, which already holds its causes.
-pub fn message(error: &DataFusionError) -> String {
+pub(crate) fn message(error: &DataFusionError) -> String {
     error.to_string()
 }
 

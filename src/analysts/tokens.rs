@@ -20,7 +20,7 @@ const GENERATED_TOKEN_BYTES: usize = 32;
 
 /// Why the analyst tokens could not be set up at start.
 #[derive(Debug, thiserror::Error)]
-pub enum AnalystError {
+pub(crate) enum AnalystError {
     /// A configured token, or the token file's, is shorter than `TOKEN_CHARS_MIN` (16).
     #[error("an analyst token has {found} characters; at least {TOKEN_CHARS_MIN} are required (analyst_tokens, {TOKEN_ENV})")]
     TokenTooShort {
@@ -39,7 +39,7 @@ pub enum AnalystError {
 
 /// Where the tokens in force came from (for the start-up log; never the token itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
+pub(crate) enum TokenSource {
     /// Given in the configuration (`analyst_tokens`, `--analyst-token` or `FACCIA_ANALYST_TOKEN`); how many tokens.
     Configured(usize),
     /// From the token file in the data directory.
@@ -53,7 +53,7 @@ pub enum TokenSource {
 
 /// The analyst tokens in force, as SHA-256 digests.
 #[derive(Debug, Clone)]
-pub struct AnalystTokens {
+pub(crate) struct AnalystTokens {
     digests: Vec<[u8; 32]>,
 }
 
@@ -63,7 +63,7 @@ impl AnalystTokens {
     /// # Errors
     /// A configured token shorter than `TOKEN_CHARS_MIN`, or a token file that cannot be read
     /// or created.
-    pub fn resolve(data_dir: &Path, configured: &[String]) -> Result<(AnalystTokens, TokenSource), AnalystError> {
+    pub(crate) fn resolve(data_dir: &Path, configured: &[String]) -> Result<(AnalystTokens, TokenSource), AnalystError> {
         if let Some(short) = configured.iter().find(|t| t.trim().len() < TOKEN_CHARS_MIN) {
             return Err(AnalystError::TokenTooShort { found: short.trim().len() });
         }
@@ -85,7 +85,7 @@ impl AnalystTokens {
     }
 
     /// Holds the SHA-256 digest of each token given (as is: callers trim; no length check, unlike `resolve`).
-    pub fn new<'a>(tokens: impl IntoIterator<Item = &'a str>) -> AnalystTokens {
+    pub(crate) fn new<'a>(tokens: impl IntoIterator<Item = &'a str>) -> AnalystTokens {
         AnalystTokens { digests: tokens.into_iter().map(|t| Sha256::digest(t.as_bytes()).into()).collect() }
     }
 

@@ -89,7 +89,7 @@ pub enum ConnectionLimit {
 
 impl ConnectionLimit {
     /// The name of the limit (the field in `Limits`), for logs, metrics and close reasons.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ConnectionLimit::Server => "connections_max",
             ConnectionLimit::Address => "connections_per_address_max",
@@ -98,7 +98,7 @@ impl ConnectionLimit {
     }
 
     /// The value the limit has in `limits`.
-    pub fn allowed(self, limits: &Limits) -> u32 {
+    pub(crate) fn allowed(self, limits: &Limits) -> u32 {
         match self {
             ConnectionLimit::Server => limits.connections_max,
             ConnectionLimit::Address => limits.connections_per_address_max,
@@ -189,7 +189,8 @@ impl Admission {
     }
 
     /// Addresses with at least one open connection.
-    pub fn addresses(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn addresses(&self) -> usize {
         self.addresses.lock().expect("address table lock").len()
     }
 }
@@ -257,7 +258,8 @@ impl VoteRates {
     }
 
     /// Terminals with a budget in memory (those that sent a batch since the server started).
-    pub fn terminals(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn terminals(&self) -> usize {
         self.shards.iter().map(|s| s.lock().expect("vote rate shard lock").len()).sum()
     }
 }

@@ -49,15 +49,15 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// What every connection task shares.
 pub struct Shared {
     /// The storage engine: batch sequences (dedup) and the log a batch is appended to.
-    pub engine: Arc<Engine>,
+    pub(crate) engine: Arc<Engine>,
     /// The registered terminals: authenticates hellos, gives each terminal's municipality, notices revocations.
-    pub directory: Arc<TerminalDirectory>,
+    pub(crate) directory: Arc<TerminalDirectory>,
     /// The ingest limits in force (`[limits]` of the configuration).
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// The server's metrics (the engine's).
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Wall-clock time in Unix ms: the batch's received time and the window a vote's time must fall in.
-    pub clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     /// Bytes of frames being read or waiting to be durable, server-wide (`buffered_bytes_max`).
     budget: Semaphore,
     admission: Admission,
@@ -542,7 +542,7 @@ fn flag_counts(flags: &[u8]) -> Vec<(Rule, u64)> {
 ///
 /// # Errors
 /// When the address cannot be bound.
-pub fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &[u8], sockets: usize) -> std::io::Result<Listeners> {
+pub(crate) fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &[u8], sockets: usize) -> std::io::Result<Listeners> {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(key.clone()));
     // quinn sends at most one stateless reset per 20 ms by default: after a restart, 10,000
@@ -573,32 +573,32 @@ pub fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &[u8], s
 
 /// The ingest server's bound QUIC sockets: `sockets` endpoints sharing one address
 /// (`SO_REUSEPORT`), each with its own accept loop. What the server holds of QUIC.
-pub struct Listeners {
+pub(crate) struct Listeners {
     endpoints: Vec<quinn::Endpoint>,
     addr: SocketAddr,
 }
 
 impl Listeners {
     /// The address terminals connect to (the port picked when 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// How many sockets share the address.
-    pub fn sockets(&self) -> usize {
+    pub(crate) fn sockets(&self) -> usize {
         self.endpoints.len()
     }
 
     /// Accepts connections on every socket (`run`, one loop each) until `shutdown` turns true,
     /// and returns once every connection has finished its in-flight batches.
-    pub async fn serve(&self, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn serve(&self, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
         let loops = self.endpoints.iter().map(|e| run(e.clone(), Arc::clone(&shared), shutdown.clone()));
         futures::future::join_all(loops).await;
     }
 
     /// Closes every connection still open with `shutting_down` and waits up to `linger` for
     /// the terminals to be told.
-    pub async fn close(&self, linger: Duration) {
+    pub(crate) async fn close(&self, linger: Duration) {
         for endpoint in &self.endpoints {
             endpoint.close(VarInt::from_u32(ErrorCode::ShuttingDown.close_code()), b"shutting_down");
         }

@@ -73,7 +73,7 @@ impl Default for MisuseRules {
 impl MisuseRules {
     /// # Errors
     /// A window outside its range, named.
-    pub fn check(&self) -> Result<(), LimitError> {
+    pub(crate) fn check(&self) -> Result<(), LimitError> {
         let fail = |field: &'static str, value: i64, allowed: &str| {
             Err(LimitError { table: "misuse", field, value: value.to_string(), allowed: allowed.to_string() })
         };
@@ -103,15 +103,15 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order they are checked.
-    pub const ALL: [Rule; 3] = [Rule::Debounce, Rule::Repeat, Rule::Burst];
+    pub(crate) const ALL: [Rule; 3] = [Rule::Debounce, Rule::Repeat, Rule::Burst];
 
     /// The id stored in the `misuse` column (1–3; 0 there means counted).
-    pub fn id(self) -> u8 {
+    pub(crate) fn id(self) -> u8 {
         self as u8
     }
 
     /// The rule's name (`debounce`, `repeat`, `burst`), as the metrics' `rule` label and `schemas/storage.md` give it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Rule::Debounce => "debounce",
             Rule::Repeat => "repeat",
@@ -271,11 +271,6 @@ impl MisuseDetector {
         }
         history.remember(presses.iter().map(|(p, _)| *p));
         if flags.iter().all(|&f| f == 0) { Vec::new() } else { flags }
-    }
-
-    /// Terminals with a history in memory.
-    pub fn terminals(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().expect("misuse shard lock").len()).sum()
     }
 }
 

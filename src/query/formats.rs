@@ -25,7 +25,7 @@ pub enum Format {
 
 impl Format {
     /// The HTTP content type of the format.
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::Table => "text/plain; charset=utf-8",
             Format::Csv => "text/csv; charset=utf-8",

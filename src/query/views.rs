@@ -241,7 +241,7 @@ fn coverage_views() -> Vec<String> {
 ///
 /// # Errors
 /// A view that does not plan (a programming error caught by the tests).
-pub async fn create(ctx: &SessionContext) -> DfResult<()> {
+pub(crate) async fn create(ctx: &SessionContext) -> DfResult<()> {
     for view in definitions() {
         ctx.sql(&view).await?.collect().await?;
     }

@@ -84,7 +84,7 @@ impl Fresh for EngineRows {
 /// segments).
 #[derive(Debug)]
 pub(crate) struct LogTail {
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
 }
 
 impl Fresh for LogTail {

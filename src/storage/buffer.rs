@@ -42,7 +42,7 @@ pub mod col {
 }
 
 /// The schema of a vote as stored (the `date` partition column is added by readers).
-pub fn schema() -> SchemaRef {
+pub(crate) fn schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     Arc::clone(SCHEMA.get_or_init(|| {
         Arc::new(Schema::new(vec![
@@ -93,12 +93,12 @@ impl VoteBuffer {
     }
 
     /// Rows (votes) appended since the last `finish`.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.municipality.len()
     }
 
     /// Whether no vote was appended since the last `finish`.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
@@ -112,7 +112,7 @@ impl VoteBuffer {
     }
 
     /// Appends one vote with its misuse flag (0: counted).
-    pub fn push(&mut self, vote: &Vote, misuse: u8) {
+    pub(crate) fn push(&mut self, vote: &Vote, misuse: u8) {
         self.municipality.append_value(vote.municipality.0);
         self.service.append_value(vote.service);
         self.ts.append_value(vote.at_ms);
@@ -254,7 +254,7 @@ fn packed_order(all: &RecordBatch, days: &[i32]) -> Option<arrow::array::UInt32A
 }
 
 /// Total rows of some record batches.
-pub fn rows(batches: &[RecordBatch]) -> usize {
+pub(crate) fn rows(batches: &[RecordBatch]) -> usize {
     batches.iter().map(RecordBatch::num_rows).sum()
 }
 

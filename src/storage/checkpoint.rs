@@ -42,8 +42,8 @@ pub enum CheckpointError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Checkpoint {
     /// Every log record with an LSN at or below this is in durable Parquet.
-    pub watermark: u64,
-    pub windows: Vec<(TerminalId, SeqWindow)>,
+    pub(crate) watermark: u64,
+    pub(crate) windows: Vec<(TerminalId, SeqWindow)>,
 }
 
 impl Checkpoint {

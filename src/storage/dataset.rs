@@ -36,20 +36,20 @@ const TMP_SUFFIX: &str = ".tmp";
 
 /// A vote file's place in the dataset, parsed from its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartFile {
+pub(crate) struct PartFile {
     /// The object's full path in the store (under `votes/`, or under a rollup directory for a counts file).
-    pub path: ObjectPath,
+    pub(crate) path: ObjectPath,
     /// The day in Italy (Europe/Rome) of every vote in the file: its `date=` partition.
-    pub date: NaiveDate,
+    pub(crate) date: NaiveDate,
     /// Id of the ingest node that wrote the file (its data directory's `node-id`).
-    pub node: String,
+    pub(crate) node: String,
     pub(crate) lsn_first: u64,
     pub(crate) lsn_last: u64,
 }
 
 impl PartFile {
     /// The vote file `node` writes for day `date` of a flush of log records `lsn_first..=lsn_last`.
-    pub fn new(date: NaiveDate, node: &str, lsn_first: u64, lsn_last: u64) -> PartFile {
+    pub(crate) fn new(date: NaiveDate, node: &str, lsn_first: u64, lsn_last: u64) -> PartFile {
         let path = ObjectPath::from(format!("{VOTES_DIR}/date={date}/part-{node}-{lsn_first:016x}-{lsn_last:016x}.parquet"));
         PartFile { path, date, node: node.to_string(), lsn_first, lsn_last }
     }
@@ -71,7 +71,7 @@ impl PartFile {
     }
 
     /// Parses a dataset path (a vote file, or a counts file); `None` for anything else.
-    pub fn parse(path: &ObjectPath) -> Option<PartFile> {
+    pub(crate) fn parse(path: &ObjectPath) -> Option<PartFile> {
         let mut parts = path.parts();
         if ![VOTES_DIR, COUNTS_DIR, PAIRS_DIR].contains(&parts.next()?.as_ref()) {
             return None;
@@ -105,12 +105,12 @@ pub(crate) async fn list_parts_in(store: &dyn ObjectStore, dir: &str) -> Result<
 /// Where vote files go: an object store, plus the local directory behind it when there is one
 /// (local files are fsync'd after they are published).
 #[derive(Debug, Clone)]
-pub struct Dataset {
+pub(crate) struct Dataset {
     /// The object store the files are put in and listed from (the data directory, for `Dataset::local`).
-    pub store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) local_root: Option<std::path::PathBuf>,
     /// This node's id, written into the name of every file it publishes.
-    pub node: String,
+    pub(crate) node: String,
 }
 
 impl Dataset {
@@ -131,7 +131,12 @@ impl Dataset {
     /// # Errors
     /// Encoding or storage errors; files already written by this call stay and are cleaned up
     /// by `remove_uncommitted` (they are not yet committed).
-    pub async fn write_flush(&self, batches: &[RecordBatch], lsn_first: u64, lsn_last: u64) -> Result<Vec<(PartFile, usize)>, StoreError> {
+    pub(crate) async fn write_flush(
+        &self,
+        batches: &[RecordBatch],
+        lsn_first: u64,
+        lsn_last: u64,
+    ) -> Result<Vec<(PartFile, usize)>, StoreError> {
         let mut written = Vec::new();
         for (date, rows) in partition_by_day(batches)? {
             let part = PartFile::new(date, &self.node, lsn_first, lsn_last);
@@ -190,7 +195,7 @@ impl Dataset {
     ///
     /// # Errors
     /// Listing, reading or writing errors.
-    pub async fn backfill_rollups(&self) -> Result<usize, StoreError> {
+    pub(crate) async fn backfill_rollups(&self) -> Result<usize, StoreError> {
         let mut present = std::collections::HashSet::new();
         for rollup in Rollup::ALL {
             present.extend(list_parts_in(self.store.as_ref(), rollup.dir()).await?.into_iter().map(|p| p.path));
@@ -218,7 +223,7 @@ impl Dataset {
     ///
     /// # Errors
     /// Listing or deleting errors.
-    pub async fn remove_uncommitted(&self, watermark: u64) -> Result<usize, StoreError> {
+    pub(crate) async fn remove_uncommitted(&self, watermark: u64) -> Result<usize, StoreError> {
         let mut removed = 0;
         for dir in [VOTES_DIR, COUNTS_DIR, PAIRS_DIR] {
             let prefix = ObjectPath::from(dir);

@@ -163,7 +163,7 @@ impl Sequences {
     }
 
     /// Ends a pending write that did not become durable; waiting copies are told to retry.
-    pub fn abort(&self, guard: &mut PendingGuard) {
+    pub(crate) fn abort(&self, guard: &mut PendingGuard) {
         guard.settled = true;
         let mut shard = self.shard(guard.terminal);
         if let Some(state) = shard.get_mut(&guard.terminal) {
@@ -172,7 +172,7 @@ impl Sequences {
     }
 
     /// Highest stored sequence number of `terminal` (0: none).
-    pub fn last_seq(&self, terminal: TerminalId) -> u64 {
+    pub(crate) fn last_seq(&self, terminal: TerminalId) -> u64 {
         self.shard(terminal).get(&terminal).map_or(0, |s| s.window.high)
     }
 
@@ -210,9 +210,9 @@ fn settle(state: &mut TerminalState, seq: u64, outcome: PendingOutcome) {
 #[derive(Debug)]
 pub struct PendingGuard {
     /// The terminal that sent the batch.
-    pub terminal: TerminalId,
+    pub(crate) terminal: TerminalId,
     /// The batch's sequence number, as the terminal numbered it.
-    pub seq: u64,
+    pub(crate) seq: u64,
     settled: bool,
 }
 

@@ -77,7 +77,7 @@ pub enum EngineError {
 #[derive(Debug, Clone, Default)]
 #[allow(dead_code, reason = "every field is reported through Debug in the recovery log line")]
 pub(crate) struct RecoveryReport {
-    pub watermark: u64,
+    pub(crate) watermark: u64,
     pub(crate) uncommitted_files_removed: usize,
     pub(crate) replay: ReplayReport,
     /// Votes put back into the buffer from the log.
@@ -92,7 +92,7 @@ pub(crate) struct RecoveryReport {
 #[derive(Debug, Clone, Default)]
 pub struct MemorySnapshot {
     /// Every log record with an LSN at or below this is in committed Parquet files.
-    pub watermark: u64,
+    pub(crate) watermark: u64,
     /// Rows of records above the watermark, in generations: (last LSN, batches).
     pub generations: Vec<(u64, Vec<RecordBatch>)>,
 }
@@ -151,11 +151,11 @@ impl MemoryView {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// The data directory: the log (`wal/`), the checkpoint, the node id and the Parquet dataset.
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// When to flush, how many rows to buffer, and the log's segment and group-commit sizes.
-    pub storage: StorageLimits,
+    pub(crate) storage: StorageLimits,
     /// Injected I/O errors (tests and the crash-test tool); all off by default.
-    pub faults: Arc<Faults>,
+    pub(crate) faults: Arc<Faults>,
 }
 
 impl EngineConfig {
@@ -173,9 +173,7 @@ pub struct Engine {
     /// The server's metrics, updated by the engine's threads and shared with the endpoints.
     pub metrics: Arc<Metrics>,
     /// Where this node's Parquet files go: the dataset in the data directory.
-    pub dataset: Dataset,
-    /// Injected I/O errors, the switches of `EngineConfig::faults`.
-    pub faults: Arc<Faults>,
+    pub(crate) dataset: Dataset,
     memory: Arc<MemoryView>,
     stopping: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -276,7 +274,6 @@ impl Engine {
             sequences,
             metrics,
             dataset,
-            faults: config.faults,
             memory,
             stopping,
             threads: Mutex::new(vec![wal_thread, store_thread, flusher_thread]),

@@ -44,7 +44,7 @@ impl Faults {
     ///
     /// # Errors
     /// The injected error.
-    pub fn check(&self, fault: Fault) -> io::Result<()> {
+    pub(crate) fn check(&self, fault: Fault) -> io::Result<()> {
         if self.on[fault as usize].load(Ordering::Relaxed) {
             return Err(io::Error::from_raw_os_error(28)); // ENOSPC
         }

@@ -82,21 +82,21 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 #[derive(Debug)]
 pub(crate) struct WalRecord {
     pub(crate) lsn: u64,
-    pub terminal: TerminalId,
-    pub municipality: IstatCode,
-    pub seq: u64,
+    pub(crate) terminal: TerminalId,
+    pub(crate) municipality: IstatCode,
+    pub(crate) seq: u64,
     #[allow(dead_code, reason = "kept in every record for forensics (when the server took the batch); no reader needs it yet")]
-    pub received_ms: i64,
-    pub archive: ArchiveBuf,
+    pub(crate) received_ms: i64,
+    pub(crate) archive: ArchiveBuf,
     /// Misuse flag of each vote (0: counted; see `storage::buffer::col::MISUSE`); empty when none is flagged.
-    pub misuse: Vec<u8>,
+    pub(crate) misuse: Vec<u8>,
 }
 
 /// What recovery found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct ReplayReport {
-    pub segments: usize,
-    pub records: u64,
+    pub(crate) segments: usize,
+    pub(crate) records: u64,
     /// Records with an LSN above the caller's watermark, handed to the callback.
     pub(crate) records_replayed: u64,
     pub(crate) last_lsn: u64,
@@ -389,13 +389,13 @@ pub enum WalUnavailable {
 pub struct DurableRecord {
     pub(crate) lsn: u64,
     /// The terminal that sent the batch.
-    pub terminal: TerminalId,
+    pub(crate) terminal: TerminalId,
     /// The terminal's registered municipality.
-    pub municipality: IstatCode,
+    pub(crate) municipality: IstatCode,
     /// The batch's validated archive, as logged.
-    pub archive: ArchiveBuf,
+    pub(crate) archive: ArchiveBuf,
     /// Misuse flag of each vote, or empty when no vote is flagged.
-    pub misuse: Vec<u8>,
+    pub(crate) misuse: Vec<u8>,
 }
 
 /// The open log, owned by its writer thread.

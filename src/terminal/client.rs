@@ -169,7 +169,7 @@ fn quic_client_config(tls: &Arc<rustls::ClientConfig>) -> Result<quinn::ClientCo
 
 /// A QUIC client endpoint: one UDP socket whose connections many terminals can share. The
 /// tools and tests hold it under this name; only this folder and `ingest` name QUIC's types.
-pub type ClientEndpoint = quinn::Endpoint;
+pub(crate) type ClientEndpoint = quinn::Endpoint;
 
 /// Closes every connection of a client endpoint with code 0 ("done"), without waiting for the
 /// server to be told (`ClientEndpoint::wait_idle` waits).
@@ -486,7 +486,7 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<Session, ClientError>> +
 /// One terminal: credential, numbering, outbox and connection.
 pub struct Terminal {
     /// The terminal's id, municipality and secret, presented in each hello.
-    pub credential: Credential,
+    pub(crate) credential: Credential,
     endpoint: quinn::Endpoint,
     target: ServerTarget,
     outbox: Outbox,

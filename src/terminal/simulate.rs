@@ -93,7 +93,7 @@ impl VoteSimulator {
     }
 
     /// One vote at `at_ms`.
-    pub fn vote(&mut self, at_ms: i64) -> TerminalVote {
+    pub(crate) fn vote(&mut self, at_ms: i64) -> TerminalVote {
         let (service, satisfaction) = self.services[pick_cumulative(&mut self.rng, &self.cumulative)];
         let positive = (satisfaction + self.shift).clamp(0.05, 0.95);
         let negative = (1.0 - positive) * 0.45;
@@ -135,7 +135,7 @@ impl VoteSimulator {
     }
 
     /// The simulator's random generator, so that the rest of a simulation (batch sizes, pauses) follows the same seed.
-    pub fn rng(&mut self) -> &mut SmallRng {
+    pub(crate) fn rng(&mut self) -> &mut SmallRng {
         &mut self.rng
     }
 }
@@ -143,17 +143,17 @@ impl VoteSimulator {
 /// How a simulated fleet behaves.
 #[derive(Debug, Clone)]
 pub(crate) struct FleetPlan {
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Votes per batch are drawn from 1..=batch_votes_max.
-    pub batch_votes_max: usize,
+    pub(crate) batch_votes_max: usize,
     /// Mean pause between a terminal's batches.
     pub(crate) think_time: Duration,
-    pub in_flight_max: usize,
+    pub(crate) in_flight_max: usize,
     /// Client UDP sockets the terminals share.
-    pub endpoints: usize,
+    pub(crate) endpoints: usize,
     /// How long to keep delivering the backlog after `duration`.
     pub(crate) drain_timeout: Duration,
-    pub seed: u64,
+    pub(crate) seed: u64,
 }
 
 impl Default for FleetPlan {
@@ -173,14 +173,14 @@ impl Default for FleetPlan {
 /// What a fleet saw. Votes count once per batch acknowledged, however often it was resent.
 #[derive(Debug, Default)]
 pub(crate) struct FleetReport {
-    pub terminals: usize,
-    pub votes_acknowledged: AtomicU64,
+    pub(crate) terminals: usize,
+    pub(crate) votes_acknowledged: AtomicU64,
     pub(crate) batches_acknowledged: AtomicU64,
     pub(crate) batches_duplicate: AtomicU64,
     pub(crate) votes_rejected: AtomicU64,
     pub(crate) batches_rejected: AtomicU64,
     pub(crate) disconnects: AtomicU64,
-    pub retries: AtomicU64,
+    pub(crate) retries: AtomicU64,
     /// Batches still unacknowledged when the drain timed out.
     pub(crate) batches_undelivered: AtomicU64,
     pub(crate) fatal: AtomicU64,

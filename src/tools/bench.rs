@@ -118,15 +118,15 @@ pub struct Latency {
     /// Median acknowledgement latency of a batch, in microseconds.
     pub p50_us: u64,
     /// 90th percentile acknowledgement latency, in microseconds.
-    pub p90_us: u64,
+    pub(crate) p90_us: u64,
     /// 99th percentile acknowledgement latency, in microseconds.
     pub p99_us: u64,
     /// 99.9th percentile acknowledgement latency, in microseconds.
-    pub p999_us: u64,
+    pub(crate) p999_us: u64,
     /// Slowest acknowledgement, in microseconds (capped at 120 s).
     pub max_us: u64,
     /// Mean acknowledgement latency, in microseconds.
-    pub mean_us: f64,
+    pub(crate) mean_us: f64,
 }
 
 /// The reconnect storm after a server restart.
@@ -134,16 +134,16 @@ pub struct Latency {
 pub struct Storm {
     /// From the restarted server reporting ready until the last terminal had reconnected and
     /// had every batch it held (sent before the kill or queued during the outage) acknowledged.
-    pub all_caught_up_ms: u64,
+    pub(crate) all_caught_up_ms: u64,
     /// Terminals that reconnected after the restart and had everything they held acknowledged.
     pub terminals_caught_up: usize,
     /// From the kill to the restarted server reporting ready (log replay included).
-    pub server_restart_ms: u64,
+    pub(crate) server_restart_ms: u64,
     /// Milliseconds from the restarted server ready to each terminal's new connection: p50,
     /// p90, p99 and the last.
-    pub reconnected_ms: [u64; 4],
+    pub(crate) reconnected_ms: [u64; 4],
     /// The same to each terminal caught up (everything it held acknowledged).
-    pub caught_up_ms: [u64; 4],
+    pub(crate) caught_up_ms: [u64; 4],
 }
 
 /// p50, p90, p99 and the maximum of `values` (zeros when there are none).
@@ -157,45 +157,45 @@ fn quantiles(mut values: Vec<u64>) -> [u64; 4] {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     /// Load shape: "closed loop" or "open loop".
-    pub mode: String,
+    pub(crate) mode: String,
     /// Simulated terminals in the fleet.
     pub terminals: usize,
     /// Distinct municipalities the terminals belong to.
     pub municipalities: usize,
     /// Client UDP sockets the connections were spread over.
-    pub endpoints: usize,
+    pub(crate) endpoints: usize,
     /// Votes per batch.
-    pub batch_votes: usize,
+    pub(crate) batch_votes: usize,
     /// Batches each terminal kept outstanding (closed loop).
-    pub in_flight: usize,
+    pub(crate) in_flight: usize,
     /// Open loop: the target arrival rate in votes per second over the whole fleet; `None` in closed loop.
-    pub rate_target_votes_per_s: Option<f64>,
+    pub(crate) rate_target_votes_per_s: Option<f64>,
     /// Warm-up before measuring, in seconds.
-    pub warmup_s: f64,
+    pub(crate) warmup_s: f64,
     /// Length of the measured window, in seconds.
-    pub measured_s: f64,
+    pub(crate) measured_s: f64,
     /// Seconds the fleet took to connect (at most the connect timeout, 120 s).
-    pub connect_s: f64,
+    pub(crate) connect_s: f64,
     /// Terminals divided by the connect time, in handshakes per second.
-    pub handshakes_per_s: f64,
+    pub(crate) handshakes_per_s: f64,
     /// Votes acknowledged over the whole run, warm-up and drain included.
     pub votes_acknowledged: u64,
     /// Batches acknowledged over the whole run, warm-up and drain included.
-    pub batches_acknowledged: u64,
+    pub(crate) batches_acknowledged: u64,
     /// Votes acknowledged per second over the measured window.
-    pub votes_per_s: f64,
+    pub(crate) votes_per_s: f64,
     /// Batches acknowledged per second over the measured window.
-    pub batches_per_s: f64,
+    pub(crate) batches_per_s: f64,
     /// Acknowledgement latency of the batches in the measured window.
     pub latency: Latency,
     /// Errors the terminals met (rejections, lost connections, failed handshakes…), counted by kind.
-    pub errors: BTreeMap<String, u64>,
+    pub(crate) errors: BTreeMap<String, u64>,
     /// Spawned server's resident memory in bytes before the terminals connected; `None` if not ours or unreadable.
-    pub server_rss_idle_bytes: Option<u64>,
+    pub(crate) server_rss_idle_bytes: Option<u64>,
     /// Spawned server's resident memory in bytes with the fleet connected; `None` if not ours or unreadable.
-    pub server_rss_connected_bytes: Option<u64>,
+    pub(crate) server_rss_connected_bytes: Option<u64>,
     /// Growth of the server's resident memory per terminal (connected minus idle, divided by the terminals), in bytes.
-    pub server_bytes_per_terminal: Option<f64>,
+    pub(crate) server_bytes_per_terminal: Option<f64>,
     /// The reconnect storm, when the run restarted the server; `None` otherwise.
     pub storm: Option<Storm>,
     /// Votes the spawned server counted as stored, from its shutdown log line; `None` if not ours or not reported.
@@ -203,11 +203,11 @@ pub struct Report {
     /// Votes SQL counts in the dataset afterwards (`SELECT count(*) FROM votes`); `None` when the server is not ours.
     pub sql_votes: Option<u64>,
     /// Warnings and errors in the spawned server's log (the first ones).
-    pub server_log_problems: Vec<String>,
+    pub(crate) server_log_problems: Vec<String>,
     /// Outcome of comparing the acknowledged votes with the server's counters and SQL: "ok: …", "not checked: …" or "MISMATCH: …".
     pub cross_check: String,
     /// (percentile, latency in µs) points for the plot, denser towards the tail, ending with (100, maximum).
-    pub percentiles: Vec<(f64, u64)>,
+    pub(crate) percentiles: Vec<(f64, u64)>,
 }
 
 /// Counters every terminal task updates.

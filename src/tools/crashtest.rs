@@ -55,21 +55,21 @@ pub struct Plan {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     /// Kill-and-restart rounds run.
-    pub rounds: u32,
+    pub(crate) rounds: u32,
     /// Votes the terminals were told were stored.
     pub votes_acknowledged: u64,
     /// Batches acknowledged, duplicates included.
-    pub batches_acknowledged: u64,
+    pub(crate) batches_acknowledged: u64,
     /// Acknowledgements that said "duplicate": a resent batch whose first copy was stored.
-    pub batches_duplicate: u64,
+    pub(crate) batches_duplicate: u64,
     /// Votes SQL found in the dataset at the end.
-    pub votes_found: u64,
+    pub(crate) votes_found: u64,
     /// Acknowledged votes not found in the dataset.
-    pub lost: u64,
+    pub(crate) lost: u64,
     /// Extra copies of acknowledged votes found in the dataset (a vote stored twice counts one).
-    pub duplicated: u64,
+    pub(crate) duplicated: u64,
     /// Votes found in the dataset that were never acknowledged.
-    pub unexpected: u64,
+    pub(crate) unexpected: u64,
 }
 
 impl Report {

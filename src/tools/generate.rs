@@ -41,25 +41,25 @@ const WEB_HOURS: [f64; 24] =
 
 /// What to generate.
 #[derive(Debug, Clone)]
-pub struct GeneratePlan {
+pub(crate) struct GeneratePlan {
     /// Votes to generate in total, spread over the days by weekday.
-    pub votes: u64,
+    pub(crate) votes: u64,
     pub(crate) days: u32,
     /// The last day (in Italy) of the dataset.
-    pub end: NaiveDate,
+    pub(crate) end: NaiveDate,
     /// Seed of the random generator: the same plan and seed give the same dataset.
-    pub seed: u64,
+    pub(crate) seed: u64,
 }
 
 /// What was written.
 #[derive(Debug, Default, Clone)]
-pub struct GenerateReport {
+pub(crate) struct GenerateReport {
     /// Votes written.
-    pub votes: u64,
+    pub(crate) votes: u64,
     /// Parquet files written.
-    pub files: usize,
+    pub(crate) files: usize,
     /// Total size of the files written, in bytes.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 struct Site {
@@ -73,7 +73,7 @@ struct Site {
 ///
 /// # Errors
 /// Encoding or storage errors.
-pub async fn generate(
+pub(crate) async fn generate(
     data_dir: &Path,
     plan: &GeneratePlan,
     mut progress: impl FnMut(NaiveDate, &GenerateReport),

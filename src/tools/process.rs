@@ -46,7 +46,7 @@ pub struct ServerProcess {
     /// The development CA certificate the server wrote (`DATA_DIR/tls/ca.pem`), for terminals to verify it.
     pub ca: PathBuf,
     /// The configuration file the server was started with (reused on restart).
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// Warnings and errors the server logged.
     pub(crate) problems: Arc<Mutex<Vec<String>>>,
     /// The server's last log line, written when it stopped cleanly (it holds its counters).

@@ -46,9 +46,9 @@ pub enum TlsError {
 #[derive(Debug)]
 pub struct Identity {
     /// The certificate chain (DER), in the order of its PEM file: the server's own certificate first.
-    pub chain: Vec<CertificateDer<'static>>,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
     /// The private key of the chain's first certificate (DER).
-    pub key: PrivateKeyDer<'static>,
+    pub(crate) key: PrivateKeyDer<'static>,
 }
 
 /// Paths of the development identity inside a data directory.
@@ -255,7 +255,7 @@ pub(crate) fn server_config(identity: Identity, tickets: Option<SessionTickets>)
 ///
 /// # Errors
 /// When the file holds no certificate.
-pub fn client_config(ca_path: &Path) -> Result<rustls::ClientConfig, TlsError> {
+pub(crate) fn client_config(ca_path: &Path) -> Result<rustls::ClientConfig, TlsError> {
     client_config_with_alpn(ca_path, ALPN)
 }
 
