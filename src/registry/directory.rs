@@ -1,13 +1,7 @@
-//! The registry: who may vote and what they vote on.
-//!
-//! Owns the municipality list (`data/comuni.csv`, ISTAT), the service catalog
-//! (`schemas/services.csv`) and the terminal directory (`DATA_DIR/terminals.json`: terminal id →
-//! municipality and credential). Both catalogs are compiled into the binary so that faccia runs
-//! from any directory; the terminal directory is the only registry state that changes at run
-//! time, written by `faccia terminals` and read (and re-read when it changes) by the server.
-//!
-//! Architecture invariant: the registry never sees the network. It answers "who is terminal 42
-//! and is this its secret", and the municipality of a vote always comes from here.
+//! The terminal directory (`DATA_DIR/terminals.json`: terminal id → municipality and the
+//! SHA-256 of its secret), the credentials `faccia terminals add` prints, and the checks the
+//! server makes at each hello. The only registry state that changes at run time: written by
+//! `faccia terminals`, re-read by the server when it changes.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -20,161 +14,15 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::RegistryError;
+use super::catalog::Catalog;
 use crate::model::{IstatCode, TerminalId};
-
-/// The municipality registry as shipped: ISTAT 2020 codes with the 2011 census population.
-const COMUNI_CSV: &str = include_str!("../data/comuni.csv");
-/// The service catalog; ids are stable and appear on the wire and in the data.
-const SERVICES_CSV: &str = include_str!("../schemas/services.csv");
-
-/// Municipalities under this many inhabitants are the "piccoli Comuni" the program targets.
-pub(crate) const ELIGIBLE_POPULATION_BELOW: u32 = 5_000;
 
 /// Length of a terminal secret in bytes (256 bits: guessing is not an attack).
 pub(crate) const SECRET_BYTES: usize = 32;
 
 /// Version of `terminals.json`; bumped on any incompatible change.
-const TERMINALS_FORMAT_VERSION: u32 = 1;
-
-/// What can go wrong reading or changing the registry's files (`terminals.json`, `administrations.json`) or parsing a secret.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// A registry file (or its directory or lock file) could not be read, written or locked.
-    #[error("reading {path}")]
-    Io {
-        /// The registry file being read or written.
-        path: PathBuf,
-        /// The operating system's error.
-        source: std::io::Error,
-    },
-    /// A registry file is not JSON of the expected shape.
-    #[error("{path} is not a faccia terminal directory")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The JSON error, with its line and column.
-        source: serde_json::Error,
-    },
-    /// A registry file declares a format version this faccia does not read.
-    #[error("{path} has format version {found}; this faccia reads version {TERMINALS_FORMAT_VERSION}")]
-    Version {
-        /// The file.
-        path: PathBuf,
-        /// The format version the file declares.
-        found: u32,
-    },
-    /// An ISTAT code that names no municipality of the built-in registry (`data/comuni.csv`).
-    #[error("municipality {0} is not in the registry (data/comuni.csv)")]
-    UnknownMunicipality(String),
-    /// No registered terminal has this id.
-    #[error("terminal {0} is not registered")]
-    UnknownTerminal(TerminalId),
-    /// A terminal secret is not 64 hexadecimal characters (wrong length, or a character that is not hexadecimal).
-    #[error("a terminal secret is {expected} hexadecimal characters; got {found}")]
-    SecretFormat {
-        /// Length a secret must have: 64 characters (32 bytes in hexadecimal).
-        expected: usize,
-        /// Length of the text given, in bytes, after trimming surrounding whitespace.
-        found: usize,
-    },
-}
-
-/// One comune of the registry.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Municipality {
-    pub(crate) code: IstatCode,
-    pub(crate) name: String,
-    pub(crate) province: String,
-    pub(crate) region_code: u8,
-    pub(crate) region: String,
-    pub(crate) area: String,
-    pub(crate) population: u32,
-}
-
-impl Municipality {
-    /// Whether the 2009 program covers it (fewer than 5,000 inhabitants).
-    pub(crate) fn eligible(&self) -> bool {
-        self.population < ELIGIBLE_POPULATION_BELOW
-    }
-}
-
-/// One service of the catalog.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Service {
-    pub(crate) id: u16,
-    pub(crate) code: String,
-    pub(crate) name_it: String,
-    pub(crate) name_en: String,
-    /// Typical share of all votes; used by simulated terminals, not by any index.
-    pub(crate) share: f64,
-}
-
-/// The catalogs compiled into the binary: municipalities and services.
-#[derive(Debug)]
-pub(crate) struct Catalog {
-    pub(crate) municipalities: Vec<Municipality>,
-    pub(crate) services: Vec<Service>,
-    by_code: HashMap<IstatCode, usize>,
-}
-
-impl Catalog {
-    /// The shipped catalog, parsed once per process.
-    pub(crate) fn builtin() -> &'static Catalog {
-        static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
-        CATALOG.get_or_init(|| Catalog::parse(COMUNI_CSV, SERVICES_CSV).expect("the built-in catalogs are valid"))
-    }
-
-    fn parse(comuni_csv: &str, services_csv: &str) -> Result<Catalog, csv::Error> {
-        let mut municipalities = Vec::new();
-        for record in csv::Reader::from_reader(comuni_csv.as_bytes()).records() {
-            let record = record?;
-            let field = |i: usize| record.get(i).unwrap_or_default().to_string();
-            municipalities.push(Municipality {
-                code: IstatCode::parse(&field(0)).expect("ISTAT codes in comuni.csv are numeric"),
-                name: field(1),
-                province: field(2),
-                region_code: field(3).parse().expect("region codes in comuni.csv are numeric"),
-                region: field(4),
-                area: field(5),
-                population: field(6).parse().expect("populations in comuni.csv are numeric"),
-            });
-        }
-        let mut services = Vec::new();
-        for record in csv::Reader::from_reader(services_csv.as_bytes()).records() {
-            let record = record?;
-            let field = |i: usize| record.get(i).unwrap_or_default().to_string();
-            services.push(Service {
-                id: field(0).parse().expect("service ids are numeric"),
-                code: field(1),
-                name_it: field(2),
-                name_en: field(3),
-                share: field(4).parse().expect("service shares are numeric"),
-            });
-        }
-        let by_code = municipalities.iter().enumerate().map(|(i, m)| (m.code, i)).collect();
-        Ok(Catalog { municipalities, services, by_code })
-    }
-
-    pub(crate) fn municipality(&self, code: IstatCode) -> Option<&Municipality> {
-        self.by_code.get(&code).map(|&i| &self.municipalities[i])
-    }
-
-    /// The municipalities the program targets, in registry order.
-    pub(crate) fn eligible(&self) -> impl Iterator<Item = &Municipality> {
-        self.municipalities.iter().filter(|m| m.eligible())
-    }
-
-    #[cfg(test)]
-    /// Whether `id` names a service of the catalog.
-    pub(crate) fn has_service(&self, id: u16) -> bool {
-        self.services.iter().any(|s| s.id == id)
-    }
-
-    /// The highest service id; the wire check rejects anything outside `1..=max`.
-    pub(crate) fn service_id_max(&self) -> u16 {
-        self.services.iter().map(|s| s.id).max().unwrap_or(0)
-    }
-}
+pub(super) const TERMINALS_FORMAT_VERSION: u32 = 1;
 
 /// A terminal's secret: 32 random bytes, written as 64 hexadecimal characters.
 #[derive(Clone, PartialEq, Eq)]
@@ -512,109 +360,6 @@ fn now_ms() -> i64 {
     crate::clock::now_ms()
 }
 
-// ---------------------------------------------------------------------------------------------
-// Administrations: what the program's bonus rule needs beyond the ISTAT list.
-
-/// The 2009 bonus for a terminal or a turnkey kit, once per administration.
-pub(crate) const BONUS_TERMINAL_EUR: u32 = 400;
-/// Added when the administration had no digital signature.
-pub(crate) const BONUS_NO_DIGITAL_SIGNATURE_EUR: u32 = 50;
-/// Added when the administration had no certified e-mail box (PEC).
-pub(crate) const BONUS_NO_PEC_EUR: u32 = 10;
-/// The most one administration could receive.
-pub(crate) const BONUS_MAX_EUR: u32 = 460;
-
-/// Version of `administrations.json`.
-const ADMINISTRATIONS_FORMAT_VERSION: u32 = 1;
-
-/// What the registry records of one administration: whether it already has a digital signature
-/// and a certified e-mail box. `None`: not recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct AdministrationRecord {
-    /// Six-digit ISTAT code.
-    pub(crate) municipality: String,
-    #[serde(default)]
-    pub(crate) digital_signature: Option<bool>,
-    #[serde(default)]
-    pub(crate) pec: Option<bool>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct AdministrationsFile {
-    version: u32,
-    administrations: Vec<AdministrationRecord>,
-}
-
-/// The bonus an administration would receive under the 2009 rule: 400 € for the terminal or kit
-/// if it is eligible (under 5,000 inhabitants), plus 50 € if it is known to lack a digital
-/// signature and 10 € if it is known to lack a PEC box, at most 460 €, once. `None` when it is
-/// not eligible. An attribute not recorded adds nothing.
-pub(crate) fn bonus_eur(eligible: bool, digital_signature: Option<bool>, pec: Option<bool>) -> Option<u32> {
-    if !eligible {
-        return None;
-    }
-    let signature = if digital_signature == Some(false) { BONUS_NO_DIGITAL_SIGNATURE_EUR } else { 0 };
-    let pec = if pec == Some(false) { BONUS_NO_PEC_EUR } else { 0 };
-    Some((BONUS_TERMINAL_EUR + signature + pec).min(BONUS_MAX_EUR))
-}
-
-fn administrations_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("administrations.json")
-}
-
-/// The recorded attributes of administrations, in ISTAT order (an absent file records none).
-///
-/// # Errors
-/// When the file exists but cannot be read or parsed.
-pub(crate) fn list_administrations(data_dir: &Path) -> Result<Vec<AdministrationRecord>, RegistryError> {
-    let path = administrations_path(data_dir);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(source) => return Err(RegistryError::Io { path, source }),
-    };
-    let file: AdministrationsFile = serde_json::from_str(&text).map_err(|source| RegistryError::Parse { path: path.clone(), source })?;
-    if file.version != ADMINISTRATIONS_FORMAT_VERSION {
-        return Err(RegistryError::Version { path, found: file.version });
-    }
-    Ok(file.administrations)
-}
-
-/// Records whether an administration has a digital signature and a PEC box (`None` leaves an
-/// attribute as it was).
-///
-/// # Errors
-/// Unknown municipality, or the file cannot be read or written.
-pub(crate) fn set_administration(
-    data_dir: &Path,
-    municipality: IstatCode,
-    digital_signature: Option<bool>,
-    pec: Option<bool>,
-) -> Result<AdministrationRecord, RegistryError> {
-    if Catalog::builtin().municipality(municipality).is_none() {
-        return Err(RegistryError::UnknownMunicipality(municipality.to_string()));
-    }
-    let mut administrations = list_administrations(data_dir)?;
-    let code = municipality.to_string();
-    let index = match administrations.iter().position(|a| a.municipality == code) {
-        Some(index) => index,
-        None => {
-            administrations.push(AdministrationRecord { municipality: code, digital_signature: None, pec: None });
-            administrations.len() - 1
-        }
-    };
-    let record = &mut administrations[index];
-    record.digital_signature = digital_signature.or(record.digital_signature);
-    record.pec = pec.or(record.pec);
-    let record = record.clone();
-    administrations.sort_by(|a, b| a.municipality.cmp(&b.municipality));
-    let file = AdministrationsFile { version: ADMINISTRATIONS_FORMAT_VERSION, administrations };
-    let path = administrations_path(data_dir);
-    let text = serde_json::to_string_pretty(&file).expect("the administrations file serialises");
-    crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| RegistryError::Io { path, source })?;
-    Ok(record)
-}
-
 /// Writes credentials as CSV, the format `Credential::read_csv` reads.
 ///
 /// # Errors
@@ -632,21 +377,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtin_catalog_holds_the_registry() {
-        let catalog = Catalog::builtin();
-        assert_eq!(catalog.municipalities.len(), 7904);
-        assert_eq!(catalog.eligible().count(), 5490);
-        let aglie = catalog.municipality(IstatCode(1001)).expect("Agliè");
-        assert_eq!(aglie.name, "Agliè");
-        assert_eq!(aglie.province, "TO");
-        assert!(aglie.eligible());
-        assert_eq!(catalog.services[0].id, 1);
-        assert!(catalog.has_service(1) && !catalog.has_service(0));
-        let share: f64 = catalog.services.iter().map(|s| s.share).sum();
-        assert!((share - 1.0).abs() < 1e-9, "service shares sum to 1, got {share}");
-    }
-
-    #[test]
     fn terminals_add_authenticate_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let added = add_terminals(dir.path(), IstatCode(1003), 2, "test").unwrap();
@@ -661,28 +391,6 @@ mod tests {
         directory.reload().unwrap();
         assert_eq!(directory.authenticate(1, &added[0].secret), Err(AuthError::Revoked));
         assert!(matches!(add_terminals(dir.path(), IstatCode(999_999), 1, ""), Err(RegistryError::UnknownMunicipality(_))));
-    }
-
-    #[test]
-    fn bonus_follows_the_2009_rule() {
-        // 400 € for the terminal; +50 € without a digital signature; +10 € without PEC.
-        assert_eq!(bonus_eur(true, Some(true), Some(true)), Some(400));
-        assert_eq!(bonus_eur(true, Some(false), Some(true)), Some(450));
-        assert_eq!(bonus_eur(true, Some(true), Some(false)), Some(410));
-        assert_eq!(bonus_eur(true, Some(false), Some(false)), Some(460));
-        assert_eq!(bonus_eur(true, None, None), Some(400));
-        assert_eq!(bonus_eur(false, Some(false), Some(false)), None);
-    }
-
-    #[test]
-    fn administration_attributes_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(list_administrations(dir.path()).unwrap().is_empty());
-        set_administration(dir.path(), IstatCode(1003), Some(false), None).unwrap();
-        let record = set_administration(dir.path(), IstatCode(1003), None, Some(true)).unwrap();
-        assert_eq!((record.digital_signature, record.pec), (Some(false), Some(true)));
-        assert_eq!(list_administrations(dir.path()).unwrap(), vec![record]);
-        assert!(matches!(set_administration(dir.path(), IstatCode(999_999), None, None), Err(RegistryError::UnknownMunicipality(_))));
     }
 
     #[test]

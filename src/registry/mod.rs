@@ -1,0 +1,71 @@
+//! The registry: who may vote and what they vote on.
+//!
+//! Owns the municipality list (`data/comuni.csv`, ISTAT), the service catalog
+//! (`schemas/services.csv`) and the terminal directory (`DATA_DIR/terminals.json`: terminal id →
+//! municipality and credential). Both catalogs are compiled into the binary so that faccia runs
+//! from any directory; the terminal directory is the only registry state that changes at run
+//! time, written by `faccia terminals` and read (and re-read when it changes) by the server.
+//!
+//! Architecture invariant: the registry never sees the network. It answers "who is terminal 42
+//! and is this its secret", and the municipality of a vote always comes from here.
+
+//!
+//! One file per job: `catalog` (municipalities and services, compiled in), `directory`
+//! (terminals, secrets, credentials, `terminals.json`), `administrations` (what the
+//! programme's bonus rule needs, `administrations.json`). The names are re-exported here.
+
+use std::path::PathBuf;
+
+use crate::model::TerminalId;
+
+mod administrations;
+mod catalog;
+mod directory;
+
+pub(crate) use administrations::{AdministrationRecord, bonus_eur, list_administrations, set_administration};
+pub(crate) use catalog::{Catalog, Municipality};
+pub(crate) use directory::{AuthError, add_terminals_bulk, list_terminals, write_credentials_csv};
+pub use directory::{Credential, Secret, TerminalDirectory, add_terminals, revoke_terminal};
+
+/// What can go wrong reading or changing the registry's files (`terminals.json`, `administrations.json`) or parsing a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A registry file (or its directory or lock file) could not be read, written or locked.
+    #[error("reading {path}")]
+    Io {
+        /// The registry file being read or written.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A registry file is not JSON of the expected shape.
+    #[error("{path} is not a faccia terminal directory")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The JSON error, with its line and column.
+        source: serde_json::Error,
+    },
+    /// A registry file declares a format version this faccia does not read.
+    #[error("{path} has format version {found}; this faccia reads version {}", directory::TERMINALS_FORMAT_VERSION)]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The format version the file declares.
+        found: u32,
+    },
+    /// An ISTAT code that names no municipality of the built-in registry (`data/comuni.csv`).
+    #[error("municipality {0} is not in the registry (data/comuni.csv)")]
+    UnknownMunicipality(String),
+    /// No registered terminal has this id.
+    #[error("terminal {0} is not registered")]
+    UnknownTerminal(TerminalId),
+    /// A terminal secret is not 64 hexadecimal characters (wrong length, or a character that is not hexadecimal).
+    #[error("a terminal secret is {expected} hexadecimal characters; got {found}")]
+    SecretFormat {
+        /// Length a secret must have: 64 characters (32 bytes in hexadecimal).
+        expected: usize,
+        /// Length of the text given, in bytes, after trimming surrounding whitespace.
+        found: usize,
+    },
+}
