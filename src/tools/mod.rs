@@ -3,9 +3,10 @@
 //! the whole path in one command (`demo`), and the child `faccia serve` process the bench and
 //! the crash test drive (`process`).
 //!
-//! Architecture invariant: the tools use the server only as a user would — as a process over
-//! QUIC (`terminal`), or through the same library calls the commands make (`query`,
-//! `storage::dataset`) — and none of them runs inside a serving process.
+//! Architecture invariant: the tools use the server only as a user would — as a `faccia serve`
+//! process reached over QUIC (`bench`, `crashtest`, through `process` and `terminal`), as the
+//! in-process `Server` the `demo` command starts, or through the library calls the commands
+//! make (`query`, `storage::dataset`); nothing in a serving process calls into `tools`.
 
 pub mod bench;
 pub mod crashtest;
