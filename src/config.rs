@@ -58,7 +58,7 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// Private key of `tls_cert` (PEM), given together with it.
     pub tls_key: Option<PathBuf>,
-    /// Issue TLS session tickets that survive restarts (`tls::SessionTickets`), so that
+    /// Issue TLS session tickets that survive restarts (`transport::tls::SessionTickets`), so that
     /// terminals resume instead of running full handshakes after a restart.
     pub tls_session_tickets: bool,
     /// Ingest limits, the `[limits]` table (`Limits` gives each field and its reason).

@@ -1,7 +1,7 @@
 //! The server process: assembles the engine, the terminal directory, TLS and the ingest
 //! endpoint, runs them, and stops them in order.
 //!
-//! Analysts reach the same engine over Flight SQL (`flight`) and HTTP (`http`), both on one SQL
+//! Analysts reach the same engine over Flight SQL (`analysts::flight`) and HTTP (`analysts::http`), both on one SQL
 //! context that sees the engine's memory (`query::server_context`).
 //!
 //! Shutdown order is what makes Ctrl-C lose nothing: stop accepting connections and streams →
@@ -20,7 +20,7 @@ use crate::analysts::service::SqlService;
 use crate::analysts::tokens::{AnalystTokens, TokenSource};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::ingest::endpoint::{self as ingest, Listeners, Shared};
+use crate::ingest::endpoint::{self, Listeners, Shared};
 use crate::metrics::Metrics;
 use crate::registry::TerminalDirectory;
 use crate::storage::engine::{Engine, EngineConfig};
@@ -100,9 +100,9 @@ impl Server {
         };
         let resumed = engine.metrics.tls_sessions_resumed.clone();
         let tickets = config.tls_session_tickets.then(|| tls::SessionTickets::open(&data_dir, resumed)).transpose()?;
-        let quic = ingest::server_config(tls::server_config(identity, tickets)?, &config.limits)?;
+        let quic = endpoint::server_config(tls::server_config(identity, tickets)?, &config.limits)?;
         let reset_key = tls::reset_key(&data_dir)?;
-        let listeners = ingest::bind(config.listen, quic, &reset_key, config.ingest_sockets)
+        let listeners = endpoint::bind(config.listen, quic, &reset_key, config.ingest_sockets)
             .with_context(|| format!("binding the ingest address {}", config.listen))?;
         let listeners = Arc::new(listeners);
         let ingest_addr = listeners.local_addr();

@@ -11,7 +11,7 @@
 //! appended to the log. The municipality of every vote is the terminal's registered one. A
 //! terminal revoked while connected is disconnected once the directory reload notices it.
 //!
-//! Architecture invariant: only this module knows QUIC. It never touches the disk: a batch goes
+//! Architecture invariant: only `ingest` and `terminal` know QUIC. This never touches the disk: a batch goes
 //! to the engine and the reply waits for the engine's durable acknowledgement.
 
 use std::net::SocketAddr;
@@ -537,7 +537,7 @@ fn flag_counts(flags: &[u8]) -> Vec<(Rule, u64)> {
 /// `SO_REUSEPORT`, so that the kernel spreads connections over them (by address hash, so a
 /// connection's packets always reach the same socket) and one endpoint driver per socket runs
 /// on its own worker thread. `reset_key` signs stateless resets: kept across restarts (see
-/// `tls::reset_key`), it lets a restarted server tell the terminals of the previous process at
+/// `transport::tls::reset_key`), it lets a restarted server tell the terminals of the previous process at
 /// once that their connections are gone, instead of leaving them to time out.
 ///
 /// # Errors

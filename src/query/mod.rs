@@ -12,7 +12,9 @@
 //! Two contexts: `context` for `faccia sql` (a separate process: the log tail is read without
 //! touching it) and `server_context` for the server's endpoints (the engine's memory).
 //!
-//! Architecture invariant: the query path never writes to the dataset or the log.
+//! Architecture invariants: the query path never writes to the dataset or the log, and never
+//! repairs what it reads (`storage::wal::read_tail` stops at a torn record); it knows no network
+//! (the endpoints are `analysts`'), and `tests.rs` checks it against hand-computed indices.
 
 pub(crate) mod calendar;
 pub mod formats;

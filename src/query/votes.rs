@@ -13,7 +13,7 @@
 //!
 //! The split is by log sequence number, not by time: the flusher publishes a file a moment
 //! before its rows leave memory, and the watermark moves with the rows in one step
-//! (`engine::MemorySnapshot`), so a file is counted exactly when its rows are not.
+//! (`storage::engine::MemorySnapshot`), so a file is counted exactly when its rows are not.
 //! The snapshot is taken before the files are listed: a flush that commits in between only
 //! adds files that the snapshot's watermark excludes.
 //!

@@ -70,7 +70,7 @@ pub(crate) fn list_administrations(data_dir: &Path) -> Result<Vec<Administration
     };
     let file: AdministrationsFile = serde_json::from_str(&text).map_err(|source| RegistryError::Parse { path: path.clone(), source })?;
     if file.version != ADMINISTRATIONS_FORMAT_VERSION {
-        return Err(RegistryError::Version { path, found: file.version });
+        return Err(RegistryError::Version { path, found: file.version, expected: ADMINISTRATIONS_FORMAT_VERSION });
     }
     Ok(file.administrations)
 }

@@ -22,7 +22,7 @@ use crate::model::{IstatCode, TerminalId};
 pub(crate) const SECRET_BYTES: usize = 32;
 
 /// Version of `terminals.json`; bumped on any incompatible change.
-pub(super) const TERMINALS_FORMAT_VERSION: u32 = 1;
+const TERMINALS_FORMAT_VERSION: u32 = 1;
 
 /// A terminal's secret: 32 random bytes, written as 64 hexadecimal characters.
 #[derive(Clone, PartialEq, Eq)]
@@ -337,7 +337,7 @@ fn read_terminals(path: &Path) -> Result<TerminalsFile, RegistryError> {
     };
     let file: TerminalsFile = serde_json::from_str(&text).map_err(|source| RegistryError::Parse { path: path.to_path_buf(), source })?;
     if file.version != TERMINALS_FORMAT_VERSION {
-        return Err(RegistryError::Version { path: path.to_path_buf(), found: file.version });
+        return Err(RegistryError::Version { path: path.to_path_buf(), found: file.version, expected: TERMINALS_FORMAT_VERSION });
     }
     Ok(file)
 }

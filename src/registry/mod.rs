@@ -3,16 +3,16 @@
 //! Owns the municipality list (`data/comuni.csv`, ISTAT), the service catalog
 //! (`schemas/services.csv`) and the terminal directory (`DATA_DIR/terminals.json`: terminal id →
 //! municipality and credential). Both catalogs are compiled into the binary so that faccia runs
-//! from any directory; the terminal directory is the only registry state that changes at run
-//! time, written by `faccia terminals` and read (and re-read when it changes) by the server.
-//!
-//! Architecture invariant: the registry never sees the network. It answers "who is terminal 42
-//! and is this its secret", and the municipality of a vote always comes from here.
-
+//! from any directory; the terminal directory (written by `faccia terminals`, re-read by the
+//! server when it changes) and `DATA_DIR/administrations.json` (written by `faccia
+//! administrations`) are the registry state that changes at run time.
 //!
 //! One file per job: `catalog` (municipalities and services, compiled in), `directory`
 //! (terminals, secrets, credentials, `terminals.json`), `administrations` (what the
 //! programme's bonus rule needs, `administrations.json`). The names are re-exported here.
+//!
+//! Architecture invariant: the registry never sees the network. It answers "who is terminal 42
+//! and is this its secret", and the municipality of a vote always comes from here.
 
 use std::path::PathBuf;
 
@@ -47,12 +47,14 @@ pub enum RegistryError {
         source: serde_json::Error,
     },
     /// A registry file declares a format version this faccia does not read.
-    #[error("{path} has format version {found}; this faccia reads version {}", directory::TERMINALS_FORMAT_VERSION)]
+    #[error("{path} has format version {found}; this faccia reads version {expected}")]
     Version {
         /// The file.
         path: PathBuf,
         /// The format version the file declares.
         found: u32,
+        /// The format version this build reads for that file.
+        expected: u32,
     },
     /// An ISTAT code that names no municipality of the built-in registry (`data/comuni.csv`).
     #[error("municipality {0} is not in the registry (data/comuni.csv)")]

@@ -1,5 +1,6 @@
-//! Fault injection: I/O errors on demand and crash points, for the fault tests and the
-//! crash-test tool.
+//! Fault injection: I/O errors on demand and crash points, for the fault tests. Compiled into
+//! every build and off unless a test turns a switch on (`server::Hooks`) or `FACCIA_CRASH_POINT`
+//! is set in a server's environment.
 //!
 //! `Faults` is a set of switches the engine consults right before each durable write (log
 //! write, log fsync, Parquet file, checkpoint); a switched-on fault fails that operation with

@@ -17,7 +17,8 @@
 //!   validated, read through `faccia_core::wire::BatchView`;
 //! - nothing is acknowledged before the fsync that covers it (`wal`), and no log segment is
 //!   removed below a watermark the checkpoint has not committed (`engine`);
-//! - `buffer`, `parquet` and `rollup` do no I/O; only `dataset`, `wal`, `checkpoint` write.
+//! - `buffer`, `parquet` and `rollup` do no I/O; only `dataset`, `wal`, `checkpoint` and `engine`
+//!   (the data directory and its `node-id` at start) write.
 
 pub mod buffer;
 pub(crate) mod checkpoint;

@@ -26,7 +26,7 @@ const REASON_SHARES: [f64; 4] = [0.42, 0.28, 0.18, 0.12];
 /// Share of red faces where the citizen skips the reason question.
 const REASON_SKIPPED: f64 = 0.10;
 /// Time between two citizens at one terminal: stepping up, choosing a service, then a face.
-/// Longer than the misuse rules' windows (`misuse::MisuseRules` defaults: 1 s and 5 s).
+/// Longer than the misuse rules' windows (`ingest::misuse::MisuseRules` defaults: 1 s and 5 s).
 const CITIZEN_GAP_MS: std::ops::RangeInclusive<i64> = 6_000..=30_000;
 /// How far back a simulated terminal's clock starts (and goes back to when it would pass the
 /// real clock): well inside `past_age_ms`.

@@ -54,7 +54,7 @@ pub(crate) async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usiz
     let municipalities: std::collections::HashSet<_> = slots.iter().collect();
 
     // The demo answers with SQL itself: no analysts' endpoints. Simulated terminals send a
-    // compressed day of votes in seconds (see `simulate`): lift the per-terminal vote budget,
+    // compressed day of votes in seconds (see `terminal::simulate`): lift the per-terminal vote budget,
     // which is sized for people pressing buttons.
     let limits = Limits { votes_per_terminal_per_minute_max: u32::MAX, ..Limits::default() };
     let config = Config {

@@ -4,7 +4,7 @@
 //! Shape: the real small municipalities (`registry`), with skew — a municipality's share of the
 //! votes grows with its population and varies with its adoption (log-normal-like), and 1 to 3
 //! terminals each; weekdays busier than Saturday, hardly anything on Sunday; office hours at the
-//! counter, evenings on the web; faces, services, channels and reasons from `simulate`; a small
+//! counter, evenings on the web; faces, services, channels and reasons from `terminal::simulate`; a small
 //! share flagged as misuse. One file per day, as a server that flushes once a day would write.
 //! Deterministic for a given seed.
 //!

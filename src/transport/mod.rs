@@ -4,8 +4,9 @@
 //! certificate, session tickets that survive restarts, the stateless-reset key) and UDP
 //! sockets with the buffers a fleet needs (`udp`).
 //!
-//! Architecture invariant: nothing here knows QUIC connections, frames or votes; it does not
-//! depend on `ingest` or `terminal`, which both depend on it.
+//! Architecture invariant: nothing here knows QUIC connections, frames or votes (of the wire
+//! format it uses only the ALPN name, `wire::ALPN`); it does not depend on `ingest` or
+//! `terminal`, which both depend on it.
 
 pub mod tls;
 pub(crate) mod udp;

@@ -1,8 +1,8 @@
 //! The vote model: faces, channels, reasons and services, as the rest of faccia sees them.
 //!
 //! These are the internal types; `wire` converts its archived bytes into them at the edge and
-//! `store` turns them into Arrow columns. The numeric codes are part of the wire protocol and of
-//! the stored data (`schemas/protocol.md`, `schemas/storage.md`): never renumber them.
+//! `storage::buffer` (in faccia) turns them into Arrow columns. The numeric codes are part of
+//! the wire protocol and of the stored data (`schemas/protocol.md`, `schemas/storage.md`): never renumber them.
 
 use std::fmt;
 

@@ -93,7 +93,7 @@ pub fn frame(kind: FrameKind, archive: &[u8]) -> Vec<u8> {
 
 /// Splits one whole frame held in memory into its header and payload: the header checked as
 /// `FrameHeader::decode` does, then the payload's length exactly as announced. The server reads
-/// frames from a stream with the same checks in the same order (`ingest::read_frame`).
+/// frames from a stream with the same checks in the same order (`ingest::endpoint::read_frame` in faccia).
 ///
 /// # Errors
 /// `MalformedFrame` for a frame cut short or followed by extra bytes, and the errors of

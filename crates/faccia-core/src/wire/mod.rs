@@ -1,8 +1,12 @@
 //! The terminal wire protocol, version 1: frame header, rkyv message layouts, validation.
 //!
+//! One file per job: `frame` (the header), `error` (codes and rejections), `messages` (the rkyv
+//! layouts, encoding, reading replies), `validate` (`BatchRules`, `BatchView`); `tests` pins the
+//! layout.
+//!
 //! Architecture invariant: only this module knows rkyv. Everything else sees `BatchView` (a
 //! validated archive read in place), the plain `Rejection`/`ErrorCode` types and byte buffers.
-//! `schemas/protocol.md` specifies the same bytes for terminal vendors; the tests at the bottom
+//! `schemas/protocol.md` specifies the same bytes for terminal vendors; the tests in `tests.rs`
 //! pin the layout so that the text and the code cannot drift apart.
 //!
 //! A frame is an 8-byte header followed by one rkyv archive:
@@ -10,11 +14,6 @@
 //! ```text
 //! 0..2  magic "FC"    2  version (1)    3  kind    4..8  payload length, u32 little-endian
 //! ```
-
-//!
-//! One file per job: `frame` (the header), `error` (codes and rejections), `messages` (the rkyv
-//! layouts, encoding, reading replies), `validate` (`BatchRules`, `BatchView`); `tests` pins the
-//! layout.
 
 mod error;
 mod frame;
