@@ -45,6 +45,12 @@ const HELLO_BYTES_MAX: u32 = 256;
 const STATELESS_RESET_INTERVAL: Duration = Duration::from_micros(50);
 /// How long a refused connection waits for its reply to be read before it is closed.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// How long binding waits for an address still held to be released. A server stopped in this
+/// process gives its sockets back only when quinn's endpoint driver task next runs, a moment
+/// after `Server::stop` returns (longer on a loaded machine); a server restarted in the same
+/// process on the same port waits for that instead of failing. Another process holding the
+/// address fails the bind after this wait.
+const ADDRESS_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// What every connection task shares.
 pub struct Shared {
@@ -561,7 +567,7 @@ pub(crate) fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("the ingest endpoint needs a tokio runtime"))?;
     // SO_REUSEPORT would let a second server on the same port silently take half the traffic:
     // make sure nobody holds the address first (this also picks the port when asked for 0).
-    let addr = std::net::UdpSocket::bind(listen)?.local_addr()?;
+    let addr = bind_unshared(listen)?.local_addr()?;
     let mut endpoints = Vec::with_capacity(sockets.max(1));
     for _ in 0..sockets.max(1) {
         let socket = crate::transport::udp::udp_socket_shared(addr)?;
@@ -604,5 +610,41 @@ impl Listeners {
         }
         let idle = futures::future::join_all(self.endpoints.iter().map(quinn::Endpoint::wait_idle));
         let _ = tokio::time::timeout(linger, idle).await;
+    }
+}
+
+/// Binds `listen` without `SO_REUSEPORT`, retrying for up to `ADDRESS_RELEASE_WAIT` while the
+/// address is in use. Called once at start; the waits are short blocking sleeps.
+fn bind_unshared(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let deadline = std::time::Instant::now() + ADDRESS_RELEASE_WAIT;
+    loop {
+        match std::net::UdpSocket::bind(listen) {
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_waits_for_an_address_being_released_and_no_longer() {
+        // Proves: an address released within ADDRESS_RELEASE_WAIT is bound (a server restarted in
+        // the same process on its predecessor's port), one held longer fails with AddrInUse.
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        assert_eq!(bind_unshared(addr).unwrap().local_addr().unwrap(), addr);
+        release.join().unwrap();
+        let kept = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let error = bind_unshared(kept.local_addr().unwrap()).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
     }
 }
