@@ -161,6 +161,10 @@ pub enum Command {
         /// Random seed: the same seed writes the same votes.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Write each day as this many flushes of consecutive time slices, as a server flushing
+        /// every 24 h / N leaves it (144: a flush every 10 minutes). 1 to 1440.
+        #[arg(long, default_value_t = 1)]
+        flushes_per_day: u32,
     },
     /// Start a server on a temporary directory, run simulated terminals across small
     /// municipalities, stop the server and print the per-service satisfaction index.
@@ -336,7 +340,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Crashtest { data_dir, rounds, terminals, min_ms, max_ms, seed } => {
             crashtest(data_dir, rounds, terminals, (min_ms, max_ms), seed).await
         }
-        Command::Generate { data, votes, days, end, seed } => generate(&data.data_dir, votes, days, end, seed).await,
+        Command::Generate { data, votes, days, end, seed, flushes_per_day } => {
+            generate(&data.data_dir, votes, days, end, seed, flushes_per_day).await
+        }
     }
 }
 
@@ -348,12 +354,23 @@ async fn serve(data_dir: &Path, config: Config) -> anyhow::Result<()> {
     server.run_until_signal().await
 }
 
-async fn generate(data_dir: &Path, votes: u64, days: u32, end: Option<chrono::NaiveDate>, seed: u64) -> anyhow::Result<()> {
+async fn generate(
+    data_dir: &Path,
+    votes: u64,
+    days: u32,
+    end: Option<chrono::NaiveDate>,
+    seed: u64,
+    flushes_per_day: u32,
+) -> anyhow::Result<()> {
     if days == 0 {
         bail!("--days must be at least 1");
     }
+    let most = crate::tools::generate::FLUSHES_PER_DAY_MAX;
+    if !(1..=most).contains(&flushes_per_day) {
+        bail!("--flushes-per-day is {flushes_per_day}; it must be 1 to {most} (one flush a minute)");
+    }
     let yesterday = crate::storage::buffer::partition_date(crate::clock::now_ms()) - chrono::Days::new(1);
-    let plan = crate::tools::generate::GeneratePlan { votes, days, end: end.unwrap_or(yesterday), seed };
+    let plan = crate::tools::generate::GeneratePlan { votes, days, end: end.unwrap_or(yesterday), seed, flushes_per_day };
     let started = Instant::now();
     let report = crate::tools::generate::generate(data_dir, &plan, |day, so_far| {
         eprintln!(

@@ -5,8 +5,10 @@
 //! votes grows with its population and varies with its adoption (log-normal-like), and 1 to 3
 //! terminals each; weekdays busier than Saturday, hardly anything on Sunday; office hours at the
 //! counter, evenings on the web; faces, services, channels and reasons from `terminal::simulate`; a small
-//! share flagged as misuse. One file per day, as a server that flushes once a day would write.
-//! Deterministic for a given seed.
+//! share flagged as misuse. Each day is written as `flushes_per_day` flushes, as a server that
+//! flushes every 24 h / N would leave it: flush k holds the votes of the k-th slice of the day
+//! in Italy (a slice without votes writes nothing). One flush a day by default. Deterministic
+//! for a given seed (whatever the number of flushes, the same votes).
 //!
 //! Files are named after the node `generated`, so a server started later on the same directory
 //! (another node id) counts them as committed data of another node.
@@ -49,7 +51,14 @@ pub(crate) struct GeneratePlan {
     pub(crate) end: NaiveDate,
     /// Seed of the random generator: the same plan and seed give the same dataset.
     pub(crate) seed: u64,
+    /// Flushes per day, 1..=`FLUSHES_PER_DAY_MAX`: each day's votes are written as this many
+    /// flushes of consecutive time slices (the small files a server flushing on its age
+    /// threshold leaves).
+    pub(crate) flushes_per_day: u32,
 }
+
+/// Most flushes a day: one a minute.
+pub(crate) const FLUSHES_PER_DAY_MAX: u32 = 1440;
 
 /// What was written.
 #[derive(Debug, Default, Clone)]
@@ -92,8 +101,11 @@ pub(crate) async fn generate(
         let weight = WEEKDAY_WEIGHTS[day.weekday().num_days_from_monday() as usize];
         let count = (plan.votes as f64 * weight / total_weight).round() as u64;
         let count = if index + 1 == days.len() { plan.votes.saturating_sub(report.votes) } else { count };
-        let mut rows = VoteBuffer::with_capacity(count as usize);
+        let flushes = plan.flushes_per_day.clamp(1, FLUSHES_PER_DAY_MAX);
+        let mut slices: Vec<VoteBuffer> = (0..flushes).map(|_| VoteBuffer::with_capacity(count as usize / flushes as usize)).collect();
         let midnight = midnight_ms(*day);
+        // The day in Italy is 23 or 25 hours long when the clocks change.
+        let day_ms = midnight_ms(*day + chrono::Days::new(1)) - midnight;
         for _ in 0..count {
             let site = &mut sites[pick_site.sample(&mut rng)];
             let vote = site.simulator.vote(0);
@@ -109,13 +121,23 @@ pub(crate) async fn generate(
                 reason: vote.reason,
                 at_ms,
             };
-            rows.push(&vote, u8::from(rng.random_bool(MISUSE_SHARE)));
+            let slice = ((at_ms - midnight).clamp(0, day_ms - 1) * i64::from(flushes) / day_ms) as usize;
+            slices[slice].push(&vote, u8::from(rng.random_bool(MISUSE_SHARE)));
         }
-        let lsn_first = index as u64 * (1 << 32) + 1;
-        let written = dataset.write_flush(&[rows.finish()], lsn_first, lsn_first + count.max(1) - 1).await?;
+        // Each flush covers the next log range of the day, as a server's flushes do.
+        let mut lsn_first = index as u64 * (1 << 32) + 1;
+        for (slice, mut rows) in slices.into_iter().enumerate() {
+            let rows_in_slice = rows.len() as u64;
+            if rows_in_slice == 0 && !(flushes == 1 && slice == 0) {
+                continue;
+            }
+            let lsn_last = lsn_first + rows_in_slice.max(1) - 1;
+            let written = dataset.write_flush(&[rows.finish()], lsn_first, lsn_last).await?;
+            lsn_first = lsn_last + 1;
+            report.files += written.len();
+            report.bytes += written.iter().map(|(_, len)| *len as u64).sum::<u64>();
+        }
         report.votes += count;
-        report.files += written.len();
-        report.bytes += written.iter().map(|(_, len)| *len as u64).sum::<u64>();
         progress(*day, &report);
     }
     Ok(report)
@@ -156,7 +178,8 @@ mod tests {
     #[tokio::test]
     async fn generated_days_are_readable_and_counted_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let plan = GeneratePlan { votes: 20_000, days: 3, end: NaiveDate::from_ymd_opt(2026, 11, 18).unwrap(), seed: 7 };
+        let plan =
+            GeneratePlan { votes: 20_000, days: 3, end: NaiveDate::from_ymd_opt(2026, 11, 18).unwrap(), seed: 7, flushes_per_day: 1 };
         let report = generate(dir.path(), &plan, |_, _| {}).await.unwrap();
         assert_eq!((report.votes, report.files), (20_000, 3));
         let ctx = crate::query::context(dir.path()).await.unwrap();
@@ -166,5 +189,48 @@ mod tests {
         // Office hours: nothing at the counter at 3 a.m. in Italy.
         let night = crate::query::run(&ctx, "SELECT count(*) FROM votes WHERE channel = 0 AND date_part('hour', ts) = 3").await.unwrap();
         assert_eq!(night[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0), 0);
+    }
+
+    #[tokio::test]
+    async fn flushes_per_day_split_each_day_into_consecutive_slices_of_the_same_votes() {
+        // Proves: with N flushes a day the same votes are written (same counts by day and hour),
+        // as up to N files a day, each holding one slice of the day and its own log range.
+        let end = NaiveDate::from_ymd_opt(2026, 11, 18).unwrap();
+        let one = tempfile::tempdir().unwrap();
+        let many = tempfile::tempdir().unwrap();
+        let plan = GeneratePlan { votes: 20_000, days: 2, end, seed: 7, flushes_per_day: 1 };
+        generate(one.path(), &plan, |_, _| {}).await.unwrap();
+        let report = generate(many.path(), &GeneratePlan { flushes_per_day: 24, ..plan }, |_, _| {}).await.unwrap();
+        assert_eq!(report.votes, 20_000);
+        assert!(report.files > 2 * 12 && report.files <= 2 * 24, "up to 24 files a day, one per busy hour: {}", report.files);
+        let by_hour =
+            "SELECT date, date_part('hour', ts AT TIME ZONE 'Europe/Rome') AS h, count(*) AS n FROM votes GROUP BY 1, 2 ORDER BY 1, 2";
+        let table = |dir: std::path::PathBuf| async move {
+            let ctx = crate::query::context(&dir).await.unwrap();
+            arrow::util::pretty::pretty_format_batches(&crate::query::run(&ctx, by_hour).await.unwrap()).unwrap().to_string()
+        };
+        assert_eq!(table(one.path().to_path_buf()).await, table(many.path().to_path_buf()).await, "the same votes by day and hour");
+        let store = object_store::local::LocalFileSystem::new_with_prefix(many.path()).unwrap();
+        let parts = crate::storage::dataset::list_parts(&store).await.unwrap();
+        assert_eq!(parts.len(), report.files);
+        let mut ranges: Vec<(u64, u64)> = parts.iter().map(|p| (p.lsn_first, p.lsn_last)).collect();
+        ranges.sort_unstable();
+        assert!(ranges.windows(2).all(|w| w[0].1 < w[1].0), "log ranges are disjoint: {ranges:?}");
+        for part in &parts {
+            // Every vote of a file lies in one hour of the day in Italy (the 24 slices of a
+            // 24-hour day).
+            let file = std::fs::File::open(many.path().join(part.path.as_ref())).unwrap();
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+            let mut clock = crate::storage::buffer::LocalClock::default();
+            let mut hours = std::collections::BTreeSet::new();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let ts = arrow::array::AsArray::as_primitive::<arrow::datatypes::TimestampMillisecondType>(
+                    batch.column(crate::storage::buffer::col::TS),
+                );
+                hours.extend(ts.values().iter().map(|&t| clock.local_ms(t).rem_euclid(86_400_000) / 3_600_000));
+            }
+            assert_eq!(hours.len(), 1, "{} holds one hour's votes: {hours:?}", part.path);
+        }
     }
 }
