@@ -79,7 +79,7 @@ pub struct Shared {
 impl Shared {
     /// The state shared by the accept loop and every connection; `config` has been checked
     /// (`Config::check`).
-    pub fn new(engine: Arc<Engine>, directory: Arc<TerminalDirectory>, config: &Config, clock: Arc<dyn Clock>) -> Shared {
+    pub(crate) fn new(engine: Arc<Engine>, directory: Arc<TerminalDirectory>, config: &Config, clock: Arc<dyn Clock>) -> Shared {
         let metrics = Arc::clone(&engine.metrics);
         let limits = config.limits.clone();
         let budget = Semaphore::new(limits.buffered_bytes_max.min(Semaphore::MAX_PERMITS as u64) as usize);
@@ -127,7 +127,7 @@ pub(crate) fn server_config(tls: rustls::ServerConfig, limits: &Limits) -> anyho
 
 /// Accepts connections on `endpoint` until `shutdown` turns true, then waits for the
 /// connections to finish their in-flight batches and close. The server runs one per socket.
-pub async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
     loop {
         let incoming = tokio::select! {
