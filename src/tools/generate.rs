@@ -126,12 +126,8 @@ pub(crate) async fn generate(
         }
         // Each flush covers the next log range of the day, as a server's flushes do.
         let mut lsn_first = index as u64 * (1 << 32) + 1;
-        for (slice, mut rows) in slices.into_iter().enumerate() {
-            let rows_in_slice = rows.len() as u64;
-            if rows_in_slice == 0 && !(flushes == 1 && slice == 0) {
-                continue;
-            }
-            let lsn_last = lsn_first + rows_in_slice.max(1) - 1;
+        for mut rows in slices.into_iter().filter(|rows| !rows.is_empty()) {
+            let lsn_last = lsn_first + rows.len() as u64 - 1;
             let written = dataset.write_flush(&[rows.finish()], lsn_first, lsn_last).await?;
             lsn_first = lsn_last + 1;
             report.files += written.len();
