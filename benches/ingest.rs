@@ -126,7 +126,7 @@ fn buffer(c: &mut Criterion) {
     group.bench_function("sort_by_day_131072", |b| b.iter(|| buffer::partition_by_day(std::slice::from_ref(&rows)).unwrap().len()));
     let parts = buffer::partition_by_day(std::slice::from_ref(&rows)).unwrap();
     group.bench_function("encode_parquet_131072", |b| {
-        b.iter(|| parts.values().map(|p| encode_parquet(p, writer_properties("bench", 1, 2)).unwrap().len()).sum::<usize>())
+        b.iter(|| parts.values().map(|p| encode_parquet(p, writer_properties("bench", 1, 2)).unwrap().0.len()).sum::<usize>())
     });
     group.finish();
 }

@@ -166,6 +166,30 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         flushes_per_day: u32,
     },
+    /// Merge the small files of each day into one, in all three tables (the server does it in
+    /// the background every `compaction_interval_ms`; safe while it runs).
+    Compact {
+        /// The data directory.
+        #[command(flatten)]
+        data: DataDir,
+        /// Only this day (YYYY-MM-DD), whatever its number of files [default: every closed day
+        /// with two files or more, and today's with 16 or more].
+        #[arg(long)]
+        date: Option<chrono::NaiveDate>,
+    },
+    /// Remove whole days older than a number of days from all three tables (one commit per
+    /// table); the files are deleted by the next vacuum, after a one-hour grace period.
+    Retention {
+        /// The data directory.
+        #[command(flatten)]
+        data: DataDir,
+        /// Keep this many days before today (in Italy); older days go.
+        #[arg(long)]
+        older_than: u32,
+        /// Print what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Start a server on a temporary directory, run simulated terminals across small
     /// municipalities, stop the server and print the per-service satisfaction index.
     Demo {
@@ -343,7 +367,74 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate { data, votes, days, end, seed, flushes_per_day } => {
             generate(&data.data_dir, votes, days, end, seed, flushes_per_day).await
         }
+        Command::Compact { data, date } => compact(&data.data_dir, date).await,
+        Command::Retention { data, older_than, dry_run } => retention(&data.data_dir, older_than, dry_run).await,
     }
+}
+
+/// The tables of an existing data directory, opened for maintenance (taken over first if a
+/// release before the table format wrote it).
+async fn maintained(data_dir: &Path) -> anyhow::Result<(crate::storage::dataset::Dataset, crate::storage::table::Tables)> {
+    if !data_dir.join("node-id").is_file() && !data_dir.join(crate::storage::dataset::VOTES_DIR).is_dir() {
+        bail!("{} is not a faccia data directory (no node-id, no votes/); give one with --data-dir", data_dir.display());
+    }
+    let node = crate::storage::engine::node_id(data_dir).context("reading the node id")?;
+    let dataset = crate::storage::dataset::Dataset::local(data_dir, &node)?;
+    let watermark = crate::storage::checkpoint::Checkpoint::read(data_dir)?.watermark;
+    let tables = crate::storage::engine::take_over(data_dir, &dataset, watermark).await.context("opening the tables")?;
+    Ok((dataset, tables))
+}
+
+async fn compact(data_dir: &Path, date: Option<chrono::NaiveDate>) -> anyhow::Result<()> {
+    use crate::storage::compaction::{CompactScope, compact};
+    let (dataset, mut tables) = maintained(data_dir).await?;
+    let scope = match date {
+        Some(day) => CompactScope::Day(day),
+        None => CompactScope::Due { today: crate::storage::buffer::partition_date(crate::clock::now_ms()) },
+    };
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} table-days, {elapsed}").expect("a valid template"),
+    );
+    bar.set_message("compacting");
+    let report = compact(data_dir, &dataset, &mut tables, scope, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .await?;
+    bar.finish_and_clear();
+    let vacuumed = crate::storage::compaction::vacuum(&mut tables).await?;
+    println!(
+        "compacted {} table-days: {} files into {}, {} → {} bytes, in {:.1} s{}; {vacuumed} files vacuumed",
+        report.days,
+        report.files_removed,
+        report.files_added,
+        report.bytes_before,
+        report.bytes_after,
+        started.elapsed().as_secs_f64(),
+        if report.conflicts > 0 {
+            format!(" ({} days skipped: another commit changed them first)", report.conflicts)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+async fn retention(data_dir: &Path, older_than: u32, dry_run: bool) -> anyhow::Result<()> {
+    let (_, mut tables) = maintained(data_dir).await?;
+    let cutoff = crate::storage::buffer::partition_date(crate::clock::now_ms()) - chrono::Days::new(u64::from(older_than));
+    let report = crate::storage::compaction::apply_retention(&mut tables, cutoff, dry_run).await?;
+    let days = match (report.days.first(), report.days.last()) {
+        (Some(first), Some(last)) => format!("{} days ({first} to {last})", report.days.len()),
+        _ => "no day".to_string(),
+    };
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!("{verb} {days} before {cutoff}: {} votes, {} files, {} bytes", report.votes, report.files, report.bytes);
+    if !dry_run && report.files > 0 {
+        println!("the files are deleted by the next vacuum after a one-hour grace period (faccia compact, or the server's maintenance)");
+    }
+    Ok(())
 }
 
 async fn serve(data_dir: &Path, config: Config) -> anyhow::Result<()> {

@@ -84,11 +84,6 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let engine_config = EngineConfig { faults, ..EngineConfig::new(data_dir.clone(), config.storage.clone()) };
         let engine = Engine::open(engine_config, metrics).await.context("opening the data directory")?;
-        // A dataset written before a rollup existed gets it now (the views read the rollups).
-        let backfilled = engine.dataset.backfill_rollups().await.context("writing the missing rollups")?;
-        if backfilled > 0 {
-            tracing::info!(files = backfilled, "rollups written for older vote files");
-        }
         let directory = Arc::new(TerminalDirectory::open(&data_dir).context("reading the terminal directory")?);
         let (identity, ca_path) = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => (tls::load_identity(cert, key)?, None),

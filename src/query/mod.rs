@@ -18,6 +18,7 @@
 
 pub(crate) mod calendar;
 pub mod formats;
+pub(crate) mod history;
 pub mod indices;
 pub mod tables;
 pub mod views;
@@ -27,32 +28,33 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, SchemaRef};
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::{SessionConfig, SessionContext, col};
+use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub(crate) use formats::{Format, write_results};
 
 use crate::limits::QueryLimits;
+use crate::storage::dataset;
 use crate::storage::engine::Engine;
-use crate::storage::{buffer, dataset, rollup};
-use votes::{EngineRows, Fresh, LogTail, Shape, VotesTable};
+use crate::storage::table::{self, Table};
+use votes::{EngineRows, Fresh, LogTail, VotesTable};
 
-/// Opens a SQL context over the data directory as a separate process sees it: the Parquet
-/// dataset plus the log records above the checkpoint, read without changing anything (so it is
-/// safe next to a running server, and after a crash).
+/// Opens a SQL context over the data directory as a separate process sees it: each table's
+/// latest Delta snapshot plus the log records above it, read without changing anything (so it
+/// is safe next to a running server, and after a crash).
 ///
 /// # Errors
-/// When the dataset location cannot be registered.
+/// When a table's log cannot be read, or the directory was written by a release before the
+/// table format and not taken over yet (a message says how).
 pub async fn context(data_dir: &Path) -> DfResult<SessionContext> {
-    let fresh = Arc::new(LogTail { data_dir: data_dir.to_path_buf() });
+    let node = std::fs::read_to_string(data_dir.join("node-id")).ok().map(|t| t.trim().to_string()).filter(|n| !n.is_empty());
+    let fresh = Arc::new(LogTail { data_dir: data_dir.to_path_buf(), node });
     build(data_dir, fresh, &QueryLimits::default()).await
 }
 
-/// Opens the server's SQL context: the Parquet dataset plus the engine's memory.
+/// Opens the server's SQL context: the tables plus the engine's memory.
 ///
 /// # Errors
 /// As `context`.
@@ -69,19 +71,27 @@ async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits) -> 
         // per-service index 134 → 70 ms on 3.3 M votes); pruning by statistics and page index
         // works without it.
         .set_bool("datafusion.execution.parquet.pushdown_filters", false)
-        // File statistics would describe files that a scan may leave out (see `votes`).
+        // The scan's files come from the table's log (with their statistics there), not from
+        // footers read at planning time.
         .set_bool("datafusion.execution.collect_statistics", false);
-    // No cached listing: a long-running server must see the files of every new flush.
-    let runtime =
-        RuntimeEnvBuilder::new().with_object_list_cache_limit(0).with_memory_limit(limits.query_memory_bytes_max, 1.0).build_arc()?;
+    let runtime = RuntimeEnvBuilder::new().with_memory_limit(limits.query_memory_bytes_max, 1.0).build_arc()?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    let votes = Arc::new(parquet_files(data_dir, dataset::VOTES_DIR, buffer::schema(), true)?);
-    ctx.register_table("votes", Arc::new(VotesTable::new(votes, Arc::clone(&fresh), Shape::Votes, data_dir)))?;
-    for rollup in rollup::Rollup::ALL {
-        let files = Arc::new(parquet_files(data_dir, rollup.dir(), rollup.schema(), false)?);
-        let table = VotesTable::new(files, Arc::clone(&fresh), Shape::Rollup(rollup), data_dir);
-        ctx.register_table(rollup.dir(), Arc::new(table))?;
+    for table in Table::ALL {
+        let handle = if table::exists(data_dir, table) {
+            Some(table::open(data_dir, table).await.map_err(|e| DataFusionError::Execution(crate::error_chain(&e)))?)
+        } else if dataset::has_part_files(data_dir, table) {
+            return Err(DataFusionError::Execution(format!(
+                "{} holds Parquet files but no Delta log (_delta_log/): it was written by a release before the table \
+                 format. Start `faccia serve --data-dir {}` once: it takes the files over into the table without rewriting them",
+                data_dir.join(table.dir()).display(),
+                data_dir.display()
+            )));
+        } else {
+            None
+        };
+        ctx.register_table(table.dir(), Arc::new(VotesTable::new(handle, Arc::clone(&fresh), table, data_dir)))?;
     }
+    history::register(&ctx, data_dir)?;
     tables::register(&ctx, data_dir.to_path_buf())?;
     for udf in indices::scalar_functions().into_iter().chain(calendar::functions()) {
         ctx.register_udf(udf);
@@ -91,26 +101,6 @@ async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits) -> 
     }
     views::create(&ctx).await?;
     Ok(ctx)
-}
-
-/// Parquet files under `dir` as DataFusion lists them: Hive partitions by `date`, and for the
-/// votes the storage sort order.
-fn parquet_files(data_dir: &Path, dir: &str, schema: SchemaRef, sorted: bool) -> DfResult<ListingTable> {
-    let path = data_dir.join(dir);
-    // The query path writes nothing: a missing directory (a dataset being created) lists empty.
-    let absolute = match path.canonicalize() {
-        Ok(absolute) => absolute,
-        Err(_) => std::path::absolute(&path).map_err(|e| DataFusionError::External(Box::new(e)))?,
-    };
-    let url = ListingTableUrl::parse(format!("file://{}/", absolute.display()))?;
-    let mut options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet")
-        .with_table_partition_cols(vec![("date".to_string(), DataType::Date32)]);
-    if sorted {
-        options = options.with_file_sort_order(vec![["municipality", "service", "ts"].map(|c| col(c).sort(true, false)).to_vec()]);
-    }
-    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(schema);
-    ListingTable::try_new(config)
 }
 
 /// Runs one statement and collects its result.

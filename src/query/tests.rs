@@ -12,7 +12,7 @@ use crate::model::{Channel, Face, IstatCode, Reason, Vote};
 use crate::registry;
 use crate::storage::buffer::VoteBuffer;
 use crate::storage::dataset::Dataset;
-use crate::storage::engine::MemorySnapshot;
+use crate::storage::engine::{MemorySnapshot, flush_to_tables, take_over};
 
 const AGLIE: u32 = 1001;
 const ALA_DI_STURA: u32 = 1003;
@@ -67,7 +67,8 @@ fn library_rows() -> RecordBatch {
 async fn library_context() -> (tempfile::TempDir, SessionContext) {
     let dir = tempfile::tempdir().unwrap();
     let dataset = Dataset::local(dir.path(), "n1").unwrap();
-    dataset.write_flush(&[library_rows()], 1, 10).await.unwrap();
+    let mut tables = take_over(dir.path(), &dataset, 0).await.unwrap();
+    flush_to_tables(&dataset, &mut tables, &[library_rows()], 1, 10).await.unwrap();
     crate::storage::checkpoint::Checkpoint { watermark: 10, windows: vec![] }.write(dir.path()).unwrap();
     std::fs::write(dir.path().join("node-id"), "n1\n").unwrap();
     let ctx = context(dir.path()).await.unwrap();
@@ -224,20 +225,26 @@ async fn coverage_counts_eligible_administrations_and_their_bonus() {
     assert_eq!(f64_at(&b, "bonus_eur", 0), None);
 }
 
-/// A fixed snapshot, as the engine would hand it over at one instant.
+/// A fixed memory snapshot of node n1, as the engine would hand it over at one instant.
 #[derive(Debug)]
 struct Fixed(MemorySnapshot);
 
+#[async_trait::async_trait]
 impl votes::Fresh for Fixed {
-    fn snapshot(&self) -> DfResult<MemorySnapshot> {
-        Ok(self.0.clone())
+    async fn snapshot(
+        &self,
+        table: Table,
+        handle: &mut Option<deltalake::DeltaTable>,
+    ) -> DfResult<(Option<deltalake::table::state::DeltaTableState>, MemorySnapshot)> {
+        Ok((Some(votes::matching_snapshot(&self.0, table, handle, "n1").await?), self.0.clone()))
     }
 }
 
 #[tokio::test]
 async fn a_flush_in_progress_is_counted_once() {
-    // Proves: a file published before its rows leave memory is not counted twice, and files
-    // of other nodes are always counted.
+    // Proves: a flush committed to the table before its rows leave memory is not counted
+    // twice (the scan reads the version of the memory's watermark), and other nodes' commits
+    // are always counted.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("node-id"), "n1\n").unwrap();
     let at = rome(2026, 11, 16, 10, 0);
@@ -247,13 +254,15 @@ async fn a_flush_in_progress_is_counted_once() {
         buffer.finish()
     };
     let n1 = Dataset::local(dir.path(), "n1").unwrap();
-    n1.write_flush(&[rows(10)], 1, 2).await.unwrap(); // committed
-    n1.write_flush(&[rows(20)], 3, 4).await.unwrap(); // published, not yet out of memory
-    Dataset::local(dir.path(), "n2").unwrap().write_flush(&[rows(40)], 1, 1).await.unwrap();
-    let count = |watermark: u64, generations: Vec<(u64, Vec<RecordBatch>)>| {
+    let n2 = Dataset::local(dir.path(), "n2").unwrap();
+    let mut tables = take_over(dir.path(), &n1, 0).await.unwrap(); // version 0
+    flush_to_tables(&n2, &mut tables, &[rows(40)], 1, 1).await.unwrap(); // version 1
+    flush_to_tables(&n1, &mut tables, &[rows(10)], 1, 2).await.unwrap(); // version 2
+    flush_to_tables(&n1, &mut tables, &[rows(20)], 3, 4).await.unwrap(); // version 3, not yet out of memory
+    let count = |watermark: u64, version: u64, generations: Vec<(u64, Vec<RecordBatch>)>| {
         let dir = dir.path().to_path_buf();
         async move {
-            let fresh = Arc::new(Fixed(MemorySnapshot { watermark, generations }));
+            let fresh = Arc::new(Fixed(MemorySnapshot { watermark, versions: [version; 3], generations }));
             let ctx = build(&dir, fresh, &QueryLimits::default()).await.unwrap();
             let b = run(&ctx, "SELECT count(*) FROM votes WHERE date = DATE '2026-11-16'").await.unwrap();
             let votes = b[0].column(0).as_primitive::<Int64Type>().value(0);
@@ -262,12 +271,12 @@ async fn a_flush_in_progress_is_counted_once() {
             votes
         }
     };
-    // Before the commit: the 20 rows come from memory, their file is left out.
-    assert_eq!(count(2, vec![(4, vec![rows(20)])]).await, 70);
-    // After the commit: from the file only.
-    assert_eq!(count(4, vec![]).await, 70);
-    // Rows still in memory with no file yet.
-    assert_eq!(count(4, vec![(6, vec![rows(5)])]).await, 75);
-    // A generation at or below the watermark is in its file already.
-    assert_eq!(count(4, vec![(4, vec![rows(20)]), (6, vec![rows(5)])]).await, 75);
+    // Before the memory moved: the 20 rows come from memory, version 2 of the table.
+    assert_eq!(count(2, 2, vec![(4, vec![rows(20)])]).await, 70);
+    // After: from the table only.
+    assert_eq!(count(4, 3, vec![]).await, 70);
+    // Rows still in memory with no commit yet.
+    assert_eq!(count(4, 3, vec![(6, vec![rows(5)])]).await, 75);
+    // A generation at or below the watermark is in the table already.
+    assert_eq!(count(4, 3, vec![(4, vec![rows(20)]), (6, vec![rows(5)])]).await, 75);
 }

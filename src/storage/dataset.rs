@@ -24,13 +24,15 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use deltalake::kernel::Add;
+
 use crate::storage::StoreError;
 use crate::storage::buffer::{partition_by_day, schema};
 use crate::storage::parquet::{encode_parquet, writer_properties};
 use crate::storage::rollup::{COUNTS_DIR, PAIRS_DIR, Rollup};
+use crate::storage::table::{Table, add_action};
 
-/// Top-level directory of the vote dataset inside the data location.
-pub(crate) const VOTES_DIR: &str = "votes";
+pub(crate) use crate::storage::table::VOTES_DIR;
 /// Suffix of a file being written; readers ignore it (it does not end in `.parquet`).
 const TMP_SUFFIX: &str = ".tmp";
 
@@ -82,6 +84,16 @@ impl PartFile {
     }
 }
 
+/// Whether `table`'s directory holds part files (`date=…/part-….parquet`), whether or not a
+/// table's log lists them: read-only, for telling a directory not yet taken over.
+pub(crate) fn has_part_files(data_dir: &std::path::Path, table: Table) -> bool {
+    let Ok(days) = std::fs::read_dir(data_dir.join(table.dir())) else { return false };
+    days.flatten().filter(|d| d.file_name().to_string_lossy().starts_with("date=")).any(|day| {
+        std::fs::read_dir(day.path())
+            .is_ok_and(|files| files.flatten().any(|f| PartFile::parse_name(&f.file_name().to_string_lossy()).is_some()))
+    })
+}
+
 /// Lists every vote file of the dataset.
 ///
 /// # Errors
@@ -100,6 +112,41 @@ pub(crate) async fn list_parts_in(store: &dyn ObjectStore, dir: &str) -> Result<
     let mut parts: Vec<PartFile> = metas.iter().filter_map(|m| PartFile::parse(&m.location)).collect();
     parts.sort_by(|a, b| (a.date, &a.node, a.lsn_first).cmp(&(b.date, &b.node, b.lsn_first)));
     Ok(parts)
+}
+
+/// The files of one flush, by table, as `add` actions waiting for their commit.
+#[derive(Debug, Default)]
+pub(crate) struct FlushFiles {
+    /// In `Table::ALL` order.
+    pub(crate) adds: [Vec<Add>; 3],
+}
+
+impl FlushFiles {
+    fn push(&mut self, table: Table, add: Add) {
+        self.adds[table.index()].push(add);
+    }
+
+    /// Bytes written, all tables.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.adds.iter().flatten().map(|a| a.size as u64).sum()
+    }
+
+    /// Vote files written (one a day).
+    pub(crate) fn days(&self) -> usize {
+        self.adds[Table::Votes.index()].len()
+    }
+}
+
+/// A file's path inside its table (what an `add` action names): the dataset path without the
+/// table's directory.
+pub(crate) fn table_relative(table: Table, path: &ObjectPath) -> String {
+    let path = path.as_ref();
+    path.strip_prefix(table.dir()).map_or(path, |p| p.trim_start_matches('/')).to_string()
+}
+
+/// Parquet settings of a rollup file: zstd, default statistics.
+pub(crate) fn rollup_properties() -> WriterProperties {
+    WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level"))).build()
 }
 
 /// Where vote files go: an object store, plus the local directory behind it when there is one
@@ -124,9 +171,9 @@ impl Dataset {
         Ok(Dataset { store: Arc::new(store), local_root: Some(root.to_path_buf()), node: node.to_string() })
     }
 
-    /// Writes the rows of one flush — log records `lsn_first..=lsn_last` — as one file per day,
-    /// each followed by its counts file (`count_votes`), and returns the vote files with the
-    /// bytes written for each (counts included). When it returns, every file is durable.
+    /// Writes the rows of one flush — log records `lsn_first..=lsn_last` — as one file per day
+    /// in each of `tables` (the votes and their rollups), and returns their `add` actions. When it
+    /// returns, every file is durable; none is in a table until `table::commit_flush`.
     ///
     /// # Errors
     /// Encoding or storage errors; files already written by this call stay and are cleaned up
@@ -136,26 +183,47 @@ impl Dataset {
         batches: &[RecordBatch],
         lsn_first: u64,
         lsn_last: u64,
-    ) -> Result<Vec<(PartFile, usize)>, StoreError> {
-        let mut written = Vec::new();
+        tables: &[Table],
+    ) -> Result<FlushFiles, StoreError> {
+        let mut written = FlushFiles::default();
         for (date, rows) in partition_by_day(batches)? {
             let part = PartFile::new(date, &self.node, lsn_first, lsn_last);
-            let bytes = encode_parquet(&rows, writer_properties(&self.node, lsn_first, lsn_last))?;
-            let mut len = bytes.len();
-            self.publish(&part.path, bytes).await?;
-            for rollup in Rollup::ALL {
-                len += self.write_rollup(&part, rollup, &rows).await?;
+            for &table in tables {
+                let add = match table {
+                    Table::Votes => {
+                        let properties = writer_properties(&self.node, lsn_first, lsn_last);
+                        self.write_file(table, &part.path, date, &rows, properties, true).await?
+                    }
+                    Table::Rollup(rollup) => self.write_rollup(&part, rollup, &rows).await?,
+                };
+                written.push(table, add);
             }
-            written.push((part, len));
         }
         Ok(written)
+    }
+
+    /// Encodes `rows` as the Parquet file at `path` (in `table`'s directory, partition `date`)
+    /// and returns its `add` action, statistics from the footer.
+    pub(crate) async fn write_file(
+        &self,
+        table: Table,
+        path: &ObjectPath,
+        date: NaiveDate,
+        rows: &RecordBatch,
+        properties: WriterProperties,
+        data_change: bool,
+    ) -> Result<Add, StoreError> {
+        let (bytes, footer) = encode_parquet(rows, properties)?;
+        let len = bytes.len() as u64;
+        self.publish(path, bytes).await?;
+        add_action(table_relative(table, path), date, len, &footer, &table.schema(), data_change)
     }
 
     /// Makes `bytes` the object at `path`, complete or not at all. An object store publishes a
     /// `put` atomically; on the local filesystem the bytes go to a temporary name (ignored by
     /// readers: it does not end in `.parquet`), are fsync'd, renamed into place, and the
     /// directories are fsync'd.
-    async fn publish(&self, path: &ObjectPath, bytes: Vec<u8>) -> Result<(), StoreError> {
+    pub(crate) async fn publish(&self, path: &ObjectPath, bytes: Vec<u8>) -> Result<(), StoreError> {
         let Some(root) = &self.local_root else {
             self.store.put(path, PutPayload::from(bytes)).await?;
             return Ok(());
@@ -177,17 +245,32 @@ impl Dataset {
         crate::fsutil::sync_dir(&top_dir).map_err(sync_error(&top_dir))
     }
 
-    /// Writes one rollup file of a vote file's rows; returns its size.
-    async fn write_rollup(&self, part: &PartFile, rollup: Rollup, rows: &RecordBatch) -> Result<usize, StoreError> {
+    /// Writes one rollup file of a vote file's rows; returns its `add` action.
+    async fn write_rollup(&self, part: &PartFile, rollup: Rollup, rows: &RecordBatch) -> Result<Add, StoreError> {
         let counts = rollup.of(rows)?;
         let counts = counts.into_iter().map(|(_, batch)| batch).collect::<Vec<_>>();
         let counts = concat_batches(&rollup.schema(), &counts)?;
-        let properties =
-            WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level"))).build();
-        let bytes = encode_parquet(&counts, properties)?;
-        let len = bytes.len();
-        self.publish(&part.rollup_path(rollup), bytes).await?;
-        Ok(len)
+        self.write_file(Table::Rollup(rollup), &part.rollup_path(rollup), part.date, &counts, rollup_properties(), true).await
+    }
+
+    /// The `add` actions of every part file in `table`'s directory, statistics read from the
+    /// footers: what a directory written before the table format holds (the files are adopted
+    /// as they are, not rewritten).
+    ///
+    /// # Errors
+    /// Listing or footer read errors.
+    pub(crate) async fn adoptable(&self, table: Table) -> Result<Vec<Add>, StoreError> {
+        let prefix = ObjectPath::from(table.dir());
+        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        let mut adds = Vec::new();
+        for meta in metas {
+            let Some(part) = PartFile::parse(&meta.location) else { continue };
+            // Taking over happens once: reading the whole file for its footer is simpler than a ranged read.
+            let bytes = self.store.get(&meta.location).await?.bytes().await?;
+            let footer = parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&bytes)?;
+            adds.push(add_action(table_relative(table, &meta.location), part.date, meta.size, &footer, &table.schema(), true)?);
+        }
+        Ok(adds)
     }
 
     /// Writes the missing rollup files of committed vote files (a dataset written before a
@@ -217,27 +300,31 @@ impl Dataset {
         Ok(written)
     }
 
-    /// Removes this node's files from flushes after `watermark` that never committed (a crash
-    /// between writing them and the checkpoint): their rows are still in the log and will be
-    /// written again. Returns how many were removed.
+    /// Removes this node's files from flushes after each table's watermark (`watermarks`, in
+    /// `Table::ALL` order) that never committed (a crash between writing them and the table's
+    /// commit): their rows are still in the log and will be written again. Returns how many
+    /// vote files were removed.
     ///
     /// # Errors
     /// Listing or deleting errors.
-    pub(crate) async fn remove_uncommitted(&self, watermark: u64) -> Result<usize, StoreError> {
+    pub(crate) async fn remove_uncommitted(&self, watermarks: [u64; 3]) -> Result<usize, StoreError> {
         let mut removed = 0;
-        for dir in [VOTES_DIR, COUNTS_DIR, PAIRS_DIR] {
+        for (table, watermark) in Table::ALL.into_iter().zip(watermarks) {
+            let dir = table.dir();
             let prefix = ObjectPath::from(dir);
             let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
-            for meta in metas.iter().filter(|m| m.location.as_ref().ends_with(TMP_SUFFIX)) {
-                tracing::warn!(file = %meta.location, "removing a temporary file of an interrupted flush");
+            // Our temporary files are `.{name}.tmp` (the log's own temporary files are delta-rs's).
+            let temporary = |name: &str| name.starts_with('.') && name.ends_with(TMP_SUFFIX);
+            for meta in metas.iter().filter(|m| m.location.filename().is_some_and(temporary)) {
+                tracing::warn!(file = %meta.location, "removing a temporary file of an interrupted write");
                 self.store.delete(&meta.location).await?;
-                removed += usize::from(dir == VOTES_DIR);
+                removed += usize::from(table == Table::Votes);
             }
-            for part in list_parts_in(self.store.as_ref(), dir).await? {
+            for part in metas.iter().filter_map(|m| PartFile::parse(&m.location)) {
                 if part.node == self.node && part.lsn_last > watermark {
                     tracing::warn!(file = %part.path, watermark, "removing a file of a flush that did not commit");
                     self.store.delete(&part.path).await?;
-                    removed += usize::from(dir == VOTES_DIR);
+                    removed += usize::from(table == Table::Votes);
                 }
             }
             if let Some(root) = &self.local_root
@@ -270,30 +357,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dataset = Dataset::local(dir.path(), "n1").unwrap();
         let batch = buffer_with(&[(1003, 2, 1_790_000_000_000), (1001, 9, 1_790_000_000_001)]);
-        let written = dataset.write_flush(&[batch], 1, 2).await.unwrap();
-        assert_eq!(written.len(), 1);
-        let file = std::fs::File::open(dir.path().join(written[0].0.path.as_ref())).unwrap();
+        let written = dataset.write_flush(&[batch], 1, 2, &Table::ALL).await.unwrap();
+        assert_eq!(written.days(), 1);
+        let add = &written.adds[Table::Votes.index()][0];
+        assert!(add.stats.as_deref().unwrap().contains("\"numRecords\":2"), "{:?}", add.stats);
+        let vote_file = dir.path().join(VOTES_DIR).join(&add.path);
+        let file = std::fs::File::open(&vote_file).unwrap();
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
         let metadata = reader.metadata().clone();
         let kv = metadata.file_metadata().key_value_metadata().unwrap();
         assert!(kv.iter().any(|k| k.key == "faccia.lsn_last" && k.value.as_deref() == Some("2")));
         let read: Vec<RecordBatch> = reader.build().unwrap().collect::<Result<_, _>>().unwrap();
         assert_eq!(rows(&read), 2);
-        let names: Vec<_> = std::fs::read_dir(dir.path().join(written[0].0.path.as_ref()).parent().unwrap())
+        let names: Vec<_> = std::fs::read_dir(vote_file.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names.len(), 1, "no temporary file is left behind: {names:?}");
         for rollup in Rollup::ALL {
-            let files = list_parts_in(dataset.store.as_ref(), rollup.dir()).await.unwrap();
-            assert_eq!(files.iter().map(|p| p.path.clone()).collect::<Vec<_>>(), vec![written[0].0.rollup_path(rollup)]);
+            assert_eq!(list_parts_in(dataset.store.as_ref(), rollup.dir()).await.unwrap().len(), 1);
         }
-        std::fs::write(dir.path().join("votes/date=2026-09-21/.part-x.parquet.tmp"), b"half").unwrap_or_else(|_| {
-            std::fs::create_dir_all(dir.path().join("votes/date=2026-09-21")).unwrap();
-            std::fs::write(dir.path().join("votes/date=2026-09-21/.part-x.parquet.tmp"), b"half").unwrap();
-        });
-        assert_eq!(dataset.remove_uncommitted(2).await.unwrap(), 1, "the interrupted temporary file");
-        assert_eq!(dataset.remove_uncommitted(1).await.unwrap(), 1);
+        std::fs::create_dir_all(dir.path().join("votes/date=2026-09-21")).unwrap();
+        std::fs::write(dir.path().join("votes/date=2026-09-21/.part-x.parquet.tmp"), b"half").unwrap();
+        assert_eq!(dataset.remove_uncommitted([2; 3]).await.unwrap(), 1, "the interrupted temporary file");
+        assert_eq!(dataset.remove_uncommitted([1; 3]).await.unwrap(), 1);
         assert!(list_parts(dataset.store.as_ref()).await.unwrap().is_empty());
         for rollup in Rollup::ALL {
             assert!(list_parts_in(dataset.store.as_ref(), rollup.dir()).await.unwrap().is_empty(), "rollups go with their file");
@@ -304,8 +391,9 @@ mod tests {
     async fn missing_counts_are_backfilled() {
         let dir = tempfile::tempdir().unwrap();
         let dataset = Dataset::local(dir.path(), "n1").unwrap();
-        let written = dataset.write_flush(&[buffer_with(&[(1003, 2, 1_790_000_000_000)])], 1, 1).await.unwrap();
-        let pairs = dir.path().join(written[0].0.rollup_path(Rollup::Pairs).as_ref());
+        dataset.write_flush(&[buffer_with(&[(1003, 2, 1_790_000_000_000)])], 1, 1, &Table::ALL).await.unwrap();
+        let part = list_parts(dataset.store.as_ref()).await.unwrap().remove(0);
+        let pairs = dir.path().join(part.rollup_path(Rollup::Pairs).as_ref());
         std::fs::remove_file(&pairs).unwrap();
         assert_eq!(dataset.backfill_rollups().await.unwrap(), 1);
         assert!(pairs.exists());

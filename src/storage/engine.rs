@@ -36,9 +36,10 @@ use crate::metrics::Metrics;
 use crate::storage::StoreError;
 use crate::storage::buffer::{self, VoteBuffer};
 use crate::storage::checkpoint::{Checkpoint, CheckpointError};
-use crate::storage::dataset::Dataset;
+use crate::storage::dataset::{Dataset, FlushFiles};
 use crate::storage::dedup::Sequences;
 use crate::storage::faults::{Fault, Faults, crash_point};
+use crate::storage::table::{self, Table, Tables};
 use crate::storage::wal::{self, AppendRequest, DurableRecord, ReplayReport, WalError};
 use crate::wire::BatchView;
 
@@ -77,8 +78,11 @@ pub enum EngineError {
 #[derive(Debug, Clone, Default)]
 #[allow(dead_code, reason = "every field is reported through Debug in the recovery log line")]
 pub(crate) struct RecoveryReport {
+    /// Every table holds the log records up to here.
     pub(crate) watermark: u64,
     pub(crate) uncommitted_files_removed: usize,
+    /// Tables that were a flush behind the others and got its rows from the log.
+    pub(crate) tables_caught_up: usize,
     pub(crate) replay: ReplayReport,
     /// Votes put back into the buffer from the log.
     pub(crate) votes_replayed: u64,
@@ -88,11 +92,14 @@ pub(crate) struct RecoveryReport {
     pub(crate) invalid_records_skipped: u64,
 }
 
-/// The rows not yet in committed Parquet, as SQL sees them.
+/// The rows not yet in the tables, as SQL sees them.
 #[derive(Debug, Clone, Default)]
 pub struct MemorySnapshot {
-    /// Every log record with an LSN at or below this is in committed Parquet files.
+    /// Every log record with an LSN at or below this is in all three tables.
     pub(crate) watermark: u64,
+    /// The version of each table (`Table::ALL` order) at the commit that moved the watermark
+    /// here: a reader that finds a later commit of this node reads that version instead.
+    pub(crate) versions: [u64; 3],
     /// Rows of records above the watermark, in generations: (last LSN, batches).
     pub generations: Vec<(u64, Vec<RecordBatch>)>,
 }
@@ -112,38 +119,52 @@ struct Generation {
     batches: Vec<RecordBatch>,
 }
 
+/// What the memory view publishes, changed under one lock.
+#[derive(Debug, Default)]
+struct Published {
+    watermark: u64,
+    versions: [u64; 3],
+    generations: VecDeque<Generation>,
+}
+
 /// Buffered rows, published for readers: generations being flushed, then the one being filled.
 #[derive(Debug, Default)]
 struct MemoryView {
-    inner: RwLock<(u64, VecDeque<Generation>)>,
+    inner: RwLock<Published>,
 }
 
 impl MemoryView {
     fn publish(&self, id: u64, lsn_first: u64, lsn_last: u64, batch: RecordBatch) {
         let mut inner = self.inner.write().expect("memory view lock");
-        if inner.1.back().is_none_or(|g| g.id != id) {
-            inner.1.push_back(Generation { id, lsn_first, ..Generation::default() });
+        if inner.generations.back().is_none_or(|g| g.id != id) {
+            inner.generations.push_back(Generation { id, lsn_first, ..Generation::default() });
         }
-        let generation = inner.1.back_mut().expect("just ensured");
+        let generation = inner.generations.back_mut().expect("just ensured");
         generation.lsn_last = lsn_last;
         generation.batches.push(batch);
     }
 
     fn generation(&self, id: u64) -> Option<(u64, u64, Vec<RecordBatch>)> {
         let inner = self.inner.read().expect("memory view lock");
-        inner.1.iter().find(|g| g.id == id).map(|g| (g.lsn_first, g.lsn_last, g.batches.clone()))
+        inner.generations.iter().find(|g| g.id == id).map(|g| (g.lsn_first, g.lsn_last, g.batches.clone()))
     }
 
-    /// A flush committed: its rows are now in Parquet.
-    fn commit(&self, id: u64, watermark: u64) {
+    /// A flush committed to every table (at `versions`): the rows of every generation at or
+    /// below `watermark` are now in the tables, in one step for readers.
+    fn commit_through(&self, watermark: u64, versions: [u64; 3]) {
         let mut inner = self.inner.write().expect("memory view lock");
-        inner.0 = watermark;
-        inner.1.retain(|g| g.id != id);
+        inner.watermark = watermark;
+        inner.versions = versions;
+        inner.generations.retain(|g| g.lsn_last > watermark);
     }
 
     fn snapshot(&self) -> MemorySnapshot {
         let inner = self.inner.read().expect("memory view lock");
-        MemorySnapshot { watermark: inner.0, generations: inner.1.iter().map(|g| (g.lsn_last, g.batches.clone())).collect() }
+        MemorySnapshot {
+            watermark: inner.watermark,
+            versions: inner.versions,
+            generations: inner.generations.iter().map(|g| (g.lsn_last, g.batches.clone())).collect(),
+        }
     }
 }
 
@@ -178,6 +199,8 @@ pub struct Engine {
     stopping: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     flush_requests: Sender<()>,
+    /// Dropped at shutdown: stops the maintenance thread (compaction, retention, vacuum).
+    maintenance_stop: Mutex<Option<Sender<()>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -218,20 +241,28 @@ impl Engine {
         let sequences = Arc::new(Sequences::default());
         sequences.restore(checkpoint.windows.iter().copied());
         let dataset = Dataset::local(data_dir, &node)?;
+        let wal_dir = data_dir.join("wal");
+        let mut tables = take_over(data_dir, &dataset, checkpoint.watermark).await?;
+        let mut applied = [0; 3];
+        for table in Table::ALL {
+            applied[table.index()] = table::applied(tables.get_mut(table), &node).await?;
+        }
         let mut recovery = RecoveryReport {
-            watermark: checkpoint.watermark,
-            uncommitted_files_removed: dataset.remove_uncommitted(checkpoint.watermark).await?,
+            watermark: applied.into_iter().max().unwrap_or(0).max(checkpoint.watermark),
+            uncommitted_files_removed: dataset.remove_uncommitted(applied).await?,
             ..RecoveryReport::default()
         };
-        let wal_dir = data_dir.join("wal");
-        let replayed = replay(&wal_dir, checkpoint.watermark, &sequences, &mut recovery)?;
-        let next_lsn = recovery.replay.last_lsn.max(checkpoint.watermark) + 1;
-        if recovery.replay.records_replayed > 0 || recovery.replay.torn_tail_bytes > 0 {
+        // A crash between a flush's commits leaves a table behind the others by that flush:
+        // its rows are still in the log (no segment goes before every table holds it).
+        recovery.tables_caught_up = catch_up(&wal_dir, &dataset, &mut tables, applied, recovery.watermark).await?;
+        let replayed = replay(&wal_dir, checkpoint.watermark, recovery.watermark, &sequences, &mut recovery)?;
+        let next_lsn = recovery.replay.last_lsn.max(recovery.watermark) + 1;
+        if recovery.replay.records_replayed > 0 || recovery.replay.torn_tail_bytes > 0 || recovery.tables_caught_up > 0 {
             tracing::info!(?recovery, "recovered from the log");
         }
 
         let memory = Arc::new(MemoryView::default());
-        memory.inner.write().expect("memory view lock").0 = checkpoint.watermark;
+        memory.commit_through(recovery.watermark, tables.versions());
         let stopping = Arc::new(AtomicBool::new(false));
         let (requests, request_rx) = crossbeam_channel::unbounded();
         let (durable_tx, durable_rx) = crossbeam_channel::bounded(DURABLE_GROUPS_QUEUED_MAX);
@@ -261,6 +292,7 @@ impl Engine {
             data_dir: data_dir.clone(),
             wal_dir,
             dataset: dataset.clone(),
+            tables,
             sequences: Arc::clone(&sequences),
             memory: Arc::clone(&memory),
             metrics: Arc::clone(&metrics),
@@ -269,6 +301,9 @@ impl Engine {
             done: done_tx,
         };
         let flusher_thread = spawn("faccia-flush", move || flusher.run(flush_rx));
+        let (maintenance_stop, maintenance_stopped) = crossbeam_channel::bounded::<()>(0);
+        let maintenance = Maintenance { data_dir: data_dir.clone(), dataset: dataset.clone(), limits: config.storage.clone() };
+        let maintenance_thread = spawn("faccia-compact", move || maintenance.run(maintenance_stopped));
         Ok(Arc::new(Engine {
             requests: RwLock::new(Some(requests)),
             sequences,
@@ -276,8 +311,9 @@ impl Engine {
             dataset,
             memory,
             stopping,
-            threads: Mutex::new(vec![wal_thread, store_thread, flusher_thread]),
+            threads: Mutex::new(vec![wal_thread, store_thread, flusher_thread, maintenance_thread]),
             flush_requests,
+            maintenance_stop: Mutex::new(Some(maintenance_stop)),
         }))
     }
 
@@ -310,6 +346,7 @@ impl Engine {
         // Dropping the only sender lets the log writer drain its queue and stop, which stops
         // the store thread, which hands its last generation to the flusher and stops it.
         drop(self.requests.write().expect("engine lock").take());
+        drop(self.maintenance_stop.lock().expect("engine lock").take());
         let threads: Vec<_> = self.threads.lock().expect("engine lock").drain(..).collect();
         let joined = tokio::task::spawn_blocking(move || {
             for thread in threads {
@@ -326,10 +363,12 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new().name(name.into()).spawn(f).expect("spawning an engine thread")
 }
 
-/// Replays the log after `watermark` into a buffer and the sequence windows.
+/// Replays the log after the checkpoint's `watermark` into the sequence windows, and the
+/// records above `applied` (what every table holds) into a buffer.
 fn replay(
     wal_dir: &Path,
     watermark: u64,
+    applied: u64,
     sequences: &Sequences,
     recovery: &mut RecoveryReport,
 ) -> Result<Option<(u64, u64, RecordBatch)>, EngineError> {
@@ -353,6 +392,9 @@ fn replay(
             }
         };
         sequences.mark_stored(record.terminal, record.seq);
+        if record.lsn <= applied {
+            return;
+        }
         buffer.append(&view, record.municipality, record.terminal, &record.misuse);
         if first == 0 {
             first = record.lsn;
@@ -476,6 +518,7 @@ struct Flusher {
     data_dir: PathBuf,
     wal_dir: PathBuf,
     dataset: Dataset,
+    tables: Tables,
     sequences: Arc<Sequences>,
     memory: Arc<MemoryView>,
     metrics: Arc<Metrics>,
@@ -485,7 +528,7 @@ struct Flusher {
 }
 
 impl Flusher {
-    fn run(self, jobs: Receiver<u64>) {
+    fn run(mut self, jobs: Receiver<u64>) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("flusher runtime");
         // Generations commit in order: once one is abandoned (only during shutdown), no later
         // one may commit, or its watermark would cover rows that are only in the log.
@@ -513,32 +556,33 @@ impl Flusher {
         }
     }
 
-    async fn flush(&self, batches: &[RecordBatch], lsn_first: u64, lsn_last: u64) -> Result<(), EngineError> {
+    async fn flush(&mut self, batches: &[RecordBatch], lsn_first: u64, lsn_last: u64) -> Result<(), EngineError> {
         let started = Instant::now();
         let parquet_fault = |source| StoreError::Sync { path: "injected".into(), source };
         self.faults.check(Fault::ParquetWrite).map_err(parquet_fault)?;
-        let files = self.dataset.write_flush(batches, lsn_first, lsn_last).await?;
-        crash_point("flush.after_parquet");
-        // The commit point: after this the rows are in Parquet and the log below is garbage.
+        let (files, versions) = flush_to_tables(&self.dataset, &mut self.tables, batches, lsn_first, lsn_last).await?;
+        // The sequence windows covering the committed records; after this, log segments below
+        // the watermark may go.
         let checkpoint = Checkpoint { watermark: lsn_last, windows: self.sequences.snapshot() };
         let checkpoint_error = |source| EngineError::DataDir { path: self.data_dir.join("checkpoint"), source };
         self.faults.check(Fault::CheckpointWrite).map_err(checkpoint_error)?;
         checkpoint.write(&self.data_dir).map_err(checkpoint_error)?;
         crash_point("flush.after_checkpoint");
-        let id_rows = buffer::rows(batches);
-        self.memory.commit_through(lsn_last);
-        let bytes: usize = files.iter().map(|(_, len)| len).sum();
+        let rows = buffer::rows(batches);
+        self.memory.commit_through(lsn_last, versions);
+        let bytes = files.bytes();
         self.metrics.parquet_flushes.inc();
-        self.metrics.parquet_flush_rows.inc_by(id_rows as u64);
-        self.metrics.parquet_flush_bytes.inc_by(bytes as u64);
+        self.metrics.parquet_flush_rows.inc_by(rows as u64);
+        self.metrics.parquet_flush_bytes.inc_by(bytes);
         self.metrics.parquet_flush_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(
-            rows = id_rows,
-            files = files.len(),
+            rows,
+            days = files.days(),
             bytes,
             lsn_last,
+            ?versions,
             ms = started.elapsed().as_millis() as u64,
-            "flushed to Parquet"
+            "flushed to the tables"
         );
         if let Err(error) = wal::remove_flushed_segments(&self.wal_dir, lsn_last) {
             tracing::warn!(error = %error_chain(&error), "removing flushed log segments; retried after the next flush");
@@ -547,16 +591,152 @@ impl Flusher {
     }
 }
 
-impl MemoryView {
-    /// Removes every generation whose rows are all at or below `watermark`.
-    fn commit_through(&self, watermark: u64) {
-        let ids: Vec<u64> = {
-            let inner = self.inner.read().expect("memory view lock");
-            inner.1.iter().filter(|g| g.lsn_last <= watermark).map(|g| g.id).collect()
-        };
-        for id in ids {
-            self.commit(id, watermark);
+/// The background maintenance of the tables: every `compaction_interval_ms`, compacts the
+/// days that need it, applies `retention_days` and vacuums. On its own thread and its own
+/// handles of the tables, so that it never holds up a flush or an acknowledgement; its commits
+/// and the flusher's appends never conflict (compaction's removes do not change data).
+struct Maintenance {
+    data_dir: PathBuf,
+    dataset: Dataset,
+    limits: StorageLimits,
+}
+
+impl Maintenance {
+    fn run(self, stop: Receiver<()>) {
+        if self.limits.compaction_interval_ms == 0 {
+            return;
         }
-        self.inner.write().expect("memory view lock").0 = watermark;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("maintenance runtime");
+        let interval = Duration::from_millis(self.limits.compaction_interval_ms);
+        let mut tables = None;
+        // `recv_timeout` returns `Disconnected` at shutdown, `Timeout` when a round is due.
+        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+            if let Err(error) = runtime.block_on(self.round(&mut tables)) {
+                tracing::error!(error = %error_chain(&error), "table maintenance failed; retried at the next round");
+                tables = None;
+            }
+        }
     }
+
+    async fn round(&self, tables: &mut Option<Tables>) -> Result<(), StoreError> {
+        if tables.is_none() {
+            let mut opened = Vec::new();
+            for table in Table::ALL {
+                opened.push(table::open(&self.data_dir, table).await?);
+            }
+            *tables = Some(Tables { tables: opened.try_into().expect("three tables") });
+        }
+        let tables = tables.as_mut().expect("just opened");
+        let today = buffer::partition_date(crate::clock::now_ms());
+        let scope = crate::storage::compaction::CompactScope::Due { today };
+        let report = crate::storage::compaction::compact(&self.data_dir, &self.dataset, tables, scope, |_, _| {}).await?;
+        if report.days > 0 {
+            tracing::info!(?report, "compaction round");
+        }
+        if self.limits.retention_days > 0 {
+            let cutoff = today - chrono::Days::new(u64::from(self.limits.retention_days));
+            crate::storage::compaction::apply_retention(tables, cutoff, false).await?;
+        }
+        crate::storage::compaction::vacuum(tables).await?;
+        Ok(())
+    }
+}
+
+/// Writes the files of one flush — log records `lsn_first..=lsn_last` of `dataset`'s node —
+/// and commits them to every table, votes first (`table::commit_flush`: once, whatever the
+/// retries). Returns the files and each table's version after its commit.
+///
+/// # Errors
+/// Write or commit errors; what was written and not committed is cleaned up at the next start.
+pub(crate) async fn flush_to_tables(
+    dataset: &Dataset,
+    tables: &mut Tables,
+    batches: &[RecordBatch],
+    lsn_first: u64,
+    lsn_last: u64,
+) -> Result<(FlushFiles, [u64; 3]), StoreError> {
+    let files = dataset.write_flush(batches, lsn_first, lsn_last, &Table::ALL).await?;
+    crash_point("flush.after_parquet");
+    let mut versions = tables.versions();
+    for table in Table::ALL {
+        let adds = files.adds[table.index()].clone();
+        versions[table.index()] = table::commit_flush(tables.get_mut(table), &dataset.node, lsn_last, adds).await?;
+        if table == Table::Votes {
+            crash_point("flush.after_votes_commit");
+        }
+    }
+    crash_point("flush.after_commits");
+    Ok((files, versions))
+}
+
+/// Opens the three tables of the data directory. A directory written before the table format
+/// (files, no `_delta_log/`) is taken over: the uncommitted files above the checkpoint's
+/// `watermark` are removed, missing rollups written, and every remaining file adopted as it is
+/// into its table's first commit, with each node's watermark as its transaction version.
+/// Idempotent: a start interrupted half-way takes over the tables still missing.
+///
+/// # Errors
+/// Listing, footer, rollup or log errors.
+pub(crate) async fn take_over(data_dir: &Path, dataset: &Dataset, watermark: u64) -> Result<Tables, StoreError> {
+    let missing: Vec<Table> = Table::ALL.into_iter().filter(|t| !table::exists(data_dir, *t)).collect();
+    if !missing.is_empty() {
+        dataset.remove_uncommitted([watermark; 3]).await?;
+        let backfilled = dataset.backfill_rollups().await?;
+        if backfilled > 0 {
+            tracing::info!(files = backfilled, "wrote the rollups missing beside vote files");
+        }
+    }
+    let mut tables = Vec::with_capacity(3);
+    for table in Table::ALL {
+        let (adopt, txns) = if missing.contains(&table) {
+            let adopt = dataset.adoptable(table).await?;
+            // Each node's watermark: this node's checkpoint; another node's, its last file.
+            let mut txns = std::collections::BTreeMap::from([(dataset.node.clone(), watermark)]);
+            for add in &adopt {
+                let name = add.path.rsplit('/').next().unwrap_or(&add.path);
+                if let Some((node, _, last)) = crate::storage::dataset::PartFile::parse_name(name)
+                    && node != dataset.node
+                {
+                    let entry = txns.entry(node).or_insert(0);
+                    *entry = (*entry).max(last);
+                }
+            }
+            (adopt, txns.into_iter().collect())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        tables.push(table::open_or_create(data_dir, table, adopt, &txns).await?);
+    }
+    let tables: [_; 3] = tables.try_into().expect("three tables");
+    Ok(Tables { tables })
+}
+
+/// Brings every table up to `watermark` (the highest a table holds): the rows of the log
+/// records a table lacks are written and committed to it alone. Returns how many tables were behind.
+async fn catch_up(wal_dir: &Path, dataset: &Dataset, tables: &mut Tables, applied: [u64; 3], watermark: u64) -> Result<usize, EngineError> {
+    let mut caught_up = 0;
+    for table in Table::ALL {
+        let from = applied[table.index()];
+        if from >= watermark {
+            continue;
+        }
+        let mut buffer = VoteBuffer::default();
+        wal::replay(wal_dir, from, |record| {
+            if record.lsn <= watermark
+                && let Ok(view) = BatchView::access(&record.archive)
+            {
+                buffer.append(&view, record.municipality, record.terminal, &record.misuse);
+            }
+        })?;
+        let files = dataset.write_flush(&[buffer.finish()], from + 1, watermark, &[table]).await?;
+        table::commit_flush(tables.get_mut(table), &dataset.node, watermark, files.adds[table.index()].clone()).await?;
+        tracing::warn!(
+            table = table.dir(),
+            from,
+            watermark,
+            "the table was a flush behind the others (a crash between commits); caught up from the log"
+        );
+        caught_up += 1;
+    }
+    Ok(caught_up)
 }

@@ -22,12 +22,14 @@
 
 pub mod buffer;
 pub(crate) mod checkpoint;
+pub(crate) mod compaction;
 pub mod dataset;
 pub mod dedup;
 pub mod engine;
 pub mod faults;
 pub mod parquet;
 pub(crate) mod rollup;
+pub(crate) mod table;
 pub mod wal;
 
 /// What can go wrong turning rows into stored files: the error of `buffer`, `parquet`,
@@ -43,6 +45,15 @@ pub enum StoreError {
     /// The object store refused a put, rename, list, get or delete.
     #[error("object store")]
     ObjectStore(#[from] object_store::Error),
+    /// A Delta table's log could not be read or written.
+    #[error("Delta table")]
+    Delta(#[from] deltalake::DeltaTableError),
+    /// A table's directory cannot be named as a URL.
+    #[error("the table location {0} is not an absolute path")]
+    Location(String),
+    /// A commit could not be made (the reason says why).
+    #[error("committing to the Delta table: {0}")]
+    Commit(String),
     /// A local file or directory could not be fsync'd.
     #[error("making {path} durable")]
     Sync {

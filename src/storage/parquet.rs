@@ -4,7 +4,7 @@
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::metadata::{KeyValue, ParquetMetaData, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
@@ -23,16 +23,30 @@ pub(crate) const STORAGE_FORMAT_VERSION: &str = "1";
 /// together for zstd (4.25 instead of 5.0 bytes per vote on a realistic day, measured against
 /// delta encoding at 4.41).
 pub fn writer_properties(node: &str, lsn_first: u64, lsn_last: u64) -> WriterProperties {
-    let sorting = [col::MUNICIPALITY, col::SERVICE, col::TS, col::TERMINAL]
-        .into_iter()
-        .map(|c| SortingColumn { column_idx: c as i32, descending: false, nulls_first: false })
-        .collect();
     let metadata = vec![
         KeyValue::new("faccia.format_version".into(), STORAGE_FORMAT_VERSION.to_string()),
         KeyValue::new("faccia.node".into(), node.to_string()),
         KeyValue::new("faccia.lsn_first".into(), lsn_first.to_string()),
         KeyValue::new("faccia.lsn_last".into(), lsn_last.to_string()),
     ];
+    vote_file_properties(metadata)
+}
+
+/// Parquet settings for a vote file merged by compaction from `files` files: those of a
+/// flushed file, with the number of files merged in place of a node and a log range.
+pub(crate) fn compacted_properties(files: usize) -> WriterProperties {
+    let metadata = vec![
+        KeyValue::new("faccia.format_version".into(), STORAGE_FORMAT_VERSION.to_string()),
+        KeyValue::new("faccia.compacted_from".into(), files.to_string()),
+    ];
+    vote_file_properties(metadata)
+}
+
+fn vote_file_properties(metadata: Vec<KeyValue>) -> WriterProperties {
+    let sorting = [col::MUNICIPALITY, col::SERVICE, col::TS, col::TERMINAL]
+        .into_iter()
+        .map(|c| SortingColumn { column_idx: c as i32, descending: false, nulls_first: false })
+        .collect();
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
         .set_column_dictionary_enabled(ColumnPath::from("ts"), false)
@@ -45,14 +59,15 @@ pub fn writer_properties(node: &str, lsn_first: u64, lsn_last: u64) -> WriterPro
         .build()
 }
 
-/// Encodes one file's rows as Parquet bytes.
+/// Encodes one file's rows as Parquet bytes, with the file's footer (its statistics go into
+/// the table's log).
 ///
 /// # Errors
 /// Parquet encoding errors.
-pub fn encode_parquet(batch: &RecordBatch, properties: WriterProperties) -> Result<Vec<u8>, StoreError> {
+pub fn encode_parquet(batch: &RecordBatch, properties: WriterProperties) -> Result<(Vec<u8>, ParquetMetaData), StoreError> {
     let mut bytes = Vec::with_capacity(batch.num_rows() * 4 + 4096);
     let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(properties))?;
     writer.write(batch)?;
-    writer.close()?;
-    Ok(bytes)
+    let footer = writer.close()?;
+    Ok((bytes, footer))
 }

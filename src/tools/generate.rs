@@ -26,6 +26,7 @@ use crate::registry::Catalog;
 use crate::storage::StoreError;
 use crate::storage::buffer::VoteBuffer;
 use crate::storage::dataset::Dataset;
+use crate::storage::engine::{flush_to_tables, take_over};
 use crate::terminal::simulate::VoteSimulator;
 
 /// The node name in generated file names.
@@ -88,6 +89,7 @@ pub(crate) async fn generate(
     mut progress: impl FnMut(NaiveDate, &GenerateReport),
 ) -> Result<GenerateReport, StoreError> {
     let dataset = Dataset::local(data_dir, NODE)?;
+    let mut tables = take_over(data_dir, &dataset, 0).await?;
     let mut rng = StdRng::seed_from_u64(plan.seed);
     let (mut sites, weights) = sites(&mut rng, plan.seed);
     let pick_site = WeightedIndex::new(&weights).expect("positive weights");
@@ -128,10 +130,10 @@ pub(crate) async fn generate(
         let mut lsn_first = index as u64 * (1 << 32) + 1;
         for mut rows in slices.into_iter().filter(|rows| !rows.is_empty()) {
             let lsn_last = lsn_first + rows.len() as u64 - 1;
-            let written = dataset.write_flush(&[rows.finish()], lsn_first, lsn_last).await?;
+            let (written, _) = flush_to_tables(&dataset, &mut tables, &[rows.finish()], lsn_first, lsn_last).await?;
             lsn_first = lsn_last + 1;
-            report.files += written.len();
-            report.bytes += written.iter().map(|(_, len)| *len as u64).sum::<u64>();
+            report.files += written.days();
+            report.bytes += written.bytes();
         }
         report.votes += count;
         progress(*day, &report);

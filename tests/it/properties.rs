@@ -48,7 +48,7 @@ proptest! {
         let mut buffer = VoteBuffer::default();
         buffer.append(&view, AGLIE, 42, &misuse);
         let rows = buffer.finish();
-        let bytes = faccia::storage::parquet::encode_parquet(&rows, faccia::storage::parquet::writer_properties("proptest", 1, 1)).unwrap();
+        let bytes = faccia::storage::parquet::encode_parquet(&rows, faccia::storage::parquet::writer_properties("proptest", 1, 1)).unwrap().0;
         let read: Vec<_> = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).unwrap().build().unwrap().collect::<Result<_, _>>().unwrap();
         let read = arrow::compute::concat_batches(&Arc::clone(&read[0].schema()), &read).unwrap();
         prop_assert_eq!(read.num_rows(), sent.len());

@@ -200,6 +200,13 @@ pub struct StorageLimits {
     pub wal_segment_bytes: u64,
     /// Most bytes one group commit writes before its fsync; bounds the latency one fsync adds.
     pub wal_group_bytes_max: usize,
+    /// How often the server looks for days to compact (a closed day with two files or more,
+    /// today's with 16 or more), applies `retention_days` and vacuums removed files. Ten
+    /// minutes: a flush every minute leaves today's partition at most ~26 files.
+    pub compaction_interval_ms: u64,
+    /// Days of votes kept: whole days older than this leave the tables (0: keep everything).
+    /// The programme's reports compare a year with the previous one, so keep at least 731 for them.
+    pub retention_days: u32,
 }
 
 impl Default for StorageLimits {
@@ -210,6 +217,8 @@ impl Default for StorageLimits {
             buffer_rows_max: 4 << 20,
             wal_segment_bytes: 64 * 1024 * 1024,
             wal_group_bytes_max: 4 * 1024 * 1024,
+            compaction_interval_ms: 10 * 60 * 1000,
+            retention_days: 0,
         }
     }
 }

@@ -1,0 +1,485 @@
+//! Compaction, retention and vacuum: what keeps the tables fast and bounded for years.
+//!
+//! - **Compaction** merges the files of one day of a table into one file. The vote files of a
+//!   day are each sorted (municipality, service, time, terminal), so they are merged in order
+//!   by a streaming k-way merge (DataFusion's `SortPreservingMergeExec`: memory bounded by one
+//!   batch per file, whatever the day's size) and the merged file keeps the sort order, the
+//!   encodings and the statistics of a flushed one; a rollup's files are added up by key.
+//!   The commit removes the day's files and adds the merged one, both with `dataChange =
+//!   false` (Delta's OPTIMIZE): readers see one or the other, never both, and appends carry on
+//!   (delta-rs's conflict checker lets blind appends through). delta-rs's own `optimize` is not
+//!   used: it rewrites files in the table's Delta types (signed, microsecond timestamps) and
+//!   without our sort order.
+//! - **Retention** removes whole days older than a cutoff from all three tables, one commit per
+//!   table (`remove` actions, `dataChange = true`, Delta's DELETE by partition predicate):
+//!   nothing is rewritten.
+//! - **Vacuum** deletes the files no commit references any more once they have been removed
+//!   for longer than the grace period (`table::DELETED_FILE_RETENTION`), so queries that
+//!   started before a removal finish reading; full mode also deletes orphans (files of a
+//!   compaction interrupted before its commit).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::compute::SortOptions;
+use chrono::NaiveDate;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::execution::TaskContext;
+use datafusion::functions_aggregate::expr_fn::sum;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::prelude::{SessionContext, col};
+use deltalake::kernel::{Action, Add, LogicalFileView};
+use deltalake::operations::vacuum::VacuumMode;
+use deltalake::protocol::DeltaOperation;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use parquet::arrow::ArrowWriter;
+use serde_json::json;
+
+use crate::storage::StoreError;
+use crate::storage::buffer::col as votes_col;
+use crate::storage::dataset::{Dataset, rollup_properties, table_relative};
+use crate::storage::parquet::compacted_properties;
+use crate::storage::table::{self, Table, Tables, add_action};
+
+/// Files today's partition may gather before it is compacted too (a closed day is compacted
+/// as soon as it has two): bounds what a query of today reads at a flush every minute.
+pub(crate) const TODAY_FILES_MAX: usize = 16;
+/// Rows per batch read from each file during a merge: the merge holds about one batch per
+/// file (144 files a day at a 10-minute flush: 144 × 8192 rows, about 20 MB).
+const MERGE_BATCH_ROWS: usize = 8192;
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CompactionReport {
+    /// (table, day) pairs merged.
+    pub days: usize,
+    /// Files removed from the tables (they stay on disk until vacuumed).
+    pub files_removed: usize,
+    /// Merged files added.
+    pub files_added: usize,
+    /// Bytes of the removed files.
+    pub bytes_before: u64,
+    /// Bytes of the merged files.
+    pub bytes_after: u64,
+    /// Days skipped because another commit removed one of their files first.
+    pub conflicts: usize,
+}
+
+/// Which days a compaction takes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CompactScope {
+    /// Every day that needs it: a closed day with two files or more, today's with
+    /// `TODAY_FILES_MAX` or more (the background task, and `faccia compact`).
+    Due {
+        /// Today in Italy.
+        today: NaiveDate,
+    },
+    /// One day, whatever its number of files above one (`faccia compact --date`).
+    Day(NaiveDate),
+}
+
+impl CompactScope {
+    fn takes(self, date: NaiveDate, files: usize) -> bool {
+        match self {
+            CompactScope::Due { today } => files >= if date >= today { TODAY_FILES_MAX } else { 2 },
+            CompactScope::Day(day) => date == day && files >= 2,
+        }
+    }
+}
+
+/// The active files of a table by day (`date` partition).
+fn files_by_day(table: &deltalake::DeltaTable) -> Result<BTreeMap<NaiveDate, Vec<LogicalFileView>>, StoreError> {
+    let mut days: BTreeMap<NaiveDate, Vec<LogicalFileView>> = BTreeMap::new();
+    for file in table.snapshot()?.log_data().iter() {
+        let date = file.partition_values_map().get("date").cloned().flatten().and_then(|d| d.parse().ok());
+        if let Some(date) = date {
+            days.entry(date).or_default().push(file);
+        }
+    }
+    Ok(days)
+}
+
+/// Compacts the days `scope` takes in every table, one day and table at a time, calling
+/// `progress` after each (done, total).
+///
+/// # Errors
+/// Read, write or log errors; a day whose files another commit removed first is skipped and
+/// counted in `conflicts`, not an error.
+pub(crate) async fn compact(
+    data_dir: &Path,
+    dataset: &Dataset,
+    tables: &mut Tables,
+    scope: CompactScope,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<CompactionReport, StoreError> {
+    let mut report = CompactionReport::default();
+    let mut plan = Vec::new();
+    for table in Table::ALL {
+        let delta = tables.get_mut(table);
+        delta.update_state().await?;
+        for (date, files) in files_by_day(delta)? {
+            if scope.takes(date, files.len()) {
+                plan.push((table, date));
+            }
+        }
+    }
+    for (done, (table, date)) in plan.iter().enumerate() {
+        compact_day(data_dir, dataset, tables.get_mut(*table), *table, *date, &mut report).await?;
+        progress(done + 1, plan.len());
+    }
+    Ok(report)
+}
+
+/// Merges one day of one table into one file and commits the swap.
+async fn compact_day(
+    data_dir: &Path,
+    dataset: &Dataset,
+    delta: &mut deltalake::DeltaTable,
+    table: Table,
+    date: NaiveDate,
+    report: &mut CompactionReport,
+) -> Result<(), StoreError> {
+    delta.update_state().await?;
+    let Some(files) = files_by_day(delta)?.remove(&date).filter(|f| f.len() >= 2) else { return Ok(()) };
+    let root = std::path::absolute(data_dir.join(table.dir())).map_err(|source| StoreError::Sync { path: table.dir().into(), source })?;
+    let paths: Vec<(String, u64)> =
+        files.iter().map(|f| (format!("{}/{}", root.display(), f.path()).trim_start_matches('/').to_string(), f.size() as u64)).collect();
+    let name = format!("{}/date={date}/compacted-{:020}-{}.parquet", table.dir(), delta.version().unwrap_or(0) + 1, uuid_v4());
+    let path = ObjectPath::from(name);
+    let (bytes, footer) = match table {
+        Table::Votes => merge_votes(&paths, files.len()).await?,
+        Table::Rollup(rollup) => {
+            let merged = add_up(&paths, table, rollup).await?;
+            crate::storage::parquet::encode_parquet(&merged, rollup_properties())?
+        }
+    };
+    let size = bytes.len() as u64;
+    dataset.publish(&path, bytes).await?;
+    crate::storage::faults::crash_point("compact.after_file");
+    let add: Add = add_action(table_relative(table, &path), date, size, &footer, &table.schema(), false)?;
+    let removed_bytes: u64 = files.iter().map(|f| f.size() as u64).sum();
+    let mut actions: Vec<Action> = files.iter().map(|f| Action::Remove(f.remove_action(false))).collect();
+    actions.push(Action::Add(add));
+    let operation = DeltaOperation::Optimize { predicate: Some(format!("date = '{date}'")), target_size: size as i64 };
+    let metrics = json!({ "numAddedFiles": 1, "numRemovedFiles": files.len(), "numOutputRows": footer.file_metadata().num_rows() });
+    match table::commit(delta, actions, operation, None, metrics.as_object().cloned().unwrap_or_default()).await {
+        Ok(version) => {
+            tracing::info!(table = table.dir(), %date, files = files.len(), bytes_before = removed_bytes, bytes_after = size, version, "compacted a day");
+            report.days += 1;
+            report.files_removed += files.len();
+            report.files_added += 1;
+            report.bytes_before += removed_bytes;
+            report.bytes_after += size;
+        }
+        Err(deltalake::DeltaTableError::Transaction { source }) => {
+            tracing::warn!(table = table.dir(), %date, error = %source, "another commit changed this day first; compaction skipped it");
+            report.conflicts += 1;
+            dataset.store.delete(&path).await?;
+        }
+        Err(error) => return Err(error.into()),
+    }
+    Ok(())
+}
+
+/// A random file-name suffix: two compactions of one day never write the same name.
+fn uuid_v4() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// A scan of `paths` (absolute, without the leading `/`) with their `table` schema, one file
+/// per partition.
+fn scan(paths: &[(String, u64)], table: Table, ordering: Option<LexOrdering>) -> Arc<dyn ExecutionPlan> {
+    let source = ParquetSource::new(TableSchema::from(table.schema()));
+    let groups = paths.iter().map(|(path, size)| FileGroup::new(vec![PartitionedFile::new(path.clone(), *size)])).collect();
+    let mut config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source)).with_file_groups(groups);
+    if let Some(ordering) = ordering {
+        config = config.with_output_ordering(vec![ordering]);
+    }
+    DataSourceExec::from_data_source(config.build())
+}
+
+/// Merges sorted vote files into one sorted file (streaming: one batch per file in memory).
+async fn merge_votes(paths: &[(String, u64)], count: usize) -> Result<(Vec<u8>, parquet::file::metadata::ParquetMetaData), StoreError> {
+    let schema = Table::Votes.schema();
+    let key = |index: usize| -> Result<PhysicalSortExpr, StoreError> {
+        let column = datafusion::physical_expr::expressions::col(schema.field(index).name(), &schema).map_err(datafusion_error)?;
+        Ok(PhysicalSortExpr::new(column, SortOptions { descending: false, nulls_first: false }))
+    };
+    let ordering =
+        LexOrdering::new([key(votes_col::MUNICIPALITY)?, key(votes_col::SERVICE)?, key(votes_col::TS)?, key(votes_col::TERMINAL)?])
+            .expect("a non-empty ordering");
+    let merge = SortPreservingMergeExec::new(ordering.clone(), scan(paths, Table::Votes, Some(ordering)));
+    let config = datafusion::prelude::SessionConfig::new().with_batch_size(MERGE_BATCH_ROWS);
+    let context = Arc::new(TaskContext::default().with_session_config(config));
+    let mut stream = merge.execute(0, context).map_err(datafusion_error)?;
+    let mut bytes = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut bytes, Arc::clone(&schema), Some(compacted_properties(count)))?;
+    while let Some(batch) = stream.next().await {
+        writer.write(&batch.map_err(datafusion_error)?)?;
+    }
+    let footer = writer.close()?;
+    Ok((bytes, footer))
+}
+
+/// Adds up rollup files by their key: the rollup of the union of their votes.
+async fn add_up(paths: &[(String, u64)], table: Table, rollup: crate::storage::rollup::Rollup) -> Result<RecordBatch, StoreError> {
+    let schema = rollup.schema();
+    let ctx = SessionContext::new();
+    let batches = datafusion::physical_plan::collect(scan(paths, table, None), ctx.task_ctx()).await.map_err(datafusion_error)?;
+    // A rollup's UInt64 columns are its counts; the others are its key.
+    let is_count = |f: &arrow::datatypes::Field| f.data_type() == &arrow::datatypes::DataType::UInt64;
+    let keys: Vec<_> = schema.fields().iter().filter(|f| !is_count(f)).map(|f| col(f.name())).collect();
+    let counts: Vec<_> = schema.fields().iter().filter(|f| is_count(f)).map(|f| sum(col(f.name())).alias(f.name())).collect();
+    let summed = ctx
+        .read_batches(batches)
+        .and_then(|frame| frame.aggregate(keys.clone(), counts))
+        .and_then(|frame| frame.sort(keys.into_iter().map(|k| k.sort(true, false)).collect()))
+        .map_err(datafusion_error)?
+        .collect()
+        .await
+        .map_err(datafusion_error)?;
+    // The sum comes back as the type of the column (UInt64); conform to the stored schema.
+    let batches = summed.iter().map(|b| RecordBatch::try_new(Arc::clone(&schema), b.columns().to_vec())).collect::<Result<Vec<_>, _>>()?;
+    Ok(arrow::compute::concat_batches(&schema, &batches)?)
+}
+
+fn datafusion_error(error: datafusion::error::DataFusionError) -> StoreError {
+    StoreError::Commit(format!("merging files: {error}"))
+}
+
+/// What retention removed (or would remove, on a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RetentionReport {
+    /// Distinct days removed.
+    pub days: Vec<NaiveDate>,
+    /// Files removed, all tables.
+    pub files: usize,
+    /// Votes removed (from the votes table's statistics).
+    pub votes: u64,
+    /// Bytes of the removed files, all tables.
+    pub bytes: u64,
+}
+
+/// Removes every day before `cutoff` from the three tables: one commit per table (nothing on a
+/// dry run). The files are deleted later by `vacuum`, after the grace period.
+///
+/// # Errors
+/// Log errors (a concurrent compaction of a removed day makes the commit retry or fail).
+pub(crate) async fn apply_retention(tables: &mut Tables, cutoff: NaiveDate, dry_run: bool) -> Result<RetentionReport, StoreError> {
+    let mut report = RetentionReport::default();
+    for table in Table::ALL {
+        let delta = tables.get_mut(table);
+        delta.update_state().await?;
+        let old: Vec<(NaiveDate, LogicalFileView)> = files_by_day(delta)?
+            .into_iter()
+            .filter(|(date, _)| *date < cutoff)
+            .flat_map(|(d, files)| files.into_iter().map(move |f| (d, f)))
+            .collect();
+        if old.is_empty() {
+            continue;
+        }
+        for (date, _) in &old {
+            if !report.days.contains(date) {
+                report.days.push(*date);
+            }
+        }
+        report.files += old.len();
+        report.bytes += old.iter().map(|(_, f)| f.size() as u64).sum::<u64>();
+        let rows: u64 = old.iter().filter_map(|(_, f)| f.num_records()).map(|n| n as u64).sum();
+        if table == Table::Votes {
+            report.votes = rows;
+        }
+        if dry_run {
+            continue;
+        }
+        let actions = old.iter().map(|(_, f)| Action::Remove(f.remove_action(true))).collect();
+        let operation = DeltaOperation::Delete { predicate: Some(format!("date < '{cutoff}'")) };
+        let metrics = json!({ "numAddedFiles": 0, "numRemovedFiles": old.len(), "numDeletedRows": rows });
+        let version = table::commit(delta, actions, operation, None, metrics.as_object().cloned().unwrap_or_default()).await?;
+        tracing::info!(table = table.dir(), %cutoff, files = old.len(), rows, version, "removed the days before the retention cutoff");
+    }
+    report.days.sort();
+    Ok(report)
+}
+
+/// Deletes the files of every table that no version within the grace period references:
+/// removed files once `table::DELETED_FILE_RETENTION` has passed, and orphans. Returns how many
+/// files were deleted.
+///
+/// # Errors
+/// Listing, deleting or log errors.
+pub(crate) async fn vacuum(tables: &mut Tables) -> Result<usize, StoreError> {
+    let mut deleted = 0;
+    for table in Table::ALL {
+        let delta = tables.get_mut(table);
+        delta.update_state().await?;
+        let (vacuumed, metrics) = delta.clone().vacuum().with_mode(VacuumMode::Full).await?;
+        *delta = vacuumed;
+        if !metrics.files_deleted.is_empty() {
+            tracing::info!(table = table.dir(), files = metrics.files_deleted.len(), "vacuumed files removed from the table");
+        }
+        deleted += metrics.files_deleted.len();
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::buffer::testing::buffer_with;
+    use crate::storage::checkpoint::Checkpoint;
+    use crate::storage::engine::{flush_to_tables, take_over};
+    use crate::storage::table::applied;
+
+    const DAY_MS: i64 = 86_400_000;
+    /// 2026-09-21 10:00 in Italy.
+    const MONDAY: i64 = 1_790_000_000_000 - 1_790_000_000_000 % DAY_MS + 8 * 3_600_000;
+
+    /// Votes of `days` days, `flushes` flushes a day (one vote per municipality and flush).
+    async fn written(dir: &Path, node: &str, days: i64, flushes: i64) -> (Dataset, Tables) {
+        let dataset = Dataset::local(dir, node).unwrap();
+        let mut tables = take_over(dir, &dataset, 0).await.unwrap();
+        let mut lsn = 0;
+        for day in 0..days {
+            for flush in 0..flushes {
+                let at = MONDAY + day * DAY_MS + flush * 60_000;
+                let rows = buffer_with(&[(1003, 2, at), (1001, 9, at + 1), (1001, 2, at + 2)]);
+                flush_to_tables(&dataset, &mut tables, &[rows], lsn + 1, lsn + 3).await.unwrap();
+                lsn += 3;
+            }
+        }
+        (dataset, tables)
+    }
+
+    async fn sql_count(dir: &Path, sql: &str) -> i64 {
+        let ctx = crate::query::context(dir).await.unwrap();
+        let batches = crate::query::run(&ctx, sql).await.unwrap();
+        let column = arrow::compute::cast(batches[0].column(0), &arrow::datatypes::DataType::Int64).unwrap();
+        column.as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0)
+    }
+
+    fn active_files(tables: &Tables, table: Table) -> usize {
+        tables.tables[table.index()].snapshot().unwrap().log_data().num_files()
+    }
+
+    #[tokio::test]
+    async fn a_flush_committed_twice_is_stored_once() {
+        // Proves: `commit_flush` with a watermark the table holds commits nothing (a retry
+        // after a crash or a timeout), and the node's watermark is the table's txn version.
+        let dir = tempfile::tempdir().unwrap();
+        let (dataset, mut tables) = written(dir.path(), "n1", 1, 2).await;
+        // The flusher retrying the second flush: the same rows, the same files.
+        let at = MONDAY + 60_000;
+        let rows = buffer_with(&[(1003, 2, at), (1001, 9, at + 1), (1001, 2, at + 2)]);
+        let files = dataset.write_flush(&[rows], 4, 6, &Table::ALL).await.unwrap();
+        let before = tables.versions();
+        for table in Table::ALL {
+            let delta = tables.get_mut(table);
+            assert_eq!(applied(delta, "n1").await.unwrap(), 6);
+            table::commit_flush(delta, "n1", 6, files.adds[table.index()].clone()).await.unwrap();
+        }
+        assert_eq!(tables.versions(), before, "nothing committed");
+        assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM votes").await, 6);
+    }
+
+    #[tokio::test]
+    async fn compaction_leaves_one_sorted_file_per_day_and_the_same_answers() {
+        // Proves: every closed day ends with one file per table, counts and rollups unchanged,
+        // the merged vote file keeps the storage sort order, and a compacted day is not taken again.
+        let dir = tempfile::tempdir().unwrap();
+        let (dataset, mut tables) = written(dir.path(), "n1", 3, 5).await;
+        let queries = [
+            "SELECT count(*) FROM votes",
+            "SELECT CAST(sum(votes) AS BIGINT) FROM vote_counts",
+            "SELECT CAST(sum(votes) AS BIGINT) FROM municipality_service_counts WHERE municipality = 1001",
+            "SELECT count(*) FROM votes WHERE municipality = 1001 AND date = DATE '2026-09-22'",
+        ];
+        let mut before = Vec::new();
+        for sql in queries {
+            before.push(sql_count(dir.path(), sql).await);
+        }
+        assert_eq!(active_files(&tables, Table::Votes), 15);
+        let today = crate::storage::buffer::partition_date(MONDAY + 2 * DAY_MS);
+        let report = compact(dir.path(), &dataset, &mut tables, CompactScope::Due { today }, |_, _| {}).await.unwrap();
+        assert_eq!((report.days, report.files_removed, report.files_added), (6, 30, 6), "two closed days × three tables; today has 5 < 16");
+        for table in Table::ALL {
+            assert_eq!(active_files(&tables, table), 2 + 5, "{table:?}");
+        }
+        for (sql, expected) in queries.into_iter().zip(before) {
+            assert_eq!(sql_count(dir.path(), sql).await, expected, "{sql}");
+        }
+        let again = compact(dir.path(), &dataset, &mut tables, CompactScope::Due { today }, |_, _| {}).await.unwrap();
+        assert_eq!(again.days, 0);
+        let day = compact(dir.path(), &dataset, &mut tables, CompactScope::Day(today), |_, _| {}).await.unwrap();
+        assert_eq!(day.days, 3, "an operator's --date takes today too");
+        let merged = tables.tables[0].snapshot().unwrap().log_data().iter().next().unwrap().path().to_string();
+        let file = std::fs::File::open(dir.path().join("votes").join(merged)).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        let batch = arrow::compute::concat_batches(&Table::Votes.schema(), &reader.collect::<Result<Vec<_>, _>>().unwrap()).unwrap();
+        let sorted = crate::storage::buffer::partition_by_day(std::slice::from_ref(&batch)).unwrap();
+        assert_eq!(sorted.values().next().unwrap(), &batch, "the merged file is in storage order");
+    }
+
+    #[tokio::test]
+    async fn retention_removes_whole_old_days_from_every_table_and_vacuum_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut tables) = written(dir.path(), "n1", 3, 2).await;
+        let cutoff = crate::storage::buffer::partition_date(MONDAY + 2 * DAY_MS);
+        let dry = apply_retention(&mut tables, cutoff, true).await.unwrap();
+        assert_eq!((dry.days.len(), dry.files, dry.votes), (2, 12, 12));
+        assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM votes").await, 18, "a dry run removes nothing");
+        let report = apply_retention(&mut tables, cutoff, false).await.unwrap();
+        assert_eq!(report, dry);
+        assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM votes").await, 6);
+        assert_eq!(sql_count(dir.path(), "SELECT CAST(sum(votes) AS BIGINT) FROM vote_counts").await, 6);
+        assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM table_history WHERE operation = 'DELETE'").await, 3);
+        // Within the grace period the removed files stay for running queries.
+        assert_eq!(vacuum(&mut tables).await.unwrap(), 0);
+        assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM votes").await, 6);
+    }
+
+    #[tokio::test]
+    async fn take_over_adopts_the_files_of_a_pre_delta_directory() {
+        // Proves: a directory as the release before the table format left it (files and a
+        // checkpoint, no `_delta_log/`) is taken over without rewriting a file: committed files
+        // are adopted, a file above the checkpoint (never committed) is removed, a missing
+        // rollup is written, and the node's watermark becomes its txn version.
+        let dir = tempfile::tempdir().unwrap();
+        let dataset = Dataset::local(dir.path(), "n1").unwrap();
+        let at = MONDAY;
+        dataset.write_flush(&[buffer_with(&[(1003, 2, at), (1001, 2, at + 1)])], 1, 2, &Table::ALL).await.unwrap();
+        dataset.write_flush(&[buffer_with(&[(1003, 2, at + DAY_MS)])], 3, 3, &Table::ALL).await.unwrap();
+        dataset.write_flush(&[buffer_with(&[(1003, 2, at + 5)])], 4, 4, &Table::ALL).await.unwrap(); // above the checkpoint
+        Checkpoint { watermark: 3, windows: vec![] }.write(dir.path()).unwrap();
+        std::fs::write(dir.path().join("node-id"), "n1\n").unwrap();
+        let pairs = crate::storage::dataset::list_parts_in(dataset.store.as_ref(), crate::storage::rollup::PAIRS_DIR).await.unwrap();
+        std::fs::remove_file(dir.path().join(pairs[0].path.as_ref())).unwrap();
+        let inode = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        let first = dir.path().join(crate::storage::dataset::list_parts(dataset.store.as_ref()).await.unwrap()[0].path.as_ref());
+        let written_at = inode(&first);
+        assert!(crate::query::context(dir.path()).await.is_err(), "faccia sql says the directory must be taken over first");
+
+        let mut tables = take_over(dir.path(), &dataset, 3).await.unwrap();
+        for table in Table::ALL {
+            assert_eq!(applied(tables.get_mut(table), "n1").await.unwrap(), 3);
+            assert_eq!(active_files(&tables, table), 2, "{table:?}");
+        }
+        assert_eq!(inode(&first), written_at, "adopted, not rewritten");
+        assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM votes").await, 3);
+        assert_eq!(sql_count(dir.path(), "SELECT CAST(sum(votes) AS BIGINT) FROM municipality_service_counts").await, 3);
+        assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM votes WHERE ts > TIMESTAMP '2026-09-21T12:00:00Z'").await, 1);
+        // A second start finds the tables and adopts nothing again.
+        let again = take_over(dir.path(), &dataset, 3).await.unwrap();
+        assert_eq!(again.versions(), tables.versions());
+    }
+}

@@ -1,0 +1,338 @@
+//! The dataset as three Delta Lake tables (`votes/`, `vote_counts/`,
+//! `municipality_service_counts/`), each with its `_delta_log/`: which files a reader sees is
+//! what the table's log says, never what a directory listing finds.
+//!
+//! - **Schema.** The files keep faccia's Arrow types (unsigned integers, millisecond timestamps
+//!   shown in Europe/Rome). Delta has no unsigned types and one UTC timestamp type, so the
+//!   table's schema declares each column the way Spark reads an unsigned Parquet column
+//!   (UINT_8 → SHORT, UINT_16 → INTEGER, UINT_32 and UINT_64 → LONG; `delta_type`) and `ts` as
+//!   TIMESTAMP (an instant; Parquet stores it as UTC-adjusted milliseconds, which every Delta
+//!   reader rescales). Every value fits the wider type, so readers cast without loss, and the
+//!   statistics in the log are the exact values (`file_stats`).
+//! - **Exactly once.** A flush is one commit per table carrying a Delta transaction identifier
+//!   (`txn`: app id `faccia-{node}`, version = the flush's last log sequence number, the
+//!   mechanism Spark Structured Streaming uses for idempotent sinks, Delta protocol §
+//!   "Transaction Identifiers"). `commit_flush` skips a commit whose version the table already
+//!   holds, so a flush retried after a crash or a timeout never doubles a vote, and a table's
+//!   `applied` watermark tells recovery and readers which log records it holds.
+//! - **Rewrites.** Compaction and retention commit `remove` (+ `add`) actions through the same
+//!   `commit`; delta-rs's conflict checker lets appends go on while they run.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::kernels::aggregate;
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use chrono::NaiveDate;
+use deltalake::kernel::transaction::{CommitBuilder, CommitConflictError, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Add, DataType as DeltaType, PrimitiveType, StructField, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableError, TableProperty};
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::file::metadata::ParquetMetaData;
+use serde_json::{Map, Value, json};
+use url::Url;
+
+use crate::storage::StoreError;
+use crate::storage::buffer;
+use crate::storage::rollup::Rollup;
+
+/// The votes table's directory inside the data location.
+pub(crate) const VOTES_DIR: &str = "votes";
+/// Commits of a table between two checkpoints of its log: opening a table reads the last
+/// checkpoint and at most this many JSON commits (a flush is one commit per table).
+pub(crate) const CHECKPOINT_INTERVAL: u32 = 50;
+/// How long a file removed by compaction or retention stays on disk before `vacuum` deletes it:
+/// the grace period that lets queries started before the removal finish reading it. Ten times
+/// the longest a query may run (`limits::QueryLimits`) would be 50 minutes; one hour.
+pub(crate) const DELETED_FILE_RETENTION: &str = "interval 1 hour";
+/// Attempts at a commit that keeps meeting another writer's commit with the same app id.
+const COMMIT_ATTEMPTS_MAX: u32 = 8;
+
+/// One of the dataset's three tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Table {
+    /// `votes`: one row per vote.
+    Votes,
+    /// A rollup: `vote_counts` or `municipality_service_counts`.
+    Rollup(Rollup),
+}
+
+impl Table {
+    /// The three tables, in the order a flush commits them (the votes first).
+    pub(crate) const ALL: [Table; 3] = [Table::Votes, Table::Rollup(Rollup::Counts), Table::Rollup(Rollup::Pairs)];
+
+    /// The table's directory inside the data directory, and its name in SQL.
+    pub(crate) fn dir(self) -> &'static str {
+        match self {
+            Table::Votes => VOTES_DIR,
+            Table::Rollup(rollup) => rollup.dir(),
+        }
+    }
+
+    /// The Arrow schema of the table's files (without the `date` partition).
+    pub(crate) fn schema(self) -> SchemaRef {
+        match self {
+            Table::Votes => buffer::schema(),
+            Table::Rollup(rollup) => rollup.schema(),
+        }
+    }
+
+    /// Position in `Table::ALL`.
+    pub(crate) fn index(self) -> usize {
+        Table::ALL.iter().position(|t| *t == self).expect("every table is in ALL")
+    }
+}
+
+/// The app id of a node's `txn` actions.
+pub(crate) fn app_id(node: &str) -> String {
+    format!("faccia-{node}")
+}
+
+/// The Delta type of a column of faccia's files: the signed type Spark reads an unsigned
+/// Parquet column as (wide enough for every value), TIMESTAMP for the vote time.
+///
+/// # Panics
+/// For a type faccia's schemas do not use (a programming error, caught by the tests).
+pub(crate) fn delta_type(data_type: &DataType) -> DeltaType {
+    DeltaType::Primitive(match data_type {
+        DataType::Int8 => PrimitiveType::Byte,
+        DataType::UInt8 | DataType::Int16 => PrimitiveType::Short,
+        DataType::UInt16 | DataType::Int32 => PrimitiveType::Integer,
+        DataType::UInt32 | DataType::UInt64 | DataType::Int64 => PrimitiveType::Long,
+        DataType::Timestamp(_, Some(_)) => PrimitiveType::Timestamp,
+        DataType::Date32 => PrimitiveType::Date,
+        DataType::Boolean => PrimitiveType::Boolean,
+        DataType::Utf8 => PrimitiveType::String,
+        other => panic!("no Delta type for the stored type {other}"),
+    })
+}
+
+/// The table's location as a `file://` URL (the directory is created if missing).
+fn table_url(data_dir: &Path, table: Table) -> Result<Url, StoreError> {
+    let dir = data_dir.join(table.dir());
+    std::fs::create_dir_all(&dir).map_err(|source| StoreError::Sync { path: dir.display().to_string(), source })?;
+    let absolute = dir.canonicalize().map_err(|source| StoreError::Sync { path: dir.display().to_string(), source })?;
+    Url::from_directory_path(&absolute).map_err(|()| StoreError::Location(absolute.display().to_string()))
+}
+
+/// The table's location as a `file://` URL, for readers (nothing is created).
+pub(crate) fn reader_url(data_dir: &Path, table: Table) -> Result<Url, StoreError> {
+    let dir = data_dir.join(table.dir());
+    let absolute = std::path::absolute(&dir).map_err(|source| StoreError::Sync { path: dir.display().to_string(), source })?;
+    Url::from_directory_path(&absolute).map_err(|()| StoreError::Location(absolute.display().to_string()))
+}
+
+/// Whether the table exists: its log (`_delta_log/`) holds a commit.
+pub(crate) fn exists(data_dir: &Path, table: Table) -> bool {
+    let log = data_dir.join(table.dir()).join("_delta_log");
+    std::fs::read_dir(log).is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".json")))
+}
+
+/// Opens a table that exists.
+///
+/// # Errors
+/// When the log cannot be read (or the table does not exist: `DeltaTableError::NotATable`).
+pub(crate) async fn open(data_dir: &Path, table: Table) -> Result<DeltaTable, StoreError> {
+    let url = reader_url(data_dir, table)?;
+    Ok(deltalake::open_table(url).await?)
+}
+
+/// Opens the table, creating it when it does not exist yet; a new table's first commit holds
+/// `adopt` (files already in the directory, written by a release before the table format) and
+/// the node watermarks `txns`, so that taking a directory over is one atomic step.
+///
+/// # Errors
+/// Storage and log errors.
+pub(crate) async fn open_or_create(
+    data_dir: &Path,
+    table: Table,
+    adopt: Vec<Add>,
+    txns: &[(String, u64)],
+) -> Result<DeltaTable, StoreError> {
+    let url = table_url(data_dir, table)?;
+    let handle = DeltaTable::try_from_url(url.clone()).await?;
+    if handle.verify_deltatable_existence().await? {
+        return Ok(deltalake::open_table(url).await?);
+    }
+    let mut columns: Vec<StructField> =
+        table.schema().fields().iter().map(|f| StructField::new(f.name(), delta_type(f.data_type()), f.is_nullable())).collect();
+    columns.push(StructField::new("date", DeltaType::Primitive(PrimitiveType::Date), false));
+    let adopted = adopt.len();
+    let mut actions: Vec<Action> = adopt.into_iter().map(Action::Add).collect();
+    actions.extend(txns.iter().map(|(node, watermark)| Action::Txn(Transaction::new(app_id(node), *watermark as i64))));
+    let created = handle
+        .create()
+        .with_table_name(table.dir())
+        .with_comment(match table {
+            Table::Votes => "faccia: one row per vote (schemas/storage.md)",
+            Table::Rollup(Rollup::Counts) => "faccia: votes counted by region, service, hour, channel, face, reason, misuse",
+            Table::Rollup(Rollup::Pairs) => "faccia: votes counted by municipality, service, misuse",
+        })
+        .with_columns(columns)
+        .with_partition_columns(["date"])
+        .with_save_mode(SaveMode::Ignore)
+        .with_configuration_property(TableProperty::CheckpointInterval, Some(CHECKPOINT_INTERVAL.to_string()))
+        .with_configuration_property(TableProperty::DeletedFileRetentionDuration, Some(DELETED_FILE_RETENTION))
+        .with_actions(actions)
+        .await?;
+    if adopted > 0 {
+        tracing::info!(table = table.dir(), files = adopted, "took over the files of the directory into the Delta table");
+    }
+    Ok(created)
+}
+
+/// The highest log sequence number of `node` the table holds (0 when none).
+///
+/// # Errors
+/// Log read errors.
+pub(crate) async fn applied(table: &DeltaTable, node: &str) -> Result<u64, StoreError> {
+    let version = table.snapshot()?.transaction_version(table.log_store().as_ref(), app_id(node)).await?;
+    Ok(version.map_or(0, |v| v.max(0) as u64))
+}
+
+/// Commits `actions` as one new version of the table, with `metrics` in the commit's
+/// `operationMetrics` (shown by `table_history`) and the `txn` when given. Returns the version.
+///
+/// # Errors
+/// Log errors, and conflicts delta-rs's checker finds with commits made since the table was
+/// loaded (e.g. two compactions of one day).
+pub(crate) async fn commit(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    txn: Option<Transaction>,
+    metrics: Map<String, Value>,
+) -> Result<u64, DeltaTableError> {
+    let mut properties = CommitProperties::default().with_metadata([("operationMetrics".to_string(), Value::Object(metrics))]);
+    if let Some(txn) = txn {
+        properties = properties.with_application_transaction(txn);
+    }
+    // `From<CommitProperties>`, not `default()`: the post-commit hook writes the log's checkpoints.
+    let finalized =
+        CommitBuilder::from(properties).with_actions(actions).build(Some(table.snapshot()?), table.log_store(), operation).await?;
+    let version = finalized.version();
+    table.state = Some(finalized.snapshot());
+    Ok(version)
+}
+
+/// Commits one flush's files of `node` (log records up to `watermark`) to the table, once:
+/// a table that already holds `watermark` is left as it is. Returns the table's version.
+///
+/// # Errors
+/// Log errors; a commit that keeps meeting another commit of the same node.
+pub(crate) async fn commit_flush(table: &mut DeltaTable, node: &str, watermark: u64, adds: Vec<Add>) -> Result<u64, StoreError> {
+    let files = adds.len();
+    let rows: i64 = adds.iter().filter_map(|a| a.get_stats().ok().flatten().map(|s| s.num_records)).sum();
+    for _ in 0..COMMIT_ATTEMPTS_MAX {
+        table.update_state().await?;
+        if applied(table, node).await? >= watermark {
+            return Ok(table.version().unwrap_or(0));
+        }
+        let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: Some(vec!["date".into()]), predicate: None };
+        let txn = Transaction::new_with_last_update(app_id(node), watermark as i64, Some(chrono::Utc::now().timestamp_millis()));
+        let metrics = json!({ "numAddedFiles": files, "numRemovedFiles": 0, "numOutputRows": rows, "faccia.watermark": watermark });
+        let actions = adds.iter().cloned().map(Action::Add).collect();
+        match commit(table, actions, operation, Some(txn), metrics.as_object().cloned().unwrap_or_default()).await {
+            Ok(version) => return Ok(version),
+            Err(DeltaTableError::Transaction { source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction) }) => {
+                tracing::warn!(node, watermark, "another commit of this node landed first; checking the table again");
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(StoreError::Commit(format!("{COMMIT_ATTEMPTS_MAX} attempts (COMMIT_ATTEMPTS_MAX) met another commit of node {node}")))
+}
+
+/// The `add` action of a file written into the table: `path` relative to the table's root,
+/// `date` its partition, `bytes` its size, the statistics from its footer.
+///
+/// # Errors
+/// When the footer's statistics cannot be read as the table's schema.
+pub(crate) fn add_action(
+    path: String,
+    date: NaiveDate,
+    bytes: u64,
+    footer: &ParquetMetaData,
+    schema: &SchemaRef,
+    data_change: bool,
+) -> Result<Add, StoreError> {
+    Ok(Add {
+        path,
+        partition_values: HashMap::from([("date".to_string(), Some(date.to_string()))]),
+        size: bytes as i64,
+        modification_time: chrono::Utc::now().timestamp_millis(),
+        data_change,
+        stats: Some(file_stats(footer, schema)?),
+        ..Add::default()
+    })
+}
+
+/// The Delta statistics of a Parquet file (`numRecords`, `minValues`, `maxValues`,
+/// `nullCount`; Delta protocol § "Per-file Statistics"), from the row-group statistics of its
+/// footer: integers as JSON numbers, `ts` as an ISO 8601 instant with milliseconds.
+///
+/// # Errors
+/// When a column of `schema` is missing from the file.
+pub(crate) fn file_stats(footer: &ParquetMetaData, schema: &SchemaRef) -> Result<String, StoreError> {
+    let (mut min_values, mut max_values, mut null_count) = (Map::new(), Map::new(), Map::new());
+    let parquet_schema = footer.file_metadata().schema_descr();
+    for field in schema.fields() {
+        let converter = StatisticsConverter::try_new(field.name(), schema, parquet_schema)?;
+        let nulls = converter.row_group_null_counts(footer.row_groups().iter())?;
+        null_count.insert(field.name().clone(), json!(aggregate::sum(&nulls).unwrap_or(0)));
+        let extreme = |values: ArrayRef, min: bool| -> Result<Option<Value>, StoreError> {
+            let Some(value) = extreme(&values, min)? else { return Ok(None) };
+            Ok(Some(match field.data_type() {
+                DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                    let instant = chrono::DateTime::from_timestamp_millis(value).unwrap_or_default();
+                    json!(instant.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+                }
+                _ => json!(value),
+            }))
+        };
+        if let Some(min) = extreme(converter.row_group_mins(footer.row_groups().iter())?, true)? {
+            min_values.insert(field.name().clone(), min);
+        }
+        if let Some(max) = extreme(converter.row_group_maxes(footer.row_groups().iter())?, false)? {
+            max_values.insert(field.name().clone(), max);
+        }
+    }
+    let stats = json!({
+        "numRecords": footer.file_metadata().num_rows(),
+        "minValues": min_values,
+        "maxValues": max_values,
+        "nullCount": null_count,
+    });
+    Ok(stats.to_string())
+}
+
+/// The smallest (or largest) non-null value of row-group statistics, as an i64.
+fn extreme(values: &ArrayRef, min: bool) -> Result<Option<i64>, StoreError> {
+    // Integers widen without loss; a timestamp becomes its milliseconds.
+    let values = arrow::compute::cast(values, &DataType::Int64)?;
+    let values = values.as_primitive::<Int64Type>();
+    if values.null_count() == values.len() {
+        return Ok(None);
+    }
+    Ok(if min { aggregate::min(values) } else { aggregate::max(values) })
+}
+
+/// The three tables of a data directory, opened for writing (the flusher's, compaction's).
+#[derive(Debug)]
+pub(crate) struct Tables {
+    pub(crate) tables: [DeltaTable; 3],
+}
+
+impl Tables {
+    /// Each table's version.
+    pub(crate) fn versions(&self) -> [u64; 3] {
+        self.tables.each_ref().map(|t| t.version().unwrap_or(0))
+    }
+
+    /// The table `table`.
+    pub(crate) fn get_mut(&mut self, table: Table) -> &mut DeltaTable {
+        &mut self.tables[table.index()]
+    }
+}
