@@ -10,6 +10,7 @@ most-voted municipality (a filter on an unsigned column the table declares as a 
 one). Exits non-zero on the first disagreement, naming the reader, the table and both numbers.
 """
 import csv
+import importlib.util
 import io
 import subprocess
 import sys
@@ -27,12 +28,14 @@ def faccia_sql(faccia: str, data_dir: str, sql: str) -> list[dict]:
 
 def duckdb_connection() -> "duckdb.DuckDBPyConnection":
     connection = duckdb.connect()
-    try:
-        # Offline: the extension bundled in the duckdb-ext-delta wheel (pinned to duckdb 1.4.4).
-        import duckdb_ext
-
-        duckdb_ext.init(connection)
-    except ImportError:
+    # Offline: the extension the duckdb-ext-delta wheel ships (pinned to duckdb 1.4.4); otherwise
+    # DuckDB's own repository.
+    spec = importlib.util.find_spec("duckdb_ext")
+    bundled = [Path(p) / "extensions" for p in (spec.submodule_search_locations if spec else [])]
+    bundled = [p for p in bundled if p.is_dir()]
+    if bundled:
+        connection.execute(f"SET extension_directory = '{bundled[0]}'")
+    else:
         connection.execute("INSTALL delta")
     connection.execute("LOAD delta")
     return connection

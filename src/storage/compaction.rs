@@ -236,8 +236,8 @@ async fn add_up(paths: &[(String, u64)], table: Table, rollup: crate::storage::r
     let schema = rollup.schema();
     let ctx = SessionContext::new();
     let batches = datafusion::physical_plan::collect(scan(paths, table, None), ctx.task_ctx()).await.map_err(datafusion_error)?;
-    // A rollup's UInt64 columns are its counts; the others are its key.
-    let is_count = |f: &arrow::datatypes::Field| f.data_type() == &arrow::datatypes::DataType::UInt64;
+    // A rollup's Int64 columns are its counts; the others are its key.
+    let is_count = |f: &arrow::datatypes::Field| f.data_type() == &arrow::datatypes::DataType::Int64;
     let keys: Vec<_> = schema.fields().iter().filter(|f| !is_count(f)).map(|f| col(f.name())).collect();
     let counts: Vec<_> = schema.fields().iter().filter(|f| is_count(f)).map(|f| sum(col(f.name())).alias(f.name())).collect();
     let summed = ctx
@@ -248,7 +248,7 @@ async fn add_up(paths: &[(String, u64)], table: Table, rollup: crate::storage::r
         .collect()
         .await
         .map_err(datafusion_error)?;
-    // The sum comes back as the type of the column (UInt64); conform to the stored schema.
+    // The sum comes back as the type of the column (Int64); conform to the stored schema.
     let batches = summed.iter().map(|b| RecordBatch::try_new(Arc::clone(&schema), b.columns().to_vec())).collect::<Result<Vec<_>, _>>()?;
     Ok(arrow::compute::concat_batches(&schema, &batches)?)
 }

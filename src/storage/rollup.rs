@@ -70,7 +70,7 @@ pub(crate) fn counts_schema() -> SchemaRef {
             Field::new("face", DataType::Int8, false),
             Field::new("reason", DataType::UInt8, true),
             Field::new("misuse", DataType::UInt8, false),
-            Field::new("votes", DataType::UInt64, false),
+            Field::new("votes", DataType::Int64, false),
         ]))
     }))
 }
@@ -118,7 +118,7 @@ pub(crate) fn count_votes(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>,
                 Arc::new(keys.keys().map(|k| k.4).collect::<arrow::array::Int8Array>()),
                 Arc::new(keys.keys().map(|k| (k.5 != 0).then_some(k.5)).collect::<arrow::array::UInt8Array>()),
                 Arc::new(keys.keys().map(|k| k.6).collect::<arrow::array::UInt8Array>()),
-                Arc::new(keys.values().copied().collect::<arrow::array::UInt64Array>()),
+                Arc::new(keys.values().map(|&n| n as i64).collect::<arrow::array::Int64Array>()),
             ];
             Ok((day, RecordBatch::try_new(counts_schema(), columns)?))
         })
@@ -135,10 +135,10 @@ pub(crate) fn pairs_schema() -> SchemaRef {
             Field::new("municipality", DataType::UInt32, false),
             Field::new("service", DataType::UInt16, false),
             Field::new("misuse", DataType::UInt8, false),
-            Field::new("votes", DataType::UInt64, false),
-            Field::new("positive", DataType::UInt64, false),
-            Field::new("neutral", DataType::UInt64, false),
-            Field::new("negative", DataType::UInt64, false),
+            Field::new("votes", DataType::Int64, false),
+            Field::new("positive", DataType::Int64, false),
+            Field::new("neutral", DataType::Int64, false),
+            Field::new("negative", DataType::Int64, false),
         ]))
     }))
 }
@@ -152,7 +152,7 @@ type FacesByPair = BTreeMap<(u32, u16, u8), [u64; 3]>;
 /// # Errors
 /// Arrow errors (none expected for rows in the stored schema).
 pub(crate) fn count_pairs(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>, StoreError> {
-    use arrow::array::{UInt8Array, UInt16Array, UInt32Array, UInt64Array};
+    use arrow::array::{Int64Array, UInt8Array, UInt16Array, UInt32Array};
     use arrow::datatypes::{Int8Type, TimestampMillisecondType, UInt8Type, UInt16Type, UInt32Type};
     let municipality = rows.column(col::MUNICIPALITY).as_primitive::<UInt32Type>();
     let service = rows.column(col::SERVICE).as_primitive::<UInt16Type>();
@@ -171,12 +171,12 @@ pub(crate) fn count_pairs(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>,
     counts
         .into_iter()
         .map(|(day, keys)| {
-            let face = |i: usize| -> ArrayRef { Arc::new(keys.values().map(|c| c[i]).collect::<UInt64Array>()) };
+            let face = |i: usize| -> ArrayRef { Arc::new(keys.values().map(|c| c[i] as i64).collect::<Int64Array>()) };
             let columns: Vec<ArrayRef> = vec![
                 Arc::new(keys.keys().map(|k| k.0).collect::<UInt32Array>()),
                 Arc::new(keys.keys().map(|k| k.1).collect::<UInt16Array>()),
                 Arc::new(keys.keys().map(|k| k.2).collect::<UInt8Array>()),
-                Arc::new(keys.values().map(|c| c[0] + c[1] + c[2]).collect::<UInt64Array>()),
+                Arc::new(keys.values().map(|c| (c[0] + c[1] + c[2]) as i64).collect::<Int64Array>()),
                 face(2),
                 face(1),
                 face(0),
@@ -203,13 +203,13 @@ mod tests {
         let (day, batch) = &counts[0];
         assert_eq!(*day, epoch_day(chrono::NaiveDate::from_ymd_opt(2026, 11, 16).unwrap()));
         let hours: Vec<u8> = batch.column(2).as_primitive::<arrow::datatypes::UInt8Type>().values().to_vec();
-        let votes: Vec<u64> = batch.column(7).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
+        let votes: Vec<u64> = batch.column(7).as_primitive::<arrow::datatypes::Int64Type>().values().iter().map(|&n| n as u64).collect();
         assert_eq!((hours, votes), (vec![10, 11], vec![2, 1]));
         // By municipality × service: Agliè 1 negative, Ala di Stura 2 negative.
         let pairs = count_pairs(&rows).unwrap();
         let batch = &pairs[0].1;
         let municipalities: Vec<u32> = batch.column(0).as_primitive::<arrow::datatypes::UInt32Type>().values().to_vec();
-        let negative: Vec<u64> = batch.column(6).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
+        let negative: Vec<u64> = batch.column(6).as_primitive::<arrow::datatypes::Int64Type>().values().iter().map(|&n| n as u64).collect();
         assert_eq!((municipalities, negative), (vec![1001, 1003], vec![1, 2]));
     }
 }
