@@ -381,8 +381,11 @@ struct SnapshotFiles {
     sizes: Vec<u64>,
     dates: arrow::array::Date32Array,
     rows: Option<ArrayRef>,
-    columns: std::collections::HashMap<String, (Option<ArrayRef>, Option<ArrayRef>, Option<ArrayRef>)>,
+    columns: std::collections::HashMap<String, ColumnStats>,
 }
+
+/// A column's (minimum, maximum, null count) per file, when the log has them.
+type ColumnStats = (Option<ArrayRef>, Option<ArrayRef>, Option<ArrayRef>);
 
 impl SnapshotFiles {
     fn new(snapshot: &DeltaTableState, schema: &SchemaRef) -> DfResult<SnapshotFiles> {
