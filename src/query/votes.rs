@@ -199,6 +199,15 @@ impl VotesTable {
         }
     }
 
+    /// A scan of no file, with the projected schema.
+    fn empty(&self, projection: Option<&Vec<usize>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let projected = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => Arc::clone(&self.schema),
+        };
+        Ok(Arc::new(EmptyExec::new(projected)))
+    }
+
     /// The snapshot's files that the filters may need, as a Parquet scan.
     async fn files(
         &self,
@@ -241,11 +250,7 @@ impl VotesTable {
             }
         }
         if partitioned.is_empty() {
-            let projected = match projection {
-                Some(p) => Arc::new(self.schema.project(p)?),
-                None => Arc::clone(&self.schema),
-            };
-            return Ok(Arc::new(EmptyExec::new(projected)));
+            return self.empty(projection);
         }
         let groups = FileGroup::new(partitioned).split_files(state.config().target_partitions());
         let file_schema = self.shape.schema();
@@ -341,13 +346,7 @@ impl TableProvider for VotesTable {
         };
         let files = match &snapshot {
             Some(snapshot) => self.files(state, snapshot, projection, filters, limit).await?,
-            None => {
-                let projected = match projection {
-                    Some(p) => Arc::new(self.schema.project(p)?),
-                    None => Arc::clone(&self.schema),
-                };
-                Arc::new(EmptyExec::new(projected))
-            }
+            None => self.empty(projection)?,
         };
         let Some(fresh) = self.fresh_rows(state, &memory, projection, filters)? else { return Ok(files) };
         let union = UnionExec::try_new(vec![files, fresh])?;

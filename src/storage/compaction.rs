@@ -154,7 +154,7 @@ async fn compact_day(
     let root = std::path::absolute(data_dir.join(table.dir())).map_err(|source| StoreError::Sync { path: table.dir().into(), source })?;
     let paths: Vec<(String, u64)> =
         files.iter().map(|f| (format!("{}/{}", root.display(), f.path()).trim_start_matches('/').to_string(), f.size() as u64)).collect();
-    let name = format!("{}/date={date}/compacted-{:020}-{}.parquet", table.dir(), delta.version().unwrap_or(0) + 1, uuid_v4());
+    let name = format!("{}/date={date}/compacted-{:020}-{}.parquet", table.dir(), delta.version().unwrap_or(0) + 1, random_suffix());
     let path = ObjectPath::from(name);
     let (bytes, footer) = match table {
         Table::Votes => merge_votes(&paths, files.len()).await?,
@@ -192,7 +192,7 @@ async fn compact_day(
 }
 
 /// A random file-name suffix: two compactions of one day never write the same name.
-fn uuid_v4() -> String {
+fn random_suffix() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 

@@ -113,8 +113,7 @@ pub(crate) fn delta_type(data_type: &DataType) -> DeltaType {
 fn table_url(data_dir: &Path, table: Table) -> Result<Url, StoreError> {
     let dir = data_dir.join(table.dir());
     std::fs::create_dir_all(&dir).map_err(|source| StoreError::Sync { path: dir.display().to_string(), source })?;
-    let absolute = dir.canonicalize().map_err(|source| StoreError::Sync { path: dir.display().to_string(), source })?;
-    Url::from_directory_path(&absolute).map_err(|()| StoreError::Location(absolute.display().to_string()))
+    reader_url(data_dir, table)
 }
 
 /// The table's location as a `file://` URL, for readers (nothing is created).
@@ -152,10 +151,12 @@ pub(crate) async fn open_or_create(
     txns: &[(String, u64)],
 ) -> Result<DeltaTable, StoreError> {
     let url = table_url(data_dir, table)?;
-    let handle = DeltaTable::try_from_url(url.clone()).await?;
-    if handle.verify_deltatable_existence().await? {
+    // Probed with `exists` (a listing of `_delta_log/`): delta-rs's own probe logs an error
+    // for a table that does not exist yet.
+    if exists(data_dir, table) {
         return Ok(deltalake::open_table(url).await?);
     }
+    let handle = DeltaTable::try_from_url(url).await?;
     let mut columns: Vec<StructField> =
         table.schema().fields().iter().map(|f| StructField::new(f.name(), delta_type(f.data_type()), f.is_nullable())).collect();
     columns.push(StructField::new("date", DeltaType::Primitive(PrimitiveType::Date), false));
