@@ -165,6 +165,10 @@ pub enum Command {
         /// every 24 h / N leaves it (144: a flush every 10 minutes). 1 to 1440.
         #[arg(long, default_value_t = 1)]
         flushes_per_day: u32,
+        /// Keep each day's small files instead of compacting the day once it is written (as the
+        /// server does once a day is closed).
+        #[arg(long)]
+        no_compact: bool,
     },
     /// Merge the small files of each day into one, in all three tables (the server does it in
     /// the background every `compaction_interval_ms`; safe while it runs).
@@ -364,8 +368,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Crashtest { data_dir, rounds, terminals, min_ms, max_ms, seed } => {
             crashtest(data_dir, rounds, terminals, (min_ms, max_ms), seed).await
         }
-        Command::Generate { data, votes, days, end, seed, flushes_per_day } => {
-            generate(&data.data_dir, votes, days, end, seed, flushes_per_day).await
+        Command::Generate { data, votes, days, end, seed, flushes_per_day, no_compact } => {
+            let yesterday = || crate::storage::buffer::partition_date(crate::clock::now_ms()) - chrono::Days::new(1);
+            let end = end.unwrap_or_else(yesterday);
+            let plan = crate::tools::generate::GeneratePlan { votes, days, end, seed, flushes_per_day, compact: !no_compact };
+            generate(&data.data_dir, &plan).await
         }
         Command::Compact { data, date } => compact(&data.data_dir, date).await,
         Command::Retention { data, older_than, dry_run } => retention(&data.data_dir, older_than, dry_run).await,
@@ -390,7 +397,10 @@ async fn compact(data_dir: &Path, date: Option<chrono::NaiveDate>) -> anyhow::Re
     let (dataset, mut tables) = maintained(data_dir).await?;
     let scope = match date {
         Some(day) => CompactScope::Day(day),
-        None => CompactScope::Due { today: crate::storage::buffer::partition_date(crate::clock::now_ms()) },
+        None => CompactScope::Due {
+            today: crate::storage::buffer::partition_date(crate::clock::now_ms()),
+            today_files_max: crate::limits::StorageLimits::default().today_files_max,
+        },
     };
     let started = Instant::now();
     let bar = indicatif::ProgressBar::new(0).with_style(
@@ -403,7 +413,7 @@ async fn compact(data_dir: &Path, date: Option<chrono::NaiveDate>) -> anyhow::Re
     })
     .await?;
     bar.finish_and_clear();
-    let vacuumed = crate::storage::compaction::vacuum(&mut tables).await?;
+    let vacuumed = crate::storage::compaction::vacuum(&mut tables, crate::storage::compaction::Grace::Period).await?;
     println!(
         "compacted {} table-days: {} files into {}, {} → {} bytes, in {:.1} s{}; {vacuumed} files vacuumed",
         report.days,
@@ -445,27 +455,18 @@ async fn serve(data_dir: &Path, config: Config) -> anyhow::Result<()> {
     server.run_until_signal().await
 }
 
-async fn generate(
-    data_dir: &Path,
-    votes: u64,
-    days: u32,
-    end: Option<chrono::NaiveDate>,
-    seed: u64,
-    flushes_per_day: u32,
-) -> anyhow::Result<()> {
-    if days == 0 {
+async fn generate(data_dir: &Path, plan: &crate::tools::generate::GeneratePlan) -> anyhow::Result<()> {
+    if plan.days == 0 {
         bail!("--days must be at least 1");
     }
     let most = crate::tools::generate::FLUSHES_PER_DAY_MAX;
-    if !(1..=most).contains(&flushes_per_day) {
-        bail!("--flushes-per-day is {flushes_per_day}; it must be 1 to {most} (one flush a minute)");
+    if !(1..=most).contains(&plan.flushes_per_day) {
+        bail!("--flushes-per-day is {}; it must be 1 to {most} (one flush a minute)", plan.flushes_per_day);
     }
-    let yesterday = crate::storage::buffer::partition_date(crate::clock::now_ms()) - chrono::Days::new(1);
-    let plan = crate::tools::generate::GeneratePlan { votes, days, end: end.unwrap_or(yesterday), seed, flushes_per_day };
     let started = Instant::now();
-    let report = crate::tools::generate::generate(data_dir, &plan, |day, so_far| {
+    let report = crate::tools::generate::generate(data_dir, plan, |day, so_far| {
         eprintln!(
-            "{day}: {} votes, {} files, {:.2} bytes per vote so far",
+            "{day}: {} votes, {} vote files, {:.2} bytes per vote so far (all three tables)",
             so_far.votes,
             so_far.files,
             so_far.bytes as f64 / so_far.votes.max(1) as f64
@@ -473,7 +474,7 @@ async fn generate(
     })
     .await?;
     println!(
-        "generated {} votes in {} files, {} bytes ({:.2} bytes per vote) in {:.1} s",
+        "generated {} votes in {} vote files, {} bytes in the three tables ({:.2} bytes per vote) in {:.1} s",
         report.votes,
         report.files,
         report.bytes,
@@ -636,6 +637,7 @@ async fn crashtest(data_dir: Option<PathBuf>, rounds: u32, terminals: usize, run
     println!("lost                   {:>12}", report.lost);
     println!("duplicated             {:>12}", report.duplicated);
     println!("unexpected             {:>12}", report.unexpected);
+    println!("compactions committed  {:>12}  ({} rounds stopped inside one)", report.compactions, report.compaction_crashes);
     println!("seed {seed}, {:.0} s", started.elapsed().as_secs_f64());
     if !report.is_clean() {
         bail!("acknowledged votes were lost or doubled (seed {seed})");

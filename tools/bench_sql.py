@@ -2,20 +2,27 @@
 """The standard analyst queries on faccia (DataFusion) and on DuckDB, over the same files.
 
 Usage: tools/bench_sql.py --data-dir DIR --faccia target/release/faccia [--repeat 5] [--end YYYY-MM-DD]
+       tools/bench_sql.py --data-dir DIR --baseline-dir DIR2 --faccia F [--repeat 5]
 
 For each query, interleaved: `faccia sql --repeat N` (timings measured inside the process, after
 the context is open, so process start is not counted) and DuckDB in this process reading
-DIR/votes/*/*.parquet with hive partitioning, N runs each after one warm-up run per engine.
+the table's files (the active files of its Delta log; every file of a directory written before
+the table format) with hive partitioning, N runs each after one warm-up run per engine.
 faccia answers with its library (views and tables over the rollups where they have one);
 DuckDB reads the votes, as an analyst pointing it at the dataset would. Where faccia reads the
 rollup, DuckDB is also timed over the same rollup files, for a like-for-like
 figure. All answers are compared (rows and a checksum) before any timing is reported. Prints
 a Markdown table of medians and the ratio faccia / DuckDB, and the bytes per vote on disk.
+
+With --baseline-dir, faccia alone on two datasets of the same votes (e.g. the year written at a
+10-minute flush and compacted, against the same votes written one file per day): the five
+queries and `count(*)`, interleaved, with the ratio DIR / DIR2; answers compared first.
 """
 import argparse
 import csv
 import glob
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -96,10 +103,10 @@ QUERIES = [
 ]
 
 
-def faccia_run(args, sql):
+def faccia_run(args, sql, data_dir=None):
     """(rows as text, median ms, min ms) from `faccia sql --repeat` (one warm-up run more)."""
     proc = subprocess.run(
-        [args.faccia, "sql", "--data-dir", args.data_dir, "--format", "csv", "--repeat", str(args.repeat + 1), sql],
+        [args.faccia, "sql", "--data-dir", data_dir or args.data_dir, "--format", "csv", "--repeat", str(args.repeat + 1), sql],
         check=True, capture_output=True, text=True,
     )
     runs = [float(x) for x in proc.stderr.split("runs ")[-1].split()][1:]
@@ -107,17 +114,27 @@ def faccia_run(args, sql):
     return rows, statistics.median(runs), min(runs)
 
 
+def table_files(data_dir, table):
+    """The files of a table: the active files of its Delta log (replayed from the last checkpoint
+    with the `deltalake` package), or every Parquet file of a directory written before the table
+    format. Files removed by compaction but not yet vacuumed are not the table's."""
+    root = f"{data_dir}/{table}"
+    if os.path.isdir(f"{root}/_delta_log"):
+        from deltalake import DeltaTable
+
+        return sorted(DeltaTable(root).file_uris())
+    return sorted(glob.glob(f"{root}/*/*.parquet"))
+
+
 def duckdb_connection(data_dir, repo):
     con = duckdb.connect()
     con.execute("SET threads = 2")
     con.execute("SET TimeZone = 'Europe/Rome'")
-    con.execute(
-        f"CREATE VIEW votes AS SELECT * FROM read_parquet('{data_dir}/votes/*/*.parquet', hive_partitioning = true)"
-    )
-    for rollup in ("vote_counts", "municipality_service_counts"):
-        if glob.glob(f"{data_dir}/{rollup}/*/*.parquet"):
+    for table in ("votes", "vote_counts", "municipality_service_counts"):
+        files = table_files(data_dir, table)
+        if files:
             con.execute(
-                f"CREATE VIEW {rollup} AS SELECT * FROM read_parquet('{data_dir}/{rollup}/*/*.parquet', hive_partitioning = true)"
+                f"CREATE VIEW {table} AS SELECT * FROM read_parquet({json.dumps(files)}, hive_partitioning = true)"
             )
     con.execute(
         f"CREATE TABLE municipalities AS SELECT CAST(istat_code AS INTEGER) AS municipality, region "
@@ -153,15 +170,33 @@ def checksum(rows):
     return len(rows), round(total, 0)
 
 
+def faccia_against_baseline(args, params):
+    """faccia on --data-dir and on --baseline-dir (the same votes), interleaved query by query."""
+    print(f"faccia on {args.data_dir} against {args.baseline_dir}, {args.repeat} runs each after a warm-up, medians (min)\n")
+    print("| query | this dataset ms | baseline ms | ratio |")
+    print("|---|---:|---:|---:|")
+    queries = [(name, ours) for name, ours, _, _ in QUERIES] + [("count(*)", "SELECT count(*) FROM votes")]
+    for name, sql in queries:
+        sql = sql.format(**params)
+        rows, ms, low = faccia_run(args, sql)
+        base_rows, base_ms, base_low = faccia_run(args, sql, data_dir=args.baseline_dir)
+        if checksum(rows) != checksum(base_rows):
+            print(f"{name}: answers differ: {checksum(rows)} against {checksum(base_rows)}", file=sys.stderr)
+            return 1
+        print(f"| {name} | {ms:.1f} ({low:.1f}) | {base_ms:.1f} ({base_low:.1f}) | {ms / base_ms:.2f} |")
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--faccia", required=True)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--end", help="the last day of the dataset [default: the latest partition]")
+    parser.add_argument("--baseline-dir", help="time faccia alone against this dataset of the same votes")
     args = parser.parse_args()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    files = glob.glob(f"{args.data_dir}/votes/*/*.parquet")
+    files = table_files(args.data_dir, "votes")
     days = sorted(os.path.basename(os.path.dirname(f)).removeprefix("date=") for f in files)
     end = args.end or days[-1]
     con = duckdb_connection(args.data_dir, repo)
@@ -170,11 +205,13 @@ def main():
         f"SELECT municipality FROM votes WHERE date = DATE '{end}' GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"
     ).fetchone()[0]
     params = {"end": end, "municipality": busiest, "day": end}
+    if args.baseline_dir:
+        return faccia_against_baseline(args, params)
     size = sum(os.path.getsize(f) for f in files)
     print(f"{votes} votes in {len(files)} files, {size} bytes: {size / votes:.2f} bytes per vote")
     total = size
     for rollup in ("vote_counts", "municipality_service_counts"):
-        rolled = sum(os.path.getsize(f) for f in glob.glob(f"{args.data_dir}/{rollup}/*/*.parquet"))
+        rolled = sum(os.path.getsize(f) for f in table_files(args.data_dir, rollup))
         total += rolled
         print(f"{rollup} rollup: {rolled} bytes, {rolled / votes:.3f} bytes per vote")
     print(f"votes and rollups together: {total / votes:.2f} bytes per vote")

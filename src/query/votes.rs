@@ -40,7 +40,6 @@ use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
@@ -263,12 +262,7 @@ impl VotesTable {
             .with_projection_indices(projection.cloned())?
             .with_limit(limit);
         if self.shape == Table::Votes {
-            let sort = |name: &str| -> DfResult<PhysicalSortExpr> {
-                let column = datafusion::physical_expr::expressions::col(name, &self.schema)?;
-                Ok(PhysicalSortExpr::new(column, arrow::compute::SortOptions { descending: false, nulls_first: false }))
-            };
-            let ordering = LexOrdering::new([sort("municipality")?, sort("service")?, sort("ts")?]).expect("a non-empty ordering");
-            config = config.with_output_ordering(vec![ordering]);
+            config = config.with_output_ordering(vec![crate::storage::parquet::votes_ordering(&self.schema)?]);
         }
         format.create_physical_plan(state, config.build()).await
     }

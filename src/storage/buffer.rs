@@ -41,6 +41,10 @@ pub mod col {
     pub const MISUSE: usize = 7;
 }
 
+/// The storage sort order of the votes within a day, ascending: every vote file (flushed or
+/// compacted) is sorted by these columns and declares it (Parquet `sorting_columns`).
+pub(crate) const SORT_ORDER: [usize; 4] = [col::MUNICIPALITY, col::SERVICE, col::TS, col::TERMINAL];
+
 /// The schema of a vote as stored (the `date` partition column is added by readers).
 pub(crate) fn schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
@@ -190,13 +194,8 @@ pub fn partition_by_day(batches: &[RecordBatch]) -> Result<BTreeMap<NaiveDate, R
         Some(order) => order,
         None => {
             let sort = |values: ArrayRef| SortColumn { values, options: None };
-            let columns = [
-                sort(Arc::new(days.clone())),
-                sort(Arc::clone(all.column(col::MUNICIPALITY))),
-                sort(Arc::clone(all.column(col::SERVICE))),
-                sort(Arc::clone(all.column(col::TS))),
-                sort(Arc::clone(all.column(col::TERMINAL))),
-            ];
+            let mut columns = vec![sort(Arc::new(days.clone()))];
+            columns.extend(SORT_ORDER.iter().map(|&c| sort(Arc::clone(all.column(c)))));
             lexsort_to_indices(&columns, None)?
         }
     };

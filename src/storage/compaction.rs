@@ -23,7 +23,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::compute::SortOptions;
 use chrono::NaiveDate;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
@@ -32,7 +31,7 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::TaskContext;
 use datafusion::functions_aggregate::expr_fn::sum;
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_expr::LexOrdering;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::prelude::{SessionContext, col};
@@ -46,14 +45,10 @@ use parquet::arrow::ArrowWriter;
 use serde_json::json;
 
 use crate::storage::StoreError;
-use crate::storage::buffer::col as votes_col;
 use crate::storage::dataset::{Dataset, rollup_properties, table_relative};
-use crate::storage::parquet::compacted_properties;
+use crate::storage::parquet::{compacted_properties, votes_ordering};
 use crate::storage::table::{self, Table, Tables, add_action};
 
-/// Files today's partition may gather before it is compacted too (a closed day is compacted
-/// as soon as it has two): bounds what a query of today reads at a flush every minute.
-pub(crate) const TODAY_FILES_MAX: usize = 16;
 /// Rows per batch read from each file during a merge: the merge holds about one batch per
 /// file (144 files a day at a 10-minute flush: 144 × 8192 rows, about 20 MB).
 const MERGE_BATCH_ROWS: usize = 8192;
@@ -78,11 +73,13 @@ pub(crate) struct CompactionReport {
 /// Which days a compaction takes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum CompactScope {
-    /// Every day that needs it: a closed day with two files or more, today's with
-    /// `TODAY_FILES_MAX` or more (the background task, and `faccia compact`).
+    /// Every day that needs it: a closed day with two files or more, today's (and a later
+    /// day's) with `today_files_max` or more (the background task, and `faccia compact`).
     Due {
         /// Today in Italy.
         today: NaiveDate,
+        /// `StorageLimits::today_files_max`.
+        today_files_max: usize,
     },
     /// One day, whatever its number of files above one (`faccia compact --date`).
     Day(NaiveDate),
@@ -91,7 +88,7 @@ pub(crate) enum CompactScope {
 impl CompactScope {
     fn takes(self, date: NaiveDate, files: usize) -> bool {
         match self {
-            CompactScope::Due { today } => files >= if date >= today { TODAY_FILES_MAX } else { 2 },
+            CompactScope::Due { today, today_files_max } => files >= if date >= today { today_files_max.max(2) } else { 2 },
             CompactScope::Day(day) => date == day && files >= 2,
         }
     }
@@ -211,13 +208,7 @@ fn scan(paths: &[(String, u64)], table: Table, ordering: Option<LexOrdering>) ->
 /// Merges sorted vote files into one sorted file (streaming: one batch per file in memory).
 async fn merge_votes(paths: &[(String, u64)], count: usize) -> Result<(Vec<u8>, parquet::file::metadata::ParquetMetaData), StoreError> {
     let schema = Table::Votes.schema();
-    let key = |index: usize| -> Result<PhysicalSortExpr, StoreError> {
-        let column = datafusion::physical_expr::expressions::col(schema.field(index).name(), &schema).map_err(datafusion_error)?;
-        Ok(PhysicalSortExpr::new(column, SortOptions { descending: false, nulls_first: false }))
-    };
-    let ordering =
-        LexOrdering::new([key(votes_col::MUNICIPALITY)?, key(votes_col::SERVICE)?, key(votes_col::TS)?, key(votes_col::TERMINAL)?])
-            .expect("a non-empty ordering");
+    let ordering = votes_ordering(&schema).map_err(datafusion_error)?;
     let merge = SortPreservingMergeExec::new(ordering.clone(), scan(paths, Table::Votes, Some(ordering)));
     let config = datafusion::prelude::SessionConfig::new().with_batch_size(MERGE_BATCH_ROWS);
     let context = Arc::new(TaskContext::default().with_session_config(config));
@@ -312,18 +303,32 @@ pub(crate) async fn apply_retention(tables: &mut Tables, cutoff: NaiveDate, dry_
     Ok(report)
 }
 
+/// When vacuum deletes the files the tables no longer reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Grace {
+    /// After `table::DELETED_FILE_RETENTION`, so that queries that started before a removal
+    /// finish reading (the server, `faccia compact`, `faccia retention`).
+    Period,
+    /// At once: only for tables no reader can have opened yet (`faccia generate` on a
+    /// directory it created).
+    None,
+}
+
 /// Deletes the files of every table that no version within the grace period references:
-/// removed files once `table::DELETED_FILE_RETENTION` has passed, and orphans. Returns how many
-/// files were deleted.
+/// removed files once the grace has passed, and orphans. Returns how many files were deleted.
 ///
 /// # Errors
 /// Listing, deleting or log errors.
-pub(crate) async fn vacuum(tables: &mut Tables) -> Result<usize, StoreError> {
+pub(crate) async fn vacuum(tables: &mut Tables, grace: Grace) -> Result<usize, StoreError> {
     let mut deleted = 0;
     for table in Table::ALL {
         let delta = tables.get_mut(table);
         delta.update_state().await?;
-        let (vacuumed, metrics) = delta.clone().vacuum().with_mode(VacuumMode::Full).await?;
+        let mut builder = delta.clone().vacuum().with_mode(VacuumMode::Full);
+        if grace == Grace::None {
+            builder = builder.with_retention_period(chrono::TimeDelta::zero()).with_enforce_retention_duration(false);
+        }
+        let (vacuumed, metrics) = builder.await?;
         *delta = vacuumed;
         if !metrics.files_deleted.is_empty() {
             tracing::info!(table = table.dir(), files = metrics.files_deleted.len(), "vacuumed files removed from the table");
@@ -384,12 +389,35 @@ mod tests {
         let files = dataset.write_flush(&[rows], 4, 6, &Table::ALL).await.unwrap();
         let before = tables.versions();
         for table in Table::ALL {
-            let delta = tables.get_mut(table);
-            assert_eq!(applied(delta, "n1").await.unwrap(), 6);
-            table::commit_flush(delta, "n1", 6, files.adds[table.index()].clone()).await.unwrap();
+            assert_eq!(applied(tables.get_mut(table), "n1").await.unwrap(), 6);
+            table::commit_flush(&mut tables, table, 6, files.adds[table.index()].clone()).await.unwrap();
         }
         assert_eq!(tables.versions(), before, "nothing committed");
         assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM votes").await, 6);
+    }
+
+    #[tokio::test]
+    async fn a_flush_whose_commit_landed_unseen_is_not_committed_again() {
+        // Proves: a handle that does not know its flush landed (the commit's reply lost: its
+        // snapshot and its watermark are from before) commits nothing when it retries: the
+        // conflict checker finds the newer commit with the node's app id, the table is read
+        // again and the flush is found there.
+        let dir = tempfile::tempdir().unwrap();
+        let (dataset, mut tables) = written(dir.path(), "n1", 1, 1).await;
+        let mut stale = take_over(dir.path(), &dataset, 0).await.unwrap();
+        let at = MONDAY + 60_000;
+        let files = dataset.write_flush(&[buffer_with(&[(1003, 2, at), (1001, 9, at + 1)])], 4, 5, &Table::ALL).await.unwrap();
+        for table in Table::ALL {
+            table::commit_flush(&mut tables, table, 5, files.adds[table.index()].clone()).await.unwrap();
+        }
+        assert_eq!(stale.applied, [3; 3], "the stale handle knows only the first flush");
+        for table in Table::ALL {
+            table::commit_flush(&mut stale, table, 5, files.adds[table.index()].clone()).await.unwrap();
+        }
+        assert_eq!(stale.applied, [5; 3]);
+        assert_eq!(stale.versions(), tables.versions(), "nothing committed twice");
+        assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM votes").await, 5);
+        assert_eq!(sql_count(dir.path(), "SELECT CAST(sum(votes) AS BIGINT) FROM vote_counts").await, 5);
     }
 
     #[tokio::test]
@@ -410,7 +438,7 @@ mod tests {
         }
         assert_eq!(active_files(&tables, Table::Votes), 15);
         let today = crate::storage::buffer::partition_date(MONDAY + 2 * DAY_MS);
-        let report = compact(dir.path(), &dataset, &mut tables, CompactScope::Due { today }, |_, _| {}).await.unwrap();
+        let report = compact(dir.path(), &dataset, &mut tables, CompactScope::Due { today, today_files_max: 16 }, |_, _| {}).await.unwrap();
         assert_eq!((report.days, report.files_removed, report.files_added), (6, 30, 6), "two closed days × three tables; today has 5 < 16");
         for table in Table::ALL {
             assert_eq!(active_files(&tables, table), 2 + 5, "{table:?}");
@@ -418,7 +446,7 @@ mod tests {
         for (sql, expected) in queries.into_iter().zip(before) {
             assert_eq!(sql_count(dir.path(), sql).await, expected, "{sql}");
         }
-        let again = compact(dir.path(), &dataset, &mut tables, CompactScope::Due { today }, |_, _| {}).await.unwrap();
+        let again = compact(dir.path(), &dataset, &mut tables, CompactScope::Due { today, today_files_max: 16 }, |_, _| {}).await.unwrap();
         assert_eq!(again.days, 0);
         let day = compact(dir.path(), &dataset, &mut tables, CompactScope::Day(today), |_, _| {}).await.unwrap();
         assert_eq!(day.days, 3, "an operator's --date takes today too");
@@ -444,8 +472,12 @@ mod tests {
         assert_eq!(sql_count(dir.path(), "SELECT CAST(sum(votes) AS BIGINT) FROM vote_counts").await, 6);
         assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM table_history WHERE operation = 'DELETE'").await, 3);
         // Within the grace period the removed files stay for running queries.
-        assert_eq!(vacuum(&mut tables).await.unwrap(), 0);
+        assert_eq!(vacuum(&mut tables, Grace::Period).await.unwrap(), 0);
         assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM votes").await, 6);
+        // Without a grace period (a directory nobody reads yet) they go at once; the answers stay.
+        assert_eq!(vacuum(&mut tables, Grace::None).await.unwrap(), 12);
+        assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM votes").await, 6);
+        assert_eq!(sql_count(dir.path(), "SELECT CAST(sum(votes) AS BIGINT) FROM municipality_service_counts").await, 6);
     }
 
     #[tokio::test]

@@ -21,8 +21,9 @@ use chrono::NaiveDate;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use deltalake::kernel::Add;
 
@@ -144,9 +145,14 @@ pub(crate) fn table_relative(table: Table, path: &ObjectPath) -> String {
     path.strip_prefix(table.dir()).map_or(path, |p| p.trim_start_matches('/')).to_string()
 }
 
-/// Parquet settings of a rollup file: zstd, default statistics.
+/// Parquet settings of a rollup file: zstd, default statistics, `municipality` delta-encoded.
 pub(crate) fn rollup_properties() -> WriterProperties {
-    WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level"))).build()
+    // `municipality` (in `municipality_service_counts`, sorted) delta-encoded, as in vote files.
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+        .set_column_dictionary_enabled(ColumnPath::from("municipality"), false)
+        .set_column_encoding(ColumnPath::from("municipality"), Encoding::DELTA_BINARY_PACKED)
+        .build()
 }
 
 /// Where vote files go: an object store, plus the local directory behind it when there is one

@@ -243,10 +243,7 @@ impl Engine {
         let dataset = Dataset::local(data_dir, &node)?;
         let wal_dir = data_dir.join("wal");
         let mut tables = take_over(data_dir, &dataset, checkpoint.watermark).await?;
-        let mut applied = [0; 3];
-        for table in Table::ALL {
-            applied[table.index()] = table::applied(tables.get_mut(table), &node).await?;
-        }
+        let applied = tables.applied;
         let mut recovery = RecoveryReport {
             watermark: applied.into_iter().max().unwrap_or(0).max(checkpoint.watermark),
             uncommitted_files_removed: dataset.remove_uncommitted(applied).await?,
@@ -592,7 +589,7 @@ impl Flusher {
 }
 
 /// The background maintenance of the tables: every `compaction_interval_ms`, compacts the
-/// days that need it, applies `retention_days` and vacuums. On its own thread and its own
+/// days that need it, applies `retention_days`, vacuums and cleans up expired log entries. On its own thread and its own
 /// handles of the tables, so that it never holds up a flush or an acknowledgement; its commits
 /// and the flusher's appends never conflict (compaction's removes do not change data).
 struct Maintenance {
@@ -624,11 +621,11 @@ impl Maintenance {
             for table in Table::ALL {
                 opened.push(table::open(&self.data_dir, table).await?);
             }
-            *tables = Some(Tables { tables: opened.try_into().expect("three tables") });
+            *tables = Some(Tables::new(opened.try_into().expect("three tables"), &self.dataset.node).await?);
         }
         let tables = tables.as_mut().expect("just opened");
         let today = buffer::partition_date(crate::clock::now_ms());
-        let scope = crate::storage::compaction::CompactScope::Due { today };
+        let scope = crate::storage::compaction::CompactScope::Due { today, today_files_max: self.limits.today_files_max };
         let report = crate::storage::compaction::compact(&self.data_dir, &self.dataset, tables, scope, |_, _| {}).await?;
         if report.days > 0 {
             tracing::info!(?report, "compaction round");
@@ -637,7 +634,10 @@ impl Maintenance {
             let cutoff = today - chrono::Days::new(u64::from(self.limits.retention_days));
             crate::storage::compaction::apply_retention(tables, cutoff, false).await?;
         }
-        crate::storage::compaction::vacuum(tables).await?;
+        crate::storage::compaction::vacuum(tables, crate::storage::compaction::Grace::Period).await?;
+        for table in &tables.tables {
+            table::cleanup_log(table).await?;
+        }
         Ok(())
     }
 }
@@ -660,7 +660,7 @@ pub(crate) async fn flush_to_tables(
     let mut versions = tables.versions();
     for table in Table::ALL {
         let adds = files.adds[table.index()].clone();
-        versions[table.index()] = table::commit_flush(tables.get_mut(table), &dataset.node, lsn_last, adds).await?;
+        versions[table.index()] = table::commit_flush(tables, table, lsn_last, adds).await?;
         if table == Table::Votes {
             crash_point("flush.after_votes_commit");
         }
@@ -707,8 +707,7 @@ pub(crate) async fn take_over(data_dir: &Path, dataset: &Dataset, watermark: u64
         };
         tables.push(table::open_or_create(data_dir, table, adopt, &txns).await?);
     }
-    let tables: [_; 3] = tables.try_into().expect("three tables");
-    Ok(Tables { tables })
+    Tables::new(tables.try_into().expect("three tables"), &dataset.node).await
 }
 
 /// Brings every table up to `watermark` (the highest a table holds): the rows of the log
@@ -729,7 +728,7 @@ async fn catch_up(wal_dir: &Path, dataset: &Dataset, tables: &mut Tables, applie
             }
         })?;
         let files = dataset.write_flush(&[buffer.finish()], from + 1, watermark, &[table]).await?;
-        table::commit_flush(tables.get_mut(table), &dataset.node, watermark, files.adds[table.index()].clone()).await?;
+        table::commit_flush(tables, table, watermark, files.adds[table.index()].clone()).await?;
         tracing::warn!(
             table = table.dir(),
             from,

@@ -5,7 +5,10 @@
 //! Each terminal stamps its votes with consecutive milliseconds (one per vote), so `(terminal,
 //! ts)` names a vote exactly and the check compares sets: lost (acknowledged, not found),
 //! duplicated (found more than once), unexpected (found, never acknowledged). The server runs
-//! with small flush thresholds so that kills land in flushes, checkpoints and log rotations too.
+//! with small flush and compaction thresholds so that kills land in flushes, commits,
+//! checkpoints, log rotations and compactions too; and every second round the server is
+//! started with the crash point `compact.after_file`, so that it stops itself inside a
+//! compaction (the merged file written, its commit not).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +32,11 @@ pub use crate::tools::process::{ServerProcess, free_udp_port};
 const VOTES_PER_TERMINAL_MAX: u64 = 3_600_000;
 /// How long the terminals get to deliver their backlog after the last round.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a round started with the compaction crash point waits for the server to reach it
+/// before killing it as any other round.
+const COMPACTION_CRASH_WAIT: Duration = Duration::from_secs(30);
+/// The crash point inside a compaction: the merged file is written, the commit is not.
+const COMPACTION_CRASH_POINT: &str = "compact.after_file";
 
 /// What the crash test does.
 #[derive(Debug, Clone)]
@@ -70,6 +78,10 @@ pub struct Report {
     pub(crate) duplicated: u64,
     /// Votes found in the dataset that were never acknowledged.
     pub(crate) unexpected: u64,
+    /// Compactions committed (`OPTIMIZE` in `table_history`, all tables).
+    pub compactions: u64,
+    /// Rounds in which the server stopped itself inside a compaction (the crash point).
+    pub compaction_crashes: u32,
 }
 
 impl Report {
@@ -79,7 +91,7 @@ impl Report {
     }
 }
 
-/// Writes a configuration that flushes, checkpoints and rotates the log often.
+/// Writes a configuration that flushes, checkpoints, rotates the log and compacts often.
 ///
 /// # Errors
 /// When the file cannot be written.
@@ -88,6 +100,8 @@ pub fn write_busy_config(path: &Path, listen: SocketAddr) -> anyhow::Result<()> 
         ("storage.flush_rows", 20_000.into()),
         ("storage.flush_interval_ms", 300.into()),
         ("storage.wal_segment_bytes", 262_144.into()),
+        ("storage.compaction_interval_ms", 200.into()),
+        ("storage.today_files_max", 4.into()),
         // The simulated terminals send far faster than people press buttons.
         ("limits.votes_per_terminal_per_minute_max", i64::from(u32::MAX).into()),
     ];
@@ -140,12 +154,23 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         };
         terminals.spawn(driver.run(terminal, phase_rx.clone(), seed));
     }
+    let mut compaction_crashes = 0;
     for round in 1..=plan.rounds {
-        let run_ms = rng.random_range(plan.run_ms.0..=plan.run_ms.1.max(plan.run_ms.0));
-        tokio::time::sleep(Duration::from_millis(run_ms)).await;
+        if crashes_in_compaction(round) {
+            if stopped_by_itself(&mut server, COMPACTION_CRASH_WAIT).await? {
+                compaction_crashes += 1;
+                tracing::info!(round, "server stopped itself inside a compaction");
+            }
+        } else {
+            let run_ms = rng.random_range(plan.run_ms.0..=plan.run_ms.1.max(plan.run_ms.0));
+            tokio::time::sleep(Duration::from_millis(run_ms)).await;
+            tracing::info!(round, run_ms, "server killed");
+        }
         server.kill();
-        tracing::info!(round, run_ms, "server killed");
-        server = ServerProcess::start(&plan.server_exe, &plan.data_dir, &config, addr, &[])?;
+        // The server after the last round must stop cleanly: it never gets the crash point.
+        let crash_point = [("FACCIA_CRASH_POINT", COMPACTION_CRASH_POINT)];
+        let envs: &[(&str, &str)] = if round < plan.rounds && crashes_in_compaction(round + 1) { &crash_point } else { &[] };
+        server = ServerProcess::start(&plan.server_exe, &plan.data_dir, &config, addr, envs)?;
     }
     phase.send_replace(Phase::Draining);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while terminals.join_next().await.is_some() {} }).await;
@@ -157,9 +182,31 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     anyhow::ensure!(status.success(), "the server's clean shutdown failed: {status}");
     let mut report = counters.lock().expect("counters").clone();
     report.rounds = plan.rounds;
+    report.compaction_crashes = compaction_crashes;
     let acknowledged = std::mem::take(&mut *acknowledged.lock().expect("acknowledged"));
     compare(&plan.data_dir, base_ms, &acknowledged, &mut report).await?;
     Ok(report)
+}
+
+/// Whether round `round` (from 1) runs a server started with the compaction crash point:
+/// every second one.
+fn crashes_in_compaction(round: u32) -> bool {
+    round % 2 == 0
+}
+
+/// Waits up to `wait` for the server to exit on its own (a crash point); true if it did.
+///
+/// # Errors
+/// When the process's status cannot be read.
+async fn stopped_by_itself(server: &mut ServerProcess, wait: Duration) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < deadline {
+        if server.child.try_wait()?.is_some() {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(false)
 }
 
 /// One simulated terminal of the crash test.
@@ -246,6 +293,8 @@ async fn compare(
         }
     }
     report.votes_found = found.values().map(|v| v.len() as u64).sum();
+    let history = crate::query::run(&ctx, "SELECT count(*) FROM table_history WHERE operation = 'OPTIMIZE'").await?;
+    report.compactions = history.first().map_or(0, |b| b.column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0) as u64);
     let terminals: std::collections::BTreeSet<TerminalId> = found.keys().chain(acknowledged.keys()).copied().collect();
     for terminal in terminals {
         let mut seen = found.remove(&terminal).unwrap_or_default();

@@ -7,8 +7,13 @@
 //! counter, evenings on the web; faces, services, channels and reasons from `terminal::simulate`; a small
 //! share flagged as misuse. Each day is written as `flushes_per_day` flushes, as a server that
 //! flushes every 24 h / N would leave it: flush k holds the votes of the k-th slice of the day
-//! in Italy (a slice without votes writes nothing). One flush a day by default. Deterministic
-//! for a given seed (whatever the number of flushes, the same votes).
+//! in Italy (a slice without votes writes nothing), and each flush is one commit per table. One
+//! flush a day by default. Once a day is written its files are compacted, as the server's
+//! maintenance does once a day is closed (unless the plan keeps them, to study the small files
+//! themselves); on a directory the generator created, the merged-away files are vacuumed at the
+//! end without the grace period, since no reader can have started on them, and the log is cut
+//! to the last 30 days of commits (Delta's default log retention), as a server's would be.
+//! Deterministic for a given seed (whatever the number of flushes, the same votes).
 //!
 //! Files are named after the node `generated`, so a server started later on the same directory
 //! (another node id) counts them as committed data of another node.
@@ -16,6 +21,7 @@
 use std::path::Path;
 
 use chrono::{Datelike, NaiveDate, TimeZone};
+use deltalake::protocol::checkpoints::cleanup_expired_logs_for;
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
 use rand::rngs::StdRng;
@@ -25,8 +31,10 @@ use crate::model::{IstatCode, Vote};
 use crate::registry::Catalog;
 use crate::storage::StoreError;
 use crate::storage::buffer::VoteBuffer;
+use crate::storage::compaction::{CompactScope, Grace, compact, vacuum};
 use crate::storage::dataset::Dataset;
 use crate::storage::engine::{flush_to_tables, take_over};
+use crate::storage::table::{self, Table, Tables};
 use crate::terminal::simulate::VoteSimulator;
 
 /// The node name in generated file names.
@@ -56,7 +64,14 @@ pub(crate) struct GeneratePlan {
     /// flushes of consecutive time slices (the small files a server flushing on its age
     /// threshold leaves).
     pub(crate) flushes_per_day: u32,
+    /// Compact each day once written (as the server does once the day is closed); false keeps
+    /// the `flushes_per_day` files of every day.
+    pub(crate) compact: bool,
 }
+
+/// Days of log a server keeps: Delta's default `delta.logRetentionDuration` (30 days), past
+/// which delta-rs deletes the commits below a checkpoint.
+const LOG_RETENTION_DAYS: usize = 30;
 
 /// Most flushes a day: one a minute.
 pub(crate) const FLUSHES_PER_DAY_MAX: u32 = 1440;
@@ -66,9 +81,9 @@ pub(crate) const FLUSHES_PER_DAY_MAX: u32 = 1440;
 pub(crate) struct GenerateReport {
     /// Votes written.
     pub(crate) votes: u64,
-    /// Parquet files written.
+    /// Files in the votes table (after compaction, when the plan compacts).
     pub(crate) files: usize,
-    /// Total size of the files written, in bytes.
+    /// Size of the files of the three tables, in bytes.
     pub(crate) bytes: u64,
 }
 
@@ -89,6 +104,7 @@ pub(crate) async fn generate(
     mut progress: impl FnMut(NaiveDate, &GenerateReport),
 ) -> Result<GenerateReport, StoreError> {
     let dataset = Dataset::local(data_dir, NODE)?;
+    let fresh = Table::ALL.into_iter().all(|t| !table::exists(data_dir, t));
     let mut tables = take_over(data_dir, &dataset, 0).await?;
     let mut rng = StdRng::seed_from_u64(plan.seed);
     let (mut sites, weights) = sites(&mut rng, plan.seed);
@@ -99,6 +115,8 @@ pub(crate) async fn generate(
     let days: Vec<NaiveDate> = first.iter_days().take(plan.days.max(1) as usize).collect();
     let total_weight: f64 = days.iter().map(|d| WEEKDAY_WEIGHTS[d.weekday().num_days_from_monday() as usize]).sum();
     let mut report = GenerateReport::default();
+    // Each table's version at the end of each day.
+    let mut day_versions: Vec<[u64; 3]> = Vec::with_capacity(days.len());
     for (index, day) in days.iter().enumerate() {
         let weight = WEEKDAY_WEIGHTS[day.weekday().num_days_from_monday() as usize];
         let count = (plan.votes as f64 * weight / total_weight).round() as u64;
@@ -130,15 +148,46 @@ pub(crate) async fn generate(
         let mut lsn_first = index as u64 * (1 << 32) + 1;
         for mut rows in slices.into_iter().filter(|rows| !rows.is_empty()) {
             let lsn_last = lsn_first + rows.len() as u64 - 1;
-            let (written, _) = flush_to_tables(&dataset, &mut tables, &[rows.finish()], lsn_first, lsn_last).await?;
+            flush_to_tables(&dataset, &mut tables, &[rows.finish()], lsn_first, lsn_last).await?;
             lsn_first = lsn_last + 1;
-            report.files += written.days();
-            report.bytes += written.bytes();
         }
+        if plan.compact {
+            compact(data_dir, &dataset, &mut tables, CompactScope::Day(*day), |_, _| {}).await?;
+        }
+        (report.files, report.bytes) = active_files(&tables)?;
         report.votes += count;
+        day_versions.push(tables.versions());
+        // Written in minutes, the year's commits all look recent to Delta's log retention;
+        // keep the log a server would, the last LOG_RETENTION_DAYS days of commits above a
+        // checkpoint (on a directory this run created).
+        if let Some(keep) = day_versions.len().checked_sub(LOG_RETENTION_DAYS + 1).map(|day| day_versions[day])
+            && fresh
+        {
+            let cutoff = chrono::Utc::now().timestamp_millis() + 1;
+            for table in Table::ALL {
+                let log_store = tables.tables[table.index()].log_store();
+                cleanup_expired_logs_for(keep[table.index()], log_store.as_ref(), cutoff, None).await?;
+            }
+        }
         progress(*day, &report);
     }
+    if fresh && plan.compact {
+        vacuum(&mut tables, Grace::None).await?;
+    }
     Ok(report)
+}
+
+/// The votes table's files and the bytes of the three tables' files (their active files: not
+/// those compaction removed and vacuum has yet to delete).
+fn active_files(tables: &Tables) -> Result<(usize, u64), StoreError> {
+    let (mut files, mut bytes) = (0, 0);
+    for table in Table::ALL {
+        for file in tables.tables[table.index()].snapshot()?.log_data().iter() {
+            files += usize::from(table == Table::Votes);
+            bytes += file.size() as u64;
+        }
+    }
+    Ok((files, bytes))
 }
 
 /// The small municipalities with their terminals and their weights (share of votes).
@@ -176,8 +225,14 @@ mod tests {
     #[tokio::test]
     async fn generated_days_are_readable_and_counted_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let plan =
-            GeneratePlan { votes: 20_000, days: 3, end: NaiveDate::from_ymd_opt(2026, 11, 18).unwrap(), seed: 7, flushes_per_day: 1 };
+        let plan = GeneratePlan {
+            votes: 20_000,
+            days: 3,
+            end: NaiveDate::from_ymd_opt(2026, 11, 18).unwrap(),
+            seed: 7,
+            flushes_per_day: 1,
+            compact: true,
+        };
         let report = generate(dir.path(), &plan, |_, _| {}).await.unwrap();
         assert_eq!((report.votes, report.files), (20_000, 3));
         let ctx = crate::query::context(dir.path()).await.unwrap();
@@ -196,9 +251,9 @@ mod tests {
         let end = NaiveDate::from_ymd_opt(2026, 11, 18).unwrap();
         let one = tempfile::tempdir().unwrap();
         let many = tempfile::tempdir().unwrap();
-        let plan = GeneratePlan { votes: 20_000, days: 2, end, seed: 7, flushes_per_day: 1 };
+        let plan = GeneratePlan { votes: 20_000, days: 2, end, seed: 7, flushes_per_day: 1, compact: true };
         generate(one.path(), &plan, |_, _| {}).await.unwrap();
-        let report = generate(many.path(), &GeneratePlan { flushes_per_day: 24, ..plan }, |_, _| {}).await.unwrap();
+        let report = generate(many.path(), &GeneratePlan { flushes_per_day: 24, compact: false, ..plan }, |_, _| {}).await.unwrap();
         assert_eq!(report.votes, 20_000);
         assert!(report.files > 2 * 12 && report.files <= 2 * 24, "up to 24 files a day, one per busy hour: {}", report.files);
         let by_hour =
@@ -230,5 +285,48 @@ mod tests {
             }
             assert_eq!(hours.len(), 1, "{} holds one hour's votes: {hours:?}", part.path);
         }
+    }
+
+    #[tokio::test]
+    async fn a_compacting_generator_leaves_one_file_per_day_and_table_and_the_same_votes() {
+        // Proves: generating with N flushes a day and compaction leaves what the server's
+        // maintenance would (one file per day in each table, nothing removed left on disk in a
+        // directory the generator created) with the votes of one flush a day.
+        let end = NaiveDate::from_ymd_opt(2026, 11, 18).unwrap();
+        let one = tempfile::tempdir().unwrap();
+        let compacted = tempfile::tempdir().unwrap();
+        let plan = GeneratePlan { votes: 20_000, days: 2, end, seed: 7, flushes_per_day: 1, compact: true };
+        generate(one.path(), &plan, |_, _| {}).await.unwrap();
+        let report = generate(compacted.path(), &GeneratePlan { flushes_per_day: 24, ..plan }, |_, _| {}).await.unwrap();
+        assert_eq!((report.votes, report.files), (20_000, 2));
+        let on_disk = |dir: &Path, table: Table| {
+            walk_parquet(&dir.join(table.dir())).iter().map(|p| std::fs::metadata(p).unwrap().len()).collect::<Vec<u64>>()
+        };
+        let sizes: Vec<u64> = Table::ALL.iter().flat_map(|t| on_disk(compacted.path(), *t)).collect();
+        assert_eq!(sizes.len(), 6, "one file per day and table on disk");
+        assert_eq!(sizes.iter().sum::<u64>(), report.bytes, "the report's bytes are the tables' files");
+        let answer = |dir: std::path::PathBuf| async move {
+            let ctx = crate::query::context(&dir).await.unwrap();
+            let sql = "SELECT date, municipality, service, face, count(*) AS n FROM votes GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4";
+            arrow::util::pretty::pretty_format_batches(&crate::query::run(&ctx, sql).await.unwrap()).unwrap().to_string()
+        };
+        assert_eq!(answer(one.path().to_path_buf()).await, answer(compacted.path().to_path_buf()).await);
+    }
+
+    /// Every data file under `dir` (not the log's checkpoints).
+    fn walk_parquet(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.ends_with("_delta_log") {
+                continue;
+            }
+            if path.is_dir() {
+                found.extend(walk_parquet(&path));
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                found.push(path);
+            }
+        }
+        found
     }
 }

@@ -18,8 +18,9 @@ use crate::proxy::LossyProxy;
 
 #[tokio::test]
 async fn random_kills_lose_nothing_and_double_nothing() {
-    // Proves: SIGKILL at random moments (during sends, flushes, checkpoints, log rotation),
-    // round after round, leaves every acknowledged vote in the dataset exactly once.
+    // Proves: SIGKILL at random moments (during sends, flushes, commits, checkpoints, log
+    // rotation, compactions) and crashes inside compactions, round after round, leave every
+    // acknowledged vote in the dataset exactly once.
     let dir = tempfile::tempdir().unwrap();
     let seed: u64 = rand::random();
     println!("seed {seed}");
@@ -37,6 +38,7 @@ async fn random_kills_lose_nothing_and_double_nothing() {
     println!("{report:?}");
     assert!(report.votes_acknowledged > 0);
     assert!(report.is_clean(), "seed {seed}: {report:?}");
+    assert!(report.compaction_crashes > 0 && report.compactions > 0, "no round reached a compaction: {report:?}");
 }
 
 /// Sends `batches` batches of 20 votes from a fresh terminal; returns the votes acknowledged.

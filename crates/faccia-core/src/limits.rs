@@ -201,9 +201,14 @@ pub struct StorageLimits {
     /// Most bytes one group commit writes before its fsync; bounds the latency one fsync adds.
     pub wal_group_bytes_max: usize,
     /// How often the server looks for days to compact (a closed day with two files or more,
-    /// today's with 16 or more), applies `retention_days` and vacuums removed files. Ten
-    /// minutes: a flush every minute leaves today's partition at most ~26 files.
+    /// today's with `today_files_max` or more), applies `retention_days` and vacuums removed
+    /// files (0: never). Ten minutes: a flush every minute leaves today's partition at most
+    /// `today_files_max` + 10 files.
     pub compaction_interval_ms: u64,
+    /// Files today's partition of each table may gather before compaction merges them (a
+    /// closed day is merged as soon as it has two). Bounds what a query of today opens; 16
+    /// keeps a flush every minute to a merge every quarter of an hour.
+    pub today_files_max: usize,
     /// Days of votes kept: whole days older than this leave the tables (0: keep everything).
     /// The programme's reports compare a year with the previous one, so keep at least 731 for them.
     pub retention_days: u32,
@@ -218,6 +223,7 @@ impl Default for StorageLimits {
             wal_segment_bytes: 64 * 1024 * 1024,
             wal_group_bytes_max: 4 * 1024 * 1024,
             compaction_interval_ms: 10 * 60 * 1000,
+            today_files_max: 16,
             retention_days: 0,
         }
     }
