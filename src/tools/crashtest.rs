@@ -191,7 +191,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
 /// Whether round `round` (from 1) runs a server started with the compaction crash point:
 /// every second one.
 fn crashes_in_compaction(round: u32) -> bool {
-    round % 2 == 0
+    round.is_multiple_of(2)
 }
 
 /// Waits up to `wait` for the server to exit on its own (a crash point); true if it did.
