@@ -7,8 +7,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = faccia::cli::Cli::parse();
+    // delta-rs's kernel logs every snapshot it builds at INFO (several lines per table, per
+    // query); its warnings and errors stay.
     let default_level = match cli.command {
-        faccia::cli::Command::Serve { .. } => "info",
+        faccia::cli::Command::Serve { .. } => "info,buoyant_kernel=warn,deltalake_core=warn",
         _ => "warn",
     };
     let filter =

@@ -50,6 +50,13 @@ pub(crate) const CHECKPOINT_INTERVAL: u32 = 10;
 /// the grace period that lets queries started before the removal finish reading it. Ten times
 /// the longest a query may run (`limits::QueryLimits`) would be 50 minutes; one hour.
 pub(crate) const DELETED_FILE_RETENTION: &str = "interval 1 hour";
+/// How long the table's log keeps a commit (`delta.logRetentionDuration`; Delta's default is
+/// 30 days): time travel and `table_history` reach back this far. Every reader lists the whole
+/// `_delta_log/` of a local table when it loads or refreshes it (object_store's local listing
+/// walks the directory even from an offset), and at a flush every 10 minutes 30 days are 4,400
+/// entries per table: 16 ms added to every `faccia sql` query against 7 ms with a short log
+/// (BENCHMARKS.md). Two days keep about 300.
+pub(crate) const LOG_RETENTION: &str = "interval 2 days";
 /// Attempts at a commit that keeps meeting another writer's commit with the same app id.
 const COMMIT_ATTEMPTS_MAX: u32 = 8;
 
@@ -181,6 +188,7 @@ pub(crate) async fn open_or_create(
         .with_save_mode(SaveMode::Ignore)
         .with_configuration_property(TableProperty::CheckpointInterval, Some(CHECKPOINT_INTERVAL.to_string()))
         .with_configuration_property(TableProperty::DeletedFileRetentionDuration, Some(DELETED_FILE_RETENTION))
+        .with_configuration_property(TableProperty::LogRetentionDuration, Some(LOG_RETENTION))
         .with_actions(actions)
         .await?;
     if adopted > 0 {
@@ -227,8 +235,8 @@ pub(crate) async fn commit(
     Ok(version)
 }
 
-/// Deletes the table's log entries older than its `delta.logRetentionDuration` (30 days by
-/// default) below its newest checkpoint (delta-rs's `cleanup_metadata`). Returns how many.
+/// Deletes the table's log entries older than its `delta.logRetentionDuration` (`LOG_RETENTION`)
+/// below its newest checkpoint (delta-rs's `cleanup_metadata`). Returns how many.
 ///
 /// # Errors
 /// Listing or deleting errors.

@@ -12,7 +12,7 @@
 //! maintenance does once a day is closed (unless the plan keeps them, to study the small files
 //! themselves); on a directory the generator created, the merged-away files are vacuumed at the
 //! end without the grace period, since no reader can have started on them, and the log is cut
-//! to the last 30 days of commits (Delta's default log retention), as a server's would be.
+//! to the last two days of commits (`storage::table::LOG_RETENTION`), as a server's would be.
 //! Deterministic for a given seed (whatever the number of flushes, the same votes).
 //!
 //! Files are named after the node `generated`, so a server started later on the same directory
@@ -69,9 +69,9 @@ pub(crate) struct GeneratePlan {
     pub(crate) compact: bool,
 }
 
-/// Days of log a server keeps: Delta's default `delta.logRetentionDuration` (30 days), past
-/// which delta-rs deletes the commits below a checkpoint.
-const LOG_RETENTION_DAYS: usize = 30;
+/// Days of log a server keeps (`storage::table::LOG_RETENTION`), past which its maintenance
+/// deletes the commits below a checkpoint.
+const LOG_RETENTION_DAYS: usize = 2;
 
 /// Most flushes a day: one a minute.
 pub(crate) const FLUSHES_PER_DAY_MAX: u32 = 1440;
