@@ -7,17 +7,14 @@ use std::sync::{Arc, OnceLock};
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use async_trait::async_trait;
-use datafusion::catalog::Session;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::{TableProvider, TableType};
+use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
+use futures::future::BoxFuture;
 use serde_json::Value;
 
+use crate::query::tables::ScanTimeTable;
 use crate::storage::buffer::TIME_ZONE;
 use crate::storage::table::{self, Table};
 
@@ -42,13 +39,10 @@ fn schema() -> SchemaRef {
 /// # Errors
 /// When the name is taken (never expected).
 pub(crate) fn register(ctx: &SessionContext, data_dir: &Path) -> DfResult<()> {
-    ctx.register_table("table_history", Arc::new(History { data_dir: data_dir.to_path_buf() }))?;
+    let data_dir = data_dir.to_path_buf();
+    let rows = move || -> BoxFuture<'static, DfResult<RecordBatch>> { Box::pin(rows(data_dir.clone())) };
+    ctx.register_table("table_history", Arc::new(ScanTimeTable::asynchronous(schema(), TableType::View, rows)))?;
     Ok(())
-}
-
-#[derive(Debug)]
-struct History {
-    data_dir: PathBuf,
 }
 
 /// One row of `table_history`.
@@ -64,66 +58,48 @@ struct Commit {
     parameters: Option<String>,
 }
 
-impl History {
-    async fn commits(&self) -> DfResult<Vec<Commit>> {
-        let external = |e: &dyn std::error::Error| DataFusionError::Execution(crate::error_chain(e));
-        let mut commits = Vec::new();
-        for table in Table::ALL {
-            if !table::exists(&self.data_dir, table) {
-                continue;
-            }
-            let delta = table::open(&self.data_dir, table).await.map_err(|e| external(&e))?;
-            let latest = delta.version().unwrap_or(0);
-            // Newest first, one commitInfo per version, as far back as the log reaches.
-            let infos: Vec<_> = delta.history(None).try_collect().await.map_err(|e| external(&e))?;
-            for (i, info) in infos.into_iter().enumerate() {
-                let metrics = info.info.get("operationMetrics").cloned().unwrap_or(Value::Null);
-                let metric = |key: &str| metrics.get(key).and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()));
-                commits.push(Commit {
-                    table: table.dir(),
-                    version: latest as i64 - i as i64,
-                    time: info.timestamp,
-                    operation: info.operation.clone(),
-                    files_added: metric("numAddedFiles").or_else(|| metric("numFilesAdded")),
-                    files_removed: metric("numRemovedFiles").or_else(|| metric("numFilesRemoved")),
-                    rows: metric("numOutputRows").or_else(|| metric("numDeletedRows")),
-                    parameters: info.operation_parameters.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default()),
-                });
-            }
+/// Every commit of the tables in `data_dir`, newest first per table.
+async fn commits(data_dir: &Path) -> DfResult<Vec<Commit>> {
+    let external = |e: &dyn std::error::Error| DataFusionError::Execution(crate::error_chain(e));
+    let mut commits = Vec::new();
+    for table in Table::ALL {
+        if !table::exists(data_dir, table) {
+            continue;
         }
-        Ok(commits)
+        let delta = table::open(data_dir, table).await.map_err(|e| external(&e))?;
+        let latest = delta.version().unwrap_or(0);
+        // Newest first, one commitInfo per version, as far back as the log reaches.
+        let infos: Vec<_> = delta.history(None).try_collect().await.map_err(|e| external(&e))?;
+        for (i, info) in infos.into_iter().enumerate() {
+            let metrics = info.info.get("operationMetrics").cloned().unwrap_or(Value::Null);
+            let metric = |key: &str| metrics.get(key).and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()));
+            commits.push(Commit {
+                table: table.dir(),
+                version: latest as i64 - i as i64,
+                time: info.timestamp,
+                operation: info.operation.clone(),
+                files_added: metric("numAddedFiles").or_else(|| metric("numFilesAdded")),
+                files_removed: metric("numRemovedFiles").or_else(|| metric("numFilesRemoved")),
+                rows: metric("numOutputRows").or_else(|| metric("numDeletedRows")),
+                parameters: info.operation_parameters.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default()),
+            });
+        }
     }
+    Ok(commits)
 }
 
-#[async_trait]
-impl TableProvider for History {
-    fn schema(&self) -> SchemaRef {
-        schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let commits = self.commits().await?;
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(commits.iter().map(|c| Some(c.table)).collect::<StringArray>()),
-            Arc::new(commits.iter().map(|c| Some(c.version)).collect::<Int64Array>()),
-            Arc::new(TimestampMillisecondArray::from(commits.iter().map(|c| c.time).collect::<Vec<_>>()).with_timezone(TIME_ZONE)),
-            Arc::new(commits.iter().map(|c| c.operation.clone()).collect::<StringArray>()),
-            Arc::new(commits.iter().map(|c| c.files_added).collect::<Int64Array>()),
-            Arc::new(commits.iter().map(|c| c.files_removed).collect::<Int64Array>()),
-            Arc::new(commits.iter().map(|c| c.rows).collect::<Int64Array>()),
-            Arc::new(commits.iter().map(|c| c.parameters.clone()).collect::<StringArray>()),
-        ];
-        let batch = RecordBatch::try_new(schema(), columns)?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema(), projection.cloned())?)
-    }
+/// The rows of `table_history`.
+async fn rows(data_dir: PathBuf) -> DfResult<RecordBatch> {
+    let commits = commits(&data_dir).await?;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(commits.iter().map(|c| Some(c.table)).collect::<StringArray>()),
+        Arc::new(commits.iter().map(|c| Some(c.version)).collect::<Int64Array>()),
+        Arc::new(TimestampMillisecondArray::from(commits.iter().map(|c| c.time).collect::<Vec<_>>()).with_timezone(TIME_ZONE)),
+        Arc::new(commits.iter().map(|c| c.operation.clone()).collect::<StringArray>()),
+        Arc::new(commits.iter().map(|c| c.files_added).collect::<Int64Array>()),
+        Arc::new(commits.iter().map(|c| c.files_removed).collect::<Int64Array>()),
+        Arc::new(commits.iter().map(|c| c.rows).collect::<Int64Array>()),
+        Arc::new(commits.iter().map(|c| c.parameters.clone()).collect::<StringArray>()),
+    ];
+    Ok(RecordBatch::try_new(schema(), columns)?)
 }

@@ -19,6 +19,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
+use futures::future::BoxFuture;
 
 use crate::model::{Channel, Face, IstatCode, Reason};
 use crate::registry::{self, Catalog, Municipality};
@@ -143,16 +144,30 @@ fn administrations(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
     ])
 }
 
-/// A small table computed again at every scan.
-struct ScanTimeTable {
+/// The rows of a `ScanTimeTable`, computed when a scan starts.
+type Rows = Box<dyn Fn() -> BoxFuture<'static, DfResult<RecordBatch>> + Send + Sync>;
+
+/// A small table computed again at every scan (the registry's tables; `table_history`).
+pub(crate) struct ScanTimeTable {
     schema: SchemaRef,
-    rows: Box<dyn Fn() -> DfResult<RecordBatch> + Send + Sync>,
+    table_type: TableType,
+    rows: Rows,
 }
 
 impl ScanTimeTable {
+    /// A table whose rows `rows` computes at once; its schema is that of a first computation.
     fn new(rows: impl Fn() -> DfResult<RecordBatch> + Send + Sync + 'static) -> DfResult<ScanTimeTable> {
         let schema = rows()?.schema();
-        Ok(ScanTimeTable { schema, rows: Box::new(rows) })
+        Ok(ScanTimeTable { schema, table_type: TableType::Base, rows: Box::new(move || Box::pin(std::future::ready(rows()))) })
+    }
+
+    /// A table of `schema`, shown as `table_type`, whose rows `rows` reads (e.g. from storage).
+    pub(crate) fn asynchronous(
+        schema: SchemaRef,
+        table_type: TableType,
+        rows: impl Fn() -> BoxFuture<'static, DfResult<RecordBatch>> + Send + Sync + 'static,
+    ) -> ScanTimeTable {
+        ScanTimeTable { schema, table_type, rows: Box::new(rows) }
     }
 }
 
@@ -169,7 +184,7 @@ impl TableProvider for ScanTimeTable {
     }
 
     fn table_type(&self) -> TableType {
-        TableType::Base
+        self.table_type
     }
 
     async fn scan(
@@ -179,7 +194,7 @@ impl TableProvider for ScanTimeTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let rows = (self.rows)()?;
+        let rows = (self.rows)().await?;
         Ok(MemorySourceConfig::try_new_exec(&[vec![rows]], self.schema(), projection.cloned())?)
     }
 }

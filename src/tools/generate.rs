@@ -258,11 +258,7 @@ mod tests {
         assert!(report.files > 2 * 12 && report.files <= 2 * 24, "up to 24 files a day, one per busy hour: {}", report.files);
         let by_hour =
             "SELECT date, date_part('hour', ts AT TIME ZONE 'Europe/Rome') AS h, count(*) AS n FROM votes GROUP BY 1, 2 ORDER BY 1, 2";
-        let table = |dir: std::path::PathBuf| async move {
-            let ctx = crate::query::context(&dir).await.unwrap();
-            arrow::util::pretty::pretty_format_batches(&crate::query::run(&ctx, by_hour).await.unwrap()).unwrap().to_string()
-        };
-        assert_eq!(table(one.path().to_path_buf()).await, table(many.path().to_path_buf()).await, "the same votes by day and hour");
+        assert_eq!(answer(one.path(), by_hour).await, answer(many.path(), by_hour).await, "the same votes by day and hour");
         let store = object_store::local::LocalFileSystem::new_with_prefix(many.path()).unwrap();
         let parts = crate::storage::dataset::list_parts(&store).await.unwrap();
         assert_eq!(parts.len(), report.files);
@@ -305,12 +301,14 @@ mod tests {
         let sizes: Vec<u64> = Table::ALL.iter().flat_map(|t| on_disk(compacted.path(), *t)).collect();
         assert_eq!(sizes.len(), 6, "one file per day and table on disk");
         assert_eq!(sizes.iter().sum::<u64>(), report.bytes, "the report's bytes are the tables' files");
-        let answer = |dir: std::path::PathBuf| async move {
-            let ctx = crate::query::context(&dir).await.unwrap();
-            let sql = "SELECT date, municipality, service, face, count(*) AS n FROM votes GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4";
-            arrow::util::pretty::pretty_format_batches(&crate::query::run(&ctx, sql).await.unwrap()).unwrap().to_string()
-        };
-        assert_eq!(answer(one.path().to_path_buf()).await, answer(compacted.path().to_path_buf()).await);
+        let sql = "SELECT date, municipality, service, face, count(*) AS n FROM votes GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4";
+        assert_eq!(answer(one.path(), sql).await, answer(compacted.path(), sql).await);
+    }
+
+    /// `sql`'s answer over the data directory `dir`, as a text table.
+    async fn answer(dir: &Path, sql: &str) -> String {
+        let ctx = crate::query::context(dir).await.unwrap();
+        arrow::util::pretty::pretty_format_batches(&crate::query::run(&ctx, sql).await.unwrap()).unwrap().to_string()
     }
 
     /// Every data file under `dir` (not the log's checkpoints).
