@@ -35,7 +35,7 @@ use datafusion::physical_expr::LexOrdering;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::prelude::{SessionContext, col};
-use deltalake::kernel::{Action, Add, LogicalFileView};
+use deltalake::kernel::{Action, Add, LogicalFileView, Remove};
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::DeltaOperation;
 use futures::StreamExt;
@@ -83,13 +83,32 @@ pub(crate) enum CompactScope {
     },
     /// One day, whatever its number of files above one (`faccia compact --date`).
     Day(NaiveDate),
+    /// One day of `faccia generate`, which writes days in the past, compacted as the server's
+    /// maintenance would have just after the day closed: the merged-away files' `remove`s
+    /// carry `closed_ms` (milliseconds since the epoch) as their deletion time, so the
+    /// checkpoints written after it drop them once the grace has passed in simulated time, not
+    /// an hour after the generator ran.
+    Generated {
+        /// The day.
+        day: NaiveDate,
+        /// When it closed: the next midnight in Italy.
+        closed_ms: i64,
+    },
 }
 
 impl CompactScope {
     fn takes(self, date: NaiveDate, files: usize) -> bool {
         match self {
             CompactScope::Due { today, today_files_max } => files >= if date >= today { today_files_max.max(2) } else { 2 },
-            CompactScope::Day(day) => date == day && files >= 2,
+            CompactScope::Day(day) | CompactScope::Generated { day, .. } => date == day && files >= 2,
+        }
+    }
+
+    /// The deletion time of the removed files' `remove`s: now, except for a generated day.
+    fn removed_at_ms(self) -> i64 {
+        match self {
+            CompactScope::Generated { closed_ms, .. } => closed_ms,
+            _ => chrono::Utc::now().timestamp_millis(),
         }
     }
 }
@@ -131,7 +150,7 @@ pub(crate) async fn compact(
         }
     }
     for (done, (table, date)) in plan.iter().enumerate() {
-        compact_day(data_dir, dataset, tables.get_mut(*table), *table, *date, &mut report).await?;
+        compact_day(data_dir, dataset, tables.get_mut(*table), *table, *date, scope.removed_at_ms(), &mut report).await?;
         progress(done + 1, plan.len());
     }
     Ok(report)
@@ -144,6 +163,7 @@ async fn compact_day(
     delta: &mut deltalake::DeltaTable,
     table: Table,
     date: NaiveDate,
+    removed_at_ms: i64,
     report: &mut CompactionReport,
 ) -> Result<(), StoreError> {
     delta.update_state().await?;
@@ -165,7 +185,8 @@ async fn compact_day(
     crate::storage::faults::crash_point("compact.after_file");
     let add: Add = add_action(table_relative(table, &path), date, size, &footer, &table.schema(), false)?;
     let removed_bytes: u64 = files.iter().map(|f| f.size() as u64).sum();
-    let mut actions: Vec<Action> = files.iter().map(|f| Action::Remove(f.remove_action(false))).collect();
+    let remove = |f: &LogicalFileView| Remove { deletion_timestamp: Some(removed_at_ms), ..f.remove_action(false) };
+    let mut actions: Vec<Action> = files.iter().map(|f| Action::Remove(remove(f))).collect();
     actions.push(Action::Add(add));
     let operation = DeltaOperation::Optimize { predicate: Some(format!("date = '{date}'")), target_size: size as i64 };
     let metrics = json!({ "numAddedFiles": 1, "numRemovedFiles": files.len(), "numOutputRows": footer.file_metadata().num_rows() });

@@ -25,8 +25,9 @@ use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::kernels::aggregate;
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use chrono::NaiveDate;
-use deltalake::kernel::transaction::{CommitBuilder, CommitConflictError, CommitProperties, TransactionError};
+use deltalake::kernel::transaction::{CommitBuilder, CommitConflictError, CommitData, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Add, DataType as DeltaType, PrimitiveType, StructField, Transaction};
+use deltalake::logstore::CommitOrBytes;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty};
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
@@ -258,8 +259,6 @@ pub(crate) async fn cleanup_log(table: &DeltaTable) -> Result<usize, StoreError>
 /// Log errors; a commit that keeps meeting other commits.
 pub(crate) async fn commit_flush(tables: &mut Tables, table: Table, watermark: u64, adds: Vec<Add>) -> Result<u64, StoreError> {
     let node = tables.node.clone();
-    let files = adds.len();
-    let rows: i64 = adds.iter().filter_map(|a| a.get_stats().ok().flatten().map(|s| s.num_records)).sum();
     for attempt in 0..COMMIT_ATTEMPTS_MAX {
         let index = table.index();
         if attempt > 0 {
@@ -270,11 +269,8 @@ pub(crate) async fn commit_flush(tables: &mut Tables, table: Table, watermark: u
         if tables.applied[index] >= watermark {
             return Ok(delta.version().unwrap_or(0));
         }
-        let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: Some(vec!["date".into()]), predicate: None };
-        let txn = Transaction::new_with_last_update(app_id(&node), watermark as i64, Some(chrono::Utc::now().timestamp_millis()));
-        let metrics = json!({ "numAddedFiles": files, "numRemovedFiles": 0, "numOutputRows": rows, "faccia.watermark": watermark });
-        let actions = adds.iter().cloned().map(Action::Add).collect();
-        match commit(delta, actions, operation, Some(txn), metrics.as_object().cloned().unwrap_or_default()).await {
+        let flush = FlushCommit::new(&node, watermark, &adds);
+        match commit(delta, flush.actions, flush.operation, Some(flush.txn), flush.metrics).await {
             Ok(version) => {
                 tables.applied[index] = watermark;
                 return Ok(version);
@@ -289,6 +285,53 @@ pub(crate) async fn commit_flush(tables: &mut Tables, table: Table, watermark: u
         }
     }
     Err(StoreError::Commit(format!("{COMMIT_ATTEMPTS_MAX} attempts (COMMIT_ATTEMPTS_MAX) met other commits; node {node}")))
+}
+
+/// What one flush commits to one table: its files' `add`s, the `txn` of its node at its
+/// watermark, and the metrics `table_history` shows.
+struct FlushCommit {
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    txn: Transaction,
+    metrics: Map<String, Value>,
+}
+
+impl FlushCommit {
+    fn new(node: &str, watermark: u64, adds: &[Add]) -> FlushCommit {
+        let rows: i64 = adds.iter().filter_map(|a| a.get_stats().ok().flatten().map(|s| s.num_records)).sum();
+        let metrics = json!({ "numAddedFiles": adds.len(), "numRemovedFiles": 0, "numOutputRows": rows, "faccia.watermark": watermark });
+        FlushCommit {
+            actions: adds.iter().cloned().map(Action::Add).collect(),
+            operation: DeltaOperation::Write { mode: SaveMode::Append, partition_by: Some(vec!["date".into()]), predicate: None },
+            txn: Transaction::new_with_last_update(app_id(node), watermark as i64, Some(chrono::Utc::now().timestamp_millis())),
+            metrics: metrics.as_object().cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// Writes one flush of `node` as version `version` of `table`, for a writer that owns the
+/// table (`faccia generate` on its own directory): the same actions as `commit_flush` (`add`s,
+/// `txn`, `commitInfo`, serialized by delta-rs), written with the log store's put-if-absent, but
+/// no conflict check and no refresh of the handle's snapshot, which stays at the version it
+/// was loaded at until the caller updates it. At 144 flushes a day delta-rs's refresh after
+/// every commit is what a generated year would spend its hour on (BENCHMARKS.md).
+///
+/// # Errors
+/// `StoreError::Commit` when `version` already exists (another writer committed it: the
+/// generator writes alone); log store errors.
+pub(crate) async fn append_owned(table: &DeltaTable, version: u64, node: &str, watermark: u64, adds: &[Add]) -> Result<(), StoreError> {
+    let flush = FlushCommit::new(node, watermark, adds);
+    let app_metadata = HashMap::from([("operationMetrics".to_string(), Value::Object(flush.metrics))]);
+    let data = CommitData::new(flush.actions, flush.operation, app_metadata, vec![flush.txn]);
+    let bytes = data.get_bytes().map_err(DeltaTableError::from)?;
+    match table.log_store().write_commit_entry(version, CommitOrBytes::LogBytes(bytes), uuid::Uuid::new_v4()).await {
+        Ok(()) => Ok(()),
+        Err(TransactionError::VersionAlreadyExists(_)) => Err(StoreError::Commit(format!(
+            "version {version} of {} exists: another writer is committing to it",
+            table.log_store().root_url()
+        ))),
+        Err(error) => Err(DeltaTableError::from(error).into()),
+    }
 }
 
 /// The `add` action of a file written into the table: `path` relative to the table's root,

@@ -7,10 +7,14 @@
 //! counter, evenings on the web; faces, services, channels and reasons from `terminal::simulate`; a small
 //! share flagged as misuse. Each day is written as `flushes_per_day` flushes, as a server that
 //! flushes every 24 h / N would leave it: flush k holds the votes of the k-th slice of the day
-//! in Italy (a slice without votes writes nothing), and each flush is one commit per table. One
-//! flush a day by default. Once a day is written its files are compacted, as the server's
-//! maintenance does once a day is closed (unless the plan keeps them, to study the small files
-//! themselves); on a directory the generator created, the merged-away files are vacuumed at the
+//! in Italy (a slice without votes writes nothing), and each flush is one commit per table
+//! carrying the flush's watermark, as the server's. One flush a day by default. The generator
+//! owns the tables while it runs: it writes each flush's commits without delta-rs's snapshot
+//! refresh (`storage::table::append_owned`; a version another writer took is an error) and
+//! brings its handles up to date once a day, ending the day on a checkpoint. Once a day is
+//! written its files are compacted, as the server's maintenance does once a day is closed,
+//! with the removals dated when the day closed (unless the plan keeps the files, to study the
+//! small files themselves); on a directory the generator created, the merged-away files are vacuumed at the
 //! end without the grace period, since no reader can have started on them, and the log is cut
 //! to the last two days of commits (`storage::table::LOG_RETENTION`), as a server's would be.
 //! Deterministic for a given seed (whatever the number of flushes, the same votes).
@@ -21,7 +25,7 @@
 use std::path::Path;
 
 use chrono::{Datelike, NaiveDate, TimeZone};
-use deltalake::protocol::checkpoints::cleanup_expired_logs_for;
+use deltalake::protocol::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
 use rand::rngs::StdRng;
@@ -33,7 +37,7 @@ use crate::storage::StoreError;
 use crate::storage::buffer::VoteBuffer;
 use crate::storage::compaction::{CompactScope, Grace, compact, vacuum};
 use crate::storage::dataset::Dataset;
-use crate::storage::engine::{flush_to_tables, take_over};
+use crate::storage::engine::take_over;
 use crate::storage::table::{self, Table, Tables};
 use crate::terminal::simulate::VoteSimulator;
 
@@ -144,15 +148,28 @@ pub(crate) async fn generate(
             let slice = ((at_ms - midnight).clamp(0, day_ms - 1) * i64::from(flushes) / day_ms) as usize;
             slices[slice].push(&vote, u8::from(rng.random_bool(MISUSE_SHARE)));
         }
-        // Each flush covers the next log range of the day, as a server's flushes do.
+        // Each flush covers the next log range of the day, as a server's flushes do, and is one
+        // commit per table; the handles' snapshots are brought up to date once the day is written.
         let mut lsn_first = index as u64 * (1 << 32) + 1;
+        let mut versions = tables.versions();
         for mut rows in slices.into_iter().filter(|rows| !rows.is_empty()) {
             let lsn_last = lsn_first + rows.len() as u64 - 1;
-            flush_to_tables(&dataset, &mut tables, &[rows.finish()], lsn_first, lsn_last).await?;
+            let files = dataset.write_flush(&[rows.finish()], lsn_first, lsn_last, &Table::ALL).await?;
+            for table in Table::ALL {
+                let i = table.index();
+                versions[i] += 1;
+                table::append_owned(&tables.tables[i], versions[i], NODE, lsn_last, &files.adds[i]).await?;
+            }
             lsn_first = lsn_last + 1;
         }
         if plan.compact {
-            compact(data_dir, &dataset, &mut tables, CompactScope::Day(*day), |_, _| {}).await?;
+            let closed_ms = midnight + day_ms;
+            compact(data_dir, &dataset, &mut tables, CompactScope::Generated { day: *day, closed_ms }, |_, _| {}).await?;
+        }
+        // A checkpoint closes every day: readers and the next day's commits start from it.
+        for delta in &mut tables.tables {
+            delta.update_state().await?;
+            create_checkpoint(delta, None).await?;
         }
         (report.files, report.bytes) = active_files(&tables)?;
         report.votes += count;
@@ -303,6 +320,43 @@ mod tests {
         assert_eq!(sizes.iter().sum::<u64>(), report.bytes, "the report's bytes are the tables' files");
         let sql = "SELECT date, municipality, service, face, count(*) AS n FROM votes GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4";
         assert_eq!(answer(one.path(), sql).await, answer(compacted.path(), sql).await);
+    }
+
+    #[tokio::test]
+    async fn a_generated_log_is_a_servers_without_its_expired_tombstones() {
+        // Proves: the generator's commits (written without delta-rs's refresh) carry the node's
+        // watermark as the server's do, each day ends on a checkpoint, and the files merged away
+        // by compaction, removed in simulated time days ago, leave no tombstone in it (a reader
+        // of a freshly generated year does not replay them); a version another writer took is
+        // refused, not overwritten.
+        let dir = tempfile::tempdir().unwrap();
+        let end = NaiveDate::from_ymd_opt(2026, 11, 18).unwrap();
+        let plan = GeneratePlan { votes: 5_000, days: 2, end, seed: 3, flushes_per_day: 12, compact: true };
+        generate(dir.path(), &plan, |_, _| {}).await.unwrap();
+        for t in Table::ALL {
+            let delta = table::open(dir.path(), t).await.unwrap();
+            let watermark = table::applied(&delta, NODE).await.unwrap();
+            assert_eq!(watermark >> 32, 1, "{}: the second day's last log sequence number, {watermark:#x}", t.dir());
+            let log = dir.path().join(t.dir()).join("_delta_log");
+            let hint: serde_json::Value = serde_json::from_slice(&std::fs::read(log.join("_last_checkpoint")).unwrap()).unwrap();
+            let version = hint["version"].as_u64().unwrap();
+            for after in version + 1..=delta.version().unwrap() {
+                let commit = std::fs::read_to_string(log.join(format!("{after:020}.json"))).unwrap();
+                assert!(commit.contains("\"operation\":\"VACUUM"), "{}: the last day ends on a checkpoint, then vacuum: {commit}", t.dir());
+            }
+            let checkpoint = std::fs::File::open(log.join(format!("{version:020}.checkpoint.parquet"))).unwrap();
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(checkpoint).unwrap().build().unwrap();
+            let (mut adds, mut removes) = (0, 0);
+            for batch in reader {
+                let batch = batch.unwrap();
+                adds += batch.column_by_name("add").unwrap().logical_nulls().map_or(batch.num_rows(), |n| n.len() - n.null_count());
+                removes +=
+                    batch.column_by_name("remove").map_or(0, |c| c.logical_nulls().map_or(batch.num_rows(), |n| n.len() - n.null_count()));
+            }
+            assert_eq!((adds, removes), (2, 0), "{}: one file a day, no tombstone", t.dir());
+            let taken = table::append_owned(&delta, version, NODE, watermark + 1, &[]).await;
+            assert!(matches!(taken, Err(StoreError::Commit(ref m)) if m.contains("another writer")), "{taken:?}");
+        }
     }
 
     /// `sql`'s answer over the data directory `dir`, as a text table.
