@@ -181,6 +181,18 @@ pub enum Command {
         #[arg(long)]
         date: Option<chrono::NaiveDate>,
     },
+    /// Move the tables of a data directory into object storage (`--to s3://bucket/prefix`, with
+    /// the AWS_* environment): copies every table file and log entry, then records the URL in
+    /// the data directory, so that the next `faccia serve` (with `[storage] url` set to it) and
+    /// every command use the bucket. Stop the server first. Resumable; the local copies stay.
+    Migrate {
+        /// The data directory.
+        #[command(flatten)]
+        data: DataDir,
+        /// The object store URL to move the tables to.
+        #[arg(long)]
+        to: String,
+    },
     /// Remove whole days older than a number of days from all three tables (one commit per
     /// table); the files are deleted by the next vacuum, after a one-hour grace period.
     Retention {
@@ -375,6 +387,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             generate(&data.data_dir, &plan).await
         }
         Command::Compact { data, date } => compact(&data.data_dir, date).await,
+        Command::Migrate { data, to } => migrate(&data.data_dir, &to).await,
         Command::Retention { data, older_than, dry_run } => retention(&data.data_dir, older_than, dry_run).await,
     }
 }
@@ -386,10 +399,59 @@ async fn maintained(data_dir: &Path) -> anyhow::Result<(crate::storage::dataset:
         bail!("{} is not a faccia data directory (no node-id, no votes/); give one with --data-dir", data_dir.display());
     }
     let node = crate::storage::engine::node_id(data_dir).context("reading the node id")?;
-    let dataset = crate::storage::dataset::Dataset::local(data_dir, &node)?;
+    let location = crate::storage::location::Location::of_data_dir(data_dir)?;
+    let dataset = crate::storage::dataset::Dataset::new(location, &node)?;
     let watermark = crate::storage::checkpoint::Checkpoint::read(data_dir)?.watermark;
-    let tables = crate::storage::engine::take_over(data_dir, &dataset, watermark).await.context("opening the tables")?;
+    let tables = crate::storage::engine::take_over(&dataset, watermark).await.context("opening the tables")?;
     Ok((dataset, tables))
+}
+
+async fn migrate(data_dir: &Path, to: &str) -> anyhow::Result<()> {
+    use crate::storage::location::{Location, STORAGE_URL_FILE};
+    let record = data_dir.join(STORAGE_URL_FILE);
+    if let Ok(recorded) = std::fs::read_to_string(&record) {
+        bail!("the tables of {} are already at {} ({})", data_dir.display(), recorded.trim(), record.display());
+    }
+    // Taken over first when a release before the table format wrote the directory.
+    let (dataset, _) = maintained(data_dir).await?;
+    let destination = Location::parse(to)?;
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes}, {elapsed}").expect("a valid template"),
+    );
+    bar.set_message("copying the tables");
+    let dirs = crate::storage::table::Table::ALL.map(crate::storage::table::Table::dir);
+    let report = crate::storage::location::migrate(&dataset.location, &destination, &dirs, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await?;
+    bar.finish_and_clear();
+    for table in crate::storage::table::Table::ALL {
+        let (here, there) =
+            (crate::storage::table::open(&dataset.location, table).await?, crate::storage::table::open(&destination, table).await?);
+        if here.version() != there.version() {
+            bail!(
+                "{} at {to} is at version {:?}, the local table at {:?}: run the migration again",
+                table.dir(),
+                there.version(),
+                here.version()
+            );
+        }
+    }
+    crate::fsutil::write_atomic(&record, format!("{to}\n").as_bytes())
+        .with_context(|| format!("recording the URL in {}", record.display()))?;
+    println!(
+        "copied {} objects ({} bytes; {} already there) to {to} in {:.1} s; {} now uses it: set [storage] url = \"{to}\" for faccia serve. \
+         The local copies under {} can be deleted.",
+        report.objects,
+        report.bytes,
+        report.already_there,
+        started.elapsed().as_secs_f64(),
+        data_dir.display(),
+        data_dir.display()
+    );
+    Ok(())
 }
 
 async fn compact(data_dir: &Path, date: Option<chrono::NaiveDate>) -> anyhow::Result<()> {
@@ -407,7 +469,7 @@ async fn compact(data_dir: &Path, date: Option<chrono::NaiveDate>) -> anyhow::Re
         indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} table-days, {elapsed}").expect("a valid template"),
     );
     bar.set_message("compacting");
-    let report = compact(data_dir, &dataset, &mut tables, scope, |done, total| {
+    let report = compact(&dataset, &mut tables, scope, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })

@@ -2,7 +2,6 @@
 //! version, time, operation (WRITE, OPTIMIZE, DELETE, CREATE TABLE, VACUUM…), files added and
 //! removed, rows written, and the operation's parameters. Read again at every scan.
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
@@ -16,6 +15,7 @@ use serde_json::Value;
 
 use crate::query::tables::ScanTimeTable;
 use crate::storage::buffer::TIME_ZONE;
+use crate::storage::location::Location;
 use crate::storage::table::{self, Table};
 
 fn schema() -> SchemaRef {
@@ -38,9 +38,9 @@ fn schema() -> SchemaRef {
 ///
 /// # Errors
 /// When the name is taken (never expected).
-pub(crate) fn register(ctx: &SessionContext, data_dir: &Path) -> DfResult<()> {
-    let data_dir = data_dir.to_path_buf();
-    let rows = move || -> BoxFuture<'static, DfResult<RecordBatch>> { Box::pin(rows(data_dir.clone())) };
+pub(crate) fn register(ctx: &SessionContext, location: &Location) -> DfResult<()> {
+    let location = location.clone();
+    let rows = move || -> BoxFuture<'static, DfResult<RecordBatch>> { Box::pin(rows(location.clone())) };
     ctx.register_table("table_history", Arc::new(ScanTimeTable::asynchronous(schema(), TableType::View, rows)))?;
     Ok(())
 }
@@ -58,15 +58,15 @@ struct Commit {
     parameters: Option<String>,
 }
 
-/// Every commit of the tables in `data_dir`, newest first per table.
-async fn commits(data_dir: &Path) -> DfResult<Vec<Commit>> {
+/// Every commit of the tables at `location`, newest first per table.
+async fn commits(location: &Location) -> DfResult<Vec<Commit>> {
     let external = |e: &dyn std::error::Error| DataFusionError::Execution(crate::error_chain(e));
     let mut commits = Vec::new();
     for table in Table::ALL {
-        if !table::exists(data_dir, table) {
+        if !table::exists(location, table).await.map_err(|e| external(&e))? {
             continue;
         }
-        let delta = table::open(data_dir, table).await.map_err(|e| external(&e))?;
+        let delta = table::open(location, table).await.map_err(|e| external(&e))?;
         let latest = delta.version().unwrap_or(0);
         // Newest first, one commitInfo per version, as far back as the log reaches.
         let infos: Vec<_> = delta.history(None).try_collect().await.map_err(|e| external(&e))?;
@@ -89,8 +89,8 @@ async fn commits(data_dir: &Path) -> DfResult<Vec<Commit>> {
 }
 
 /// The rows of `table_history`.
-async fn rows(data_dir: PathBuf) -> DfResult<RecordBatch> {
-    let commits = commits(&data_dir).await?;
+async fn rows(location: Location) -> DfResult<RecordBatch> {
+    let commits = commits(&location).await?;
     let columns: Vec<ArrayRef> = vec![
         Arc::new(commits.iter().map(|c| Some(c.table)).collect::<StringArray>()),
         Arc::new(commits.iter().map(|c| Some(c.version)).collect::<Int64Array>()),

@@ -38,6 +38,7 @@ pub(crate) use formats::{Format, write_results};
 use crate::limits::QueryLimits;
 use crate::storage::dataset;
 use crate::storage::engine::Engine;
+use crate::storage::location::Location;
 use crate::storage::table::{self, Table};
 use votes::{EngineRows, Fresh, LogTail, VotesTable};
 
@@ -76,10 +77,13 @@ async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits) -> 
         .set_bool("datafusion.execution.collect_statistics", false);
     let runtime = RuntimeEnvBuilder::new().with_memory_limit(limits.query_memory_bytes_max, 1.0).build_arc()?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let location = Location::of_data_dir(data_dir).map_err(|e| DataFusionError::Execution(crate::error_chain(&e)))?;
+    location.register(&ctx.runtime_env());
     for table in Table::ALL {
-        let handle = if table::exists(data_dir, table) {
-            Some(table::open(data_dir, table).await.map_err(|e| DataFusionError::Execution(crate::error_chain(&e)))?)
-        } else if dataset::has_part_files(data_dir, table) {
+        let exists = table::exists(&location, table).await.map_err(|e| DataFusionError::Execution(crate::error_chain(&e)))?;
+        let handle = if exists {
+            Some(table::open(&location, table).await.map_err(|e| DataFusionError::Execution(crate::error_chain(&e)))?)
+        } else if location.local_dir().is_some_and(|dir| dataset::has_part_files(dir, table)) {
             return Err(DataFusionError::Execution(format!(
                 "{} holds Parquet files but no Delta log (_delta_log/): it was written by a release before the table \
                  format. Start `faccia serve --data-dir {}` once: it takes the files over into the table without rewriting them",
@@ -89,9 +93,9 @@ async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits) -> 
         } else {
             None
         };
-        ctx.register_table(table.dir(), Arc::new(VotesTable::new(handle, Arc::clone(&fresh), table, data_dir)))?;
+        ctx.register_table(table.dir(), Arc::new(VotesTable::new(handle, Arc::clone(&fresh), table, &location)))?;
     }
-    history::register(&ctx, data_dir)?;
+    history::register(&ctx, &location)?;
     tables::register(&ctx, data_dir.to_path_buf())?;
     for udf in indices::scalar_functions().into_iter().chain(calendar::functions()) {
         ctx.register_udf(udf);

@@ -67,7 +67,7 @@ fn library_rows() -> RecordBatch {
 async fn library_context() -> (tempfile::TempDir, SessionContext) {
     let dir = tempfile::tempdir().unwrap();
     let dataset = Dataset::local(dir.path(), "n1").unwrap();
-    let mut tables = take_over(dir.path(), &dataset, 0).await.unwrap();
+    let mut tables = take_over(&dataset, 0).await.unwrap();
     flush_to_tables(&dataset, &mut tables, &[library_rows()], 1, 10).await.unwrap();
     crate::storage::checkpoint::Checkpoint { watermark: 10, windows: vec![] }.write(dir.path()).unwrap();
     std::fs::write(dir.path().join("node-id"), "n1\n").unwrap();
@@ -255,7 +255,7 @@ async fn a_flush_in_progress_is_counted_once() {
     };
     let n1 = Dataset::local(dir.path(), "n1").unwrap();
     let n2 = Dataset::local(dir.path(), "n2").unwrap();
-    let mut tables = take_over(dir.path(), &n1, 0).await.unwrap(); // version 0
+    let mut tables = take_over(&n1, 0).await.unwrap(); // version 0
     flush_to_tables(&n2, &mut tables, &[rows(40)], 1, 1).await.unwrap(); // version 1
     flush_to_tables(&n1, &mut tables, &[rows(10)], 1, 2).await.unwrap(); // version 2
     flush_to_tables(&n1, &mut tables, &[rows(20)], 3, 4).await.unwrap(); // version 3, not yet out of memory

@@ -20,7 +20,7 @@
 //! in `DATA_DIR/node-id`.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
@@ -33,7 +33,6 @@ use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchemaBuilder;
 use datafusion::datasource::{TableProvider, TableType};
@@ -51,6 +50,7 @@ use deltalake::table::state::DeltaTableState;
 
 use crate::storage::buffer::{self, VoteBuffer};
 use crate::storage::engine::{Engine, MemorySnapshot};
+use crate::storage::location::Location;
 use crate::storage::table::{self, Table};
 use crate::wire::BatchView;
 
@@ -176,7 +176,7 @@ pub(crate) struct VotesTable {
     /// The open table (`None` until it exists), moved to the version each scan reads.
     handle: tokio::sync::Mutex<Option<DeltaTable>>,
     fresh: Arc<dyn Fresh>,
-    data_dir: PathBuf,
+    location: Location,
 }
 
 impl fmt::Debug for VotesTable {
@@ -186,7 +186,7 @@ impl fmt::Debug for VotesTable {
 }
 
 impl VotesTable {
-    pub(crate) fn new(handle: Option<DeltaTable>, fresh: Arc<dyn Fresh>, shape: Table, data_dir: &Path) -> VotesTable {
+    pub(crate) fn new(handle: Option<DeltaTable>, fresh: Arc<dyn Fresh>, shape: Table, location: &Location) -> VotesTable {
         let mut fields: Vec<Arc<Field>> = shape.schema().fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new("date", DataType::Date32, false)));
         VotesTable {
@@ -194,7 +194,7 @@ impl VotesTable {
             schema: Arc::new(Schema::new(fields)),
             handle: tokio::sync::Mutex::new(handle),
             fresh,
-            data_dir: data_dir.to_path_buf(),
+            location: location.clone(),
         }
     }
 
@@ -237,13 +237,10 @@ impl VotesTable {
                 *kept &= may_match;
             }
         }
-        let root = std::path::absolute(self.data_dir.join(self.shape.dir())).map_err(|e| external(&e))?;
-        let root = root.to_string_lossy();
-        let root = root.trim_start_matches('/');
         let mut partitioned = Vec::new();
         for (i, kept) in keep.into_iter().enumerate() {
             if kept {
-                let path = format!("{root}/{}", files.path(i));
+                let path = self.location.scan_path(self.shape.dir(), files.path(i));
                 let file = PartitionedFile::new(path, files.size(i)).with_partition_values(vec![ScalarValue::Date32(files.date(i))]);
                 partitioned.push(file);
             }
@@ -256,7 +253,7 @@ impl VotesTable {
         let date = Arc::new(Field::new("date", DataType::Date32, false));
         let table_schema = TableSchemaBuilder::from(&file_schema).with_table_partition_cols(vec![date]).build();
         let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
-        let mut config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), format.file_source(table_schema))
+        let mut config = FileScanConfigBuilder::new(self.location.object_store_url(), format.file_source(table_schema))
             .with_file_groups(groups)
             .with_statistics(Statistics::new_unknown(&self.schema))
             .with_projection_indices(projection.cloned())?
@@ -333,8 +330,8 @@ impl TableProvider for VotesTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let (snapshot, memory) = {
             let mut handle = self.handle.lock().await;
-            if handle.is_none() && table::exists(&self.data_dir, self.shape) {
-                *handle = Some(table::open(&self.data_dir, self.shape).await.map_err(|e| external(&e))?);
+            if handle.is_none() && table::exists(&self.location, self.shape).await.map_err(|e| external(&e))? {
+                *handle = Some(table::open(&self.location, self.shape).await.map_err(|e| external(&e))?);
             }
             self.fresh.snapshot(self.shape, &mut handle).await?
         };

@@ -19,17 +19,14 @@
 //!   compaction interrupted before its commit).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
-use datafusion::execution::TaskContext;
 use datafusion::functions_aggregate::expr_fn::sum;
 use datafusion::physical_expr::LexOrdering;
 use datafusion::physical_plan::ExecutionPlan;
@@ -46,6 +43,7 @@ use serde_json::json;
 
 use crate::storage::StoreError;
 use crate::storage::dataset::{Dataset, rollup_properties, table_relative};
+use crate::storage::location::Location;
 use crate::storage::parquet::{compacted_properties, votes_ordering};
 use crate::storage::table::{self, Table, Tables, add_action};
 
@@ -132,7 +130,6 @@ fn files_by_day(table: &deltalake::DeltaTable) -> Result<BTreeMap<NaiveDate, Vec
 /// Read, write or log errors; a day whose files another commit removed first is skipped and
 /// counted in `conflicts`, not an error.
 pub(crate) async fn compact(
-    data_dir: &Path,
     dataset: &Dataset,
     tables: &mut Tables,
     scope: CompactScope,
@@ -150,7 +147,7 @@ pub(crate) async fn compact(
         }
     }
     for (done, (table, date)) in plan.iter().enumerate() {
-        compact_day(data_dir, dataset, tables.get_mut(*table), *table, *date, scope.removed_at_ms(), &mut report).await?;
+        compact_day(dataset, tables.get_mut(*table), *table, *date, scope.removed_at_ms(), &mut report).await?;
         progress(done + 1, plan.len());
     }
     Ok(report)
@@ -158,7 +155,6 @@ pub(crate) async fn compact(
 
 /// Merges one day of one table into one file and commits the swap.
 async fn compact_day(
-    data_dir: &Path,
     dataset: &Dataset,
     delta: &mut deltalake::DeltaTable,
     table: Table,
@@ -168,15 +164,14 @@ async fn compact_day(
 ) -> Result<(), StoreError> {
     delta.update_state().await?;
     let Some(files) = files_by_day(delta)?.remove(&date).filter(|f| f.len() >= 2) else { return Ok(()) };
-    let root = std::path::absolute(data_dir.join(table.dir())).map_err(|source| StoreError::Sync { path: table.dir().into(), source })?;
-    let paths: Vec<(String, u64)> =
-        files.iter().map(|f| (format!("{}/{}", root.display(), f.path()).trim_start_matches('/').to_string(), f.size() as u64)).collect();
+    let location = &dataset.location;
+    let paths: Vec<(String, u64)> = files.iter().map(|f| (location.scan_path(table.dir(), &f.path()), f.size() as u64)).collect();
     let name = format!("{}/date={date}/compacted-{:020}-{}.parquet", table.dir(), delta.version().unwrap_or(0) + 1, random_suffix());
     let path = ObjectPath::from(name);
     let (bytes, footer) = match table {
-        Table::Votes => merge_votes(&paths, files.len()).await?,
+        Table::Votes => merge_votes(location, &paths, files.len()).await?,
         Table::Rollup(rollup) => {
-            let merged = add_up(&paths, table, rollup).await?;
+            let merged = add_up(location, &paths, table, rollup).await?;
             crate::storage::parquet::encode_parquet(&merged, rollup_properties())?
         }
     };
@@ -214,26 +209,35 @@ fn random_suffix() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// A scan of `paths` (absolute, without the leading `/`) with their `table` schema, one file
-/// per partition.
-fn scan(paths: &[(String, u64)], table: Table, ordering: Option<LexOrdering>) -> Arc<dyn ExecutionPlan> {
+/// A scan of `paths` (`Location::scan_path`s) with their `table` schema, one file per partition.
+fn scan(location: &Location, paths: &[(String, u64)], table: Table, ordering: Option<LexOrdering>) -> Arc<dyn ExecutionPlan> {
     let source = ParquetSource::new(TableSchema::from(table.schema()));
     let groups = paths.iter().map(|(path, size)| FileGroup::new(vec![PartitionedFile::new(path.clone(), *size)])).collect();
-    let mut config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source)).with_file_groups(groups);
+    let mut config = FileScanConfigBuilder::new(location.object_store_url(), Arc::new(source)).with_file_groups(groups);
     if let Some(ordering) = ordering {
         config = config.with_output_ordering(vec![ordering]);
     }
     DataSourceExec::from_data_source(config.build())
 }
 
+/// A DataFusion session that reads the files of `location`.
+fn session(location: &Location, config: datafusion::prelude::SessionConfig) -> SessionContext {
+    let ctx = SessionContext::new_with_config(config);
+    location.register(&ctx.runtime_env());
+    ctx
+}
+
 /// Merges sorted vote files into one sorted file (streaming: one batch per file in memory).
-async fn merge_votes(paths: &[(String, u64)], count: usize) -> Result<(Vec<u8>, parquet::file::metadata::ParquetMetaData), StoreError> {
+async fn merge_votes(
+    location: &Location,
+    paths: &[(String, u64)],
+    count: usize,
+) -> Result<(Vec<u8>, parquet::file::metadata::ParquetMetaData), StoreError> {
     let schema = Table::Votes.schema();
     let ordering = votes_ordering(&schema).map_err(datafusion_error)?;
-    let merge = SortPreservingMergeExec::new(ordering.clone(), scan(paths, Table::Votes, Some(ordering)));
-    let config = datafusion::prelude::SessionConfig::new().with_batch_size(MERGE_BATCH_ROWS);
-    let context = Arc::new(TaskContext::default().with_session_config(config));
-    let mut stream = merge.execute(0, context).map_err(datafusion_error)?;
+    let merge = SortPreservingMergeExec::new(ordering.clone(), scan(location, paths, Table::Votes, Some(ordering)));
+    let ctx = session(location, datafusion::prelude::SessionConfig::new().with_batch_size(MERGE_BATCH_ROWS));
+    let mut stream = merge.execute(0, ctx.task_ctx()).map_err(datafusion_error)?;
     let mut bytes = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut bytes, Arc::clone(&schema), Some(compacted_properties(count)))?;
     while let Some(batch) = stream.next().await {
@@ -244,10 +248,15 @@ async fn merge_votes(paths: &[(String, u64)], count: usize) -> Result<(Vec<u8>, 
 }
 
 /// Adds up rollup files by their key: the rollup of the union of their votes.
-async fn add_up(paths: &[(String, u64)], table: Table, rollup: crate::storage::rollup::Rollup) -> Result<RecordBatch, StoreError> {
+async fn add_up(
+    location: &Location,
+    paths: &[(String, u64)],
+    table: Table,
+    rollup: crate::storage::rollup::Rollup,
+) -> Result<RecordBatch, StoreError> {
     let schema = rollup.schema();
-    let ctx = SessionContext::new();
-    let batches = datafusion::physical_plan::collect(scan(paths, table, None), ctx.task_ctx()).await.map_err(datafusion_error)?;
+    let ctx = session(location, datafusion::prelude::SessionConfig::new());
+    let batches = datafusion::physical_plan::collect(scan(location, paths, table, None), ctx.task_ctx()).await.map_err(datafusion_error)?;
     // A rollup's Int64 columns are its counts; the others are its key.
     let is_count = |f: &arrow::datatypes::Field| f.data_type() == &arrow::datatypes::DataType::Int64;
     let keys: Vec<_> = schema.fields().iter().filter(|f| !is_count(f)).map(|f| col(f.name())).collect();
@@ -361,6 +370,8 @@ pub(crate) async fn vacuum(tables: &mut Tables, grace: Grace) -> Result<usize, S
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::storage::buffer::testing::buffer_with;
     use crate::storage::checkpoint::Checkpoint;
@@ -374,7 +385,7 @@ mod tests {
     /// Votes of `days` days, `flushes` flushes a day (one vote per municipality and flush).
     async fn written(dir: &Path, node: &str, days: i64, flushes: i64) -> (Dataset, Tables) {
         let dataset = Dataset::local(dir, node).unwrap();
-        let mut tables = take_over(dir, &dataset, 0).await.unwrap();
+        let mut tables = take_over(&dataset, 0).await.unwrap();
         let mut lsn = 0;
         for day in 0..days {
             for flush in 0..flushes {
@@ -425,7 +436,7 @@ mod tests {
         // again and the flush is found there.
         let dir = tempfile::tempdir().unwrap();
         let (dataset, mut tables) = written(dir.path(), "n1", 1, 1).await;
-        let mut stale = take_over(dir.path(), &dataset, 0).await.unwrap();
+        let mut stale = take_over(&dataset, 0).await.unwrap();
         let at = MONDAY + 60_000;
         let files = dataset.write_flush(&[buffer_with(&[(1003, 2, at), (1001, 9, at + 1)])], 4, 5, &Table::ALL).await.unwrap();
         for table in Table::ALL {
@@ -459,7 +470,7 @@ mod tests {
         }
         assert_eq!(active_files(&tables, Table::Votes), 15);
         let today = crate::storage::buffer::partition_date(MONDAY + 2 * DAY_MS);
-        let report = compact(dir.path(), &dataset, &mut tables, CompactScope::Due { today, today_files_max: 16 }, |_, _| {}).await.unwrap();
+        let report = compact(&dataset, &mut tables, CompactScope::Due { today, today_files_max: 16 }, |_, _| {}).await.unwrap();
         assert_eq!((report.days, report.files_removed, report.files_added), (6, 30, 6), "two closed days × three tables; today has 5 < 16");
         for table in Table::ALL {
             assert_eq!(active_files(&tables, table), 2 + 5, "{table:?}");
@@ -467,9 +478,9 @@ mod tests {
         for (sql, expected) in queries.into_iter().zip(before) {
             assert_eq!(sql_count(dir.path(), sql).await, expected, "{sql}");
         }
-        let again = compact(dir.path(), &dataset, &mut tables, CompactScope::Due { today, today_files_max: 16 }, |_, _| {}).await.unwrap();
+        let again = compact(&dataset, &mut tables, CompactScope::Due { today, today_files_max: 16 }, |_, _| {}).await.unwrap();
         assert_eq!(again.days, 0);
-        let day = compact(dir.path(), &dataset, &mut tables, CompactScope::Day(today), |_, _| {}).await.unwrap();
+        let day = compact(&dataset, &mut tables, CompactScope::Day(today), |_, _| {}).await.unwrap();
         assert_eq!(day.days, 3, "an operator's --date takes today too");
         let merged = tables.tables[0].snapshot().unwrap().log_data().iter().next().unwrap().path().to_string();
         let file = std::fs::File::open(dir.path().join("votes").join(merged)).unwrap();
@@ -522,7 +533,7 @@ mod tests {
         let written_at = inode(&first);
         assert!(crate::query::context(dir.path()).await.is_err(), "faccia sql says the directory must be taken over first");
 
-        let mut tables = take_over(dir.path(), &dataset, 3).await.unwrap();
+        let mut tables = take_over(&dataset, 3).await.unwrap();
         for table in Table::ALL {
             assert_eq!(applied(tables.get_mut(table), "n1").await.unwrap(), 3);
             assert_eq!(active_files(&tables, table), 2, "{table:?}");
@@ -532,7 +543,7 @@ mod tests {
         assert_eq!(sql_count(dir.path(), "SELECT CAST(sum(votes) AS BIGINT) FROM municipality_service_counts").await, 3);
         assert_eq!(sql_count(dir.path(), "SELECT count(*) FROM votes WHERE ts > TIMESTAMP '2026-09-21T12:00:00Z'").await, 1);
         // A second start finds the tables and adopts nothing again.
-        let again = take_over(dir.path(), &dataset, 3).await.unwrap();
+        let again = take_over(&dataset, 3).await.unwrap();
         assert_eq!(again.versions(), tables.versions());
     }
 }

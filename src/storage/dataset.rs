@@ -29,6 +29,7 @@ use deltalake::kernel::Add;
 
 use crate::storage::StoreError;
 use crate::storage::buffer::{partition_by_day, schema};
+use crate::storage::location::Location;
 use crate::storage::parquet::{encode_parquet, writer_properties};
 use crate::storage::rollup::{COUNTS_DIR, PAIRS_DIR, Rollup};
 use crate::storage::table::{Table, add_action};
@@ -159,22 +160,36 @@ pub(crate) fn rollup_properties() -> WriterProperties {
 /// (local files are fsync'd after they are published).
 #[derive(Debug, Clone)]
 pub(crate) struct Dataset {
-    /// The object store the files are put in and listed from (the data directory, for `Dataset::local`).
+    /// The object store the files are put in and listed from, rooted at `location`.
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) local_root: Option<std::path::PathBuf>,
+    /// Where the tables are.
+    pub(crate) location: Location,
     /// This node's id, written into the name of every file it publishes.
     pub(crate) node: String,
 }
 
 impl Dataset {
-    /// A dataset in a local directory.
+    /// A dataset in a local directory (the tests').
     ///
     /// # Errors
     /// When the directory cannot be created.
+    #[cfg(test)]
     pub(crate) fn local(root: &std::path::Path, node: &str) -> Result<Dataset, StoreError> {
-        std::fs::create_dir_all(root.join(VOTES_DIR)).map_err(|source| StoreError::Sync { path: root.display().to_string(), source })?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(root)?;
-        Ok(Dataset { store: Arc::new(store), local_root: Some(root.to_path_buf()), node: node.to_string() })
+        Dataset::new(Location::local(root)?, node)
+    }
+
+    /// The dataset at `location`, written by `node` (the directory is created when local).
+    ///
+    /// # Errors
+    /// When the local directory cannot be created.
+    pub(crate) fn new(location: Location, node: &str) -> Result<Dataset, StoreError> {
+        let local_root = location.local_dir().map(std::path::Path::to_path_buf);
+        if let Some(root) = &local_root {
+            std::fs::create_dir_all(root.join(VOTES_DIR))
+                .map_err(|source| StoreError::Sync { path: root.display().to_string(), source })?;
+        }
+        Ok(Dataset { store: location.store(), local_root, location, node: node.to_string() })
     }
 
     /// Writes the rows of one flush — log records `lsn_first..=lsn_last` — as one file per day

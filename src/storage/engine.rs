@@ -39,6 +39,7 @@ use crate::storage::checkpoint::{Checkpoint, CheckpointError};
 use crate::storage::dataset::{Dataset, FlushFiles};
 use crate::storage::dedup::Sequences;
 use crate::storage::faults::{Fault, Faults, crash_point};
+use crate::storage::location::Location;
 use crate::storage::table::{self, Table, Tables};
 use crate::storage::wal::{self, AppendRequest, DurableRecord, ReplayReport, WalError};
 use crate::wire::BatchView;
@@ -240,9 +241,10 @@ impl Engine {
         let checkpoint = Checkpoint::read(data_dir)?;
         let sequences = Arc::new(Sequences::default());
         sequences.restore(checkpoint.windows.iter().copied());
-        let dataset = Dataset::local(data_dir, &node)?;
+        let location = Location::for_server(data_dir, config.storage.url.as_deref())?;
+        let dataset = Dataset::new(location, &node)?;
         let wal_dir = data_dir.join("wal");
-        let mut tables = take_over(data_dir, &dataset, checkpoint.watermark).await?;
+        let mut tables = take_over(&dataset, checkpoint.watermark).await?;
         let applied = tables.applied;
         let mut recovery = RecoveryReport {
             watermark: applied.into_iter().max().unwrap_or(0).max(checkpoint.watermark),
@@ -299,7 +301,7 @@ impl Engine {
         };
         let flusher_thread = spawn("faccia-flush", move || flusher.run(flush_rx));
         let (maintenance_stop, maintenance_stopped) = crossbeam_channel::bounded::<()>(0);
-        let maintenance = Maintenance { data_dir: data_dir.clone(), dataset: dataset.clone(), limits: config.storage.clone() };
+        let maintenance = Maintenance { dataset: dataset.clone(), limits: config.storage.clone() };
         let maintenance_thread = spawn("faccia-compact", move || maintenance.run(maintenance_stopped));
         Ok(Arc::new(Engine {
             requests: RwLock::new(Some(requests)),
@@ -593,7 +595,6 @@ impl Flusher {
 /// handles of the tables, so that it never holds up a flush or an acknowledgement; its commits
 /// and the flusher's appends never conflict (compaction's removes do not change data).
 struct Maintenance {
-    data_dir: PathBuf,
     dataset: Dataset,
     limits: StorageLimits,
 }
@@ -619,14 +620,14 @@ impl Maintenance {
         if tables.is_none() {
             let mut opened = Vec::new();
             for table in Table::ALL {
-                opened.push(table::open(&self.data_dir, table).await?);
+                opened.push(table::open(&self.dataset.location, table).await?);
             }
             *tables = Some(Tables::new(opened.try_into().expect("three tables"), &self.dataset.node).await?);
         }
         let tables = tables.as_mut().expect("just opened");
         let today = buffer::partition_date(crate::clock::now_ms());
         let scope = crate::storage::compaction::CompactScope::Due { today, today_files_max: self.limits.today_files_max };
-        let report = crate::storage::compaction::compact(&self.data_dir, &self.dataset, tables, scope, |_, _| {}).await?;
+        let report = crate::storage::compaction::compact(&self.dataset, tables, scope, |_, _| {}).await?;
         if report.days > 0 {
             tracing::info!(?report, "compaction round");
         }
@@ -677,8 +678,13 @@ pub(crate) async fn flush_to_tables(
 ///
 /// # Errors
 /// Listing, footer, rollup or log errors.
-pub(crate) async fn take_over(data_dir: &Path, dataset: &Dataset, watermark: u64) -> Result<Tables, StoreError> {
-    let missing: Vec<Table> = Table::ALL.into_iter().filter(|t| !table::exists(data_dir, *t)).collect();
+pub(crate) async fn take_over(dataset: &Dataset, watermark: u64) -> Result<Tables, StoreError> {
+    let mut missing = Vec::new();
+    for table in Table::ALL {
+        if !table::exists(&dataset.location, table).await? {
+            missing.push(table);
+        }
+    }
     if !missing.is_empty() {
         dataset.remove_uncommitted([watermark; 3]).await?;
         let backfilled = dataset.backfill_rollups().await?;
@@ -705,7 +711,7 @@ pub(crate) async fn take_over(data_dir: &Path, dataset: &Dataset, watermark: u64
         } else {
             (Vec::new(), Vec::new())
         };
-        tables.push(table::open_or_create(data_dir, table, adopt, &txns).await?);
+        tables.push(table::open_or_create(&dataset.location, table, adopt, &txns).await?);
     }
     Tables::new(tables.try_into().expect("three tables"), &dataset.node).await
 }

@@ -27,6 +27,7 @@ pub mod dataset;
 pub mod dedup;
 pub mod engine;
 pub mod faults;
+pub(crate) mod location;
 pub mod parquet;
 pub(crate) mod rollup;
 pub(crate) mod table;
@@ -48,8 +49,8 @@ pub enum StoreError {
     /// A Delta table's log could not be read or written.
     #[error("Delta table")]
     Delta(#[from] deltalake::DeltaTableError),
-    /// A table's directory cannot be named as a URL.
-    #[error("the table location {0} is not an absolute path")]
+    /// The tables' location (a directory or an object store URL) is invalid or not the recorded one.
+    #[error("the tables' location: {0}")]
     Location(String),
     /// A commit could not be made (the reason says why).
     #[error("committing to the Delta table: {0}")]

@@ -19,7 +19,6 @@
 //!   `commit`; delta-rs's conflict checker lets appends go on while they run.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::kernels::aggregate;
@@ -30,13 +29,15 @@ use deltalake::kernel::{Action, Add, DataType as DeltaType, PrimitiveType, Struc
 use deltalake::logstore::CommitOrBytes;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty};
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::file::metadata::ParquetMetaData;
 use serde_json::{Map, Value, json};
-use url::Url;
 
 use crate::storage::StoreError;
 use crate::storage::buffer;
+use crate::storage::location::Location;
 use crate::storage::rollup::Rollup;
 
 /// The votes table's directory inside the data location.
@@ -120,33 +121,34 @@ pub(crate) fn delta_type(data_type: &DataType) -> DeltaType {
     })
 }
 
-/// The table's location as a `file://` URL (the directory is created if missing).
-fn table_url(data_dir: &Path, table: Table) -> Result<Url, StoreError> {
-    let dir = data_dir.join(table.dir());
-    std::fs::create_dir_all(&dir).map_err(|source| StoreError::Sync { path: dir.display().to_string(), source })?;
-    reader_url(data_dir, table)
-}
-
-/// The table's location as a `file://` URL, for readers (nothing is created).
-pub(crate) fn reader_url(data_dir: &Path, table: Table) -> Result<Url, StoreError> {
-    let dir = data_dir.join(table.dir());
-    let absolute = std::path::absolute(&dir).map_err(|source| StoreError::Sync { path: dir.display().to_string(), source })?;
-    Url::from_directory_path(&absolute).map_err(|()| StoreError::Location(absolute.display().to_string()))
-}
-
 /// Whether the table exists: its log (`_delta_log/`) holds a commit.
-pub(crate) fn exists(data_dir: &Path, table: Table) -> bool {
-    let log = data_dir.join(table.dir()).join("_delta_log");
-    std::fs::read_dir(log).is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".json")))
+///
+/// # Errors
+/// Listing errors of the store.
+pub(crate) async fn exists(location: &Location, table: Table) -> Result<bool, StoreError> {
+    let log = ObjectPath::from(format!("{}/_delta_log/", table.dir()));
+    let mut entries = location.store().list(Some(&log));
+    while let Some(entry) = entries.next().await {
+        if entry?.location.as_ref().ends_with(".json") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A handle on the table at `location`, not loaded.
+fn handle(location: &Location, table: Table) -> Result<DeltaTable, StoreError> {
+    Ok(deltalake::DeltaTableBuilder::from_url(location.table_url(table.dir()))?.with_storage_options(location.options().clone()).build()?)
 }
 
 /// Opens a table that exists.
 ///
 /// # Errors
 /// When the log cannot be read (or the table does not exist: `DeltaTableError::NotATable`).
-pub(crate) async fn open(data_dir: &Path, table: Table) -> Result<DeltaTable, StoreError> {
-    let url = reader_url(data_dir, table)?;
-    Ok(deltalake::open_table(url).await?)
+pub(crate) async fn open(location: &Location, table: Table) -> Result<DeltaTable, StoreError> {
+    let mut delta = handle(location, table)?;
+    delta.load().await?;
+    Ok(delta)
 }
 
 /// Opens the table, creating it when it does not exist yet; a new table's first commit holds
@@ -156,20 +158,23 @@ pub(crate) async fn open(data_dir: &Path, table: Table) -> Result<DeltaTable, St
 /// # Errors
 /// Storage and log errors.
 pub(crate) async fn open_or_create(
-    data_dir: &Path,
+    location: &Location,
     table: Table,
     adopt: Vec<Add>,
     txns: &[(String, u64)],
 ) -> Result<DeltaTable, StoreError> {
-    let url = table_url(data_dir, table)?;
     // Probed with `exists` (a listing of `_delta_log/`): delta-rs's own probe logs an error
     // for a table that does not exist yet.
-    if exists(data_dir, table) {
-        return Ok(deltalake::open_table(url).await?);
+    if exists(location, table).await? {
+        return open(location, table).await;
+    }
+    if let Some(dir) = location.local_dir() {
+        let dir = dir.join(table.dir());
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Sync { path: dir.display().to_string(), source })?;
     }
     // Built without loading: `DeltaTable::try_from_url` loads the log first, and delta-rs logs
     // an error for a table that does not exist yet.
-    let handle = deltalake::DeltaTableBuilder::from_url(url)?.build()?;
+    let handle = handle(location, table)?;
     let mut columns: Vec<StructField> =
         table.schema().fields().iter().map(|f| StructField::new(f.name(), delta_type(f.data_type()), f.is_nullable())).collect();
     columns.push(StructField::new("date", DeltaType::Primitive(PrimitiveType::Date), false));

@@ -38,6 +38,7 @@ use crate::storage::buffer::VoteBuffer;
 use crate::storage::compaction::{CompactScope, Grace, compact, vacuum};
 use crate::storage::dataset::Dataset;
 use crate::storage::engine::take_over;
+use crate::storage::location::Location;
 use crate::storage::table::{self, Table, Tables};
 use crate::terminal::simulate::VoteSimulator;
 
@@ -107,9 +108,12 @@ pub(crate) async fn generate(
     plan: &GeneratePlan,
     mut progress: impl FnMut(NaiveDate, &GenerateReport),
 ) -> Result<GenerateReport, StoreError> {
-    let dataset = Dataset::local(data_dir, NODE)?;
-    let fresh = Table::ALL.into_iter().all(|t| !table::exists(data_dir, t));
-    let mut tables = take_over(data_dir, &dataset, 0).await?;
+    let dataset = Dataset::new(Location::of_data_dir(data_dir)?, NODE)?;
+    let mut fresh = true;
+    for t in Table::ALL {
+        fresh &= !table::exists(&dataset.location, t).await?;
+    }
+    let mut tables = take_over(&dataset, 0).await?;
     let mut rng = StdRng::seed_from_u64(plan.seed);
     let (mut sites, weights) = sites(&mut rng, plan.seed);
     let pick_site = WeightedIndex::new(&weights).expect("positive weights");
@@ -164,7 +168,7 @@ pub(crate) async fn generate(
         }
         if plan.compact {
             let closed_ms = midnight + day_ms;
-            compact(data_dir, &dataset, &mut tables, CompactScope::Generated { day: *day, closed_ms }, |_, _| {}).await?;
+            compact(&dataset, &mut tables, CompactScope::Generated { day: *day, closed_ms }, |_, _| {}).await?;
         }
         // A checkpoint closes every day: readers and the next day's commits start from it.
         for delta in &mut tables.tables {
@@ -334,7 +338,7 @@ mod tests {
         let plan = GeneratePlan { votes: 5_000, days: 2, end, seed: 3, flushes_per_day: 12, compact: true };
         generate(dir.path(), &plan, |_, _| {}).await.unwrap();
         for t in Table::ALL {
-            let delta = table::open(dir.path(), t).await.unwrap();
+            let delta = table::open(&Location::local(dir.path()).unwrap(), t).await.unwrap();
             let watermark = table::applied(&delta, NODE).await.unwrap();
             assert_eq!(watermark >> 32, 1, "{}: the second day's last log sequence number, {watermark:#x}", t.dir());
             let log = dir.path().join(t.dir()).join("_delta_log");

@@ -11,6 +11,7 @@ mod hostile;
 mod identity;
 mod limits;
 mod misuse;
+mod objectstore;
 mod properties;
 mod proxy;
 mod roundtrip;

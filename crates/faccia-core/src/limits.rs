@@ -212,6 +212,11 @@ pub struct StorageLimits {
     /// Days of votes kept: whole days older than this leave the tables (0: keep everything).
     /// The programme's reports compare a year with the previous one, so keep at least 731 for them.
     pub retention_days: u32,
+    /// Where the tables live: `None` (the default) for the data directory, else an S3 URL
+    /// (`s3://bucket/prefix`, any S3-compatible store) or `file:///dir`, with credentials and
+    /// endpoint from the environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …). The
+    /// write-ahead log stays in the data directory, which records the URL at the first start.
+    pub url: Option<String>,
 }
 
 impl Default for StorageLimits {
@@ -225,6 +230,7 @@ impl Default for StorageLimits {
             compaction_interval_ms: 10 * 60 * 1000,
             today_files_max: 16,
             retention_days: 0,
+            url: None,
         }
     }
 }
