@@ -241,6 +241,31 @@ pub(crate) async fn commit(
     Ok(version)
 }
 
+/// Commits `actions` as the version after the one `table` holds, or not at all: when any commit
+/// landed since the handle was loaded, the commit fails with `TransactionError::MaxCommitAttempts`
+/// and the caller reloads and decides again. For compaction: delta-rs's conflict checker
+/// (`check_for_deleted_files_against_current_txn_deleted_files`) ignores removes with
+/// `dataChange = false`, so two OPTIMIZE commits removing the same files would both succeed and
+/// the day's rows would be in two merged files (`compaction::tests::two_nodes_compacting_the_same_days_at_once_merge_each_once`).
+///
+/// # Errors
+/// As `commit`.
+pub(crate) async fn commit_on_snapshot(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    metrics: Map<String, Value>,
+) -> Result<u64, DeltaTableError> {
+    let properties = CommitProperties::default()
+        .with_metadata([("operationMetrics".to_string(), Value::Object(metrics))])
+        .with_cleanup_expired_logs(Some(false))
+        .with_max_retries(0);
+    let finalized =
+        CommitBuilder::from(properties).with_actions(actions).build(Some(table.snapshot()?), table.log_store(), operation).await?;
+    table.state = Some(finalized.snapshot());
+    Ok(finalized.version())
+}
+
 /// Deletes the table's log entries older than its `delta.logRetentionDuration` (`LOG_RETENTION`)
 /// below its newest checkpoint (delta-rs's `cleanup_metadata`). Returns how many.
 ///
