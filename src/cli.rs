@@ -413,7 +413,7 @@ async fn migrate(data_dir: &Path, to: &str) -> anyhow::Result<()> {
         bail!("the tables of {} are already at {} ({})", data_dir.display(), recorded.trim(), record.display());
     }
     // Taken over first when a release before the table format wrote the directory.
-    let (dataset, _) = maintained(data_dir).await?;
+    let (dataset, tables) = maintained(data_dir).await?;
     let destination = Location::parse(to)?;
     let started = Instant::now();
     let bar = indicatif::ProgressBar::new(0).with_style(
@@ -427,16 +427,10 @@ async fn migrate(data_dir: &Path, to: &str) -> anyhow::Result<()> {
     })
     .await?;
     bar.finish_and_clear();
-    for table in crate::storage::table::Table::ALL {
-        let (here, there) =
-            (crate::storage::table::open(&dataset.location, table).await?, crate::storage::table::open(&destination, table).await?);
-        if here.version() != there.version() {
-            bail!(
-                "{} at {to} is at version {:?}, the local table at {:?}: run the migration again",
-                table.dir(),
-                there.version(),
-                here.version()
-            );
+    for (table, here) in crate::storage::table::Table::ALL.into_iter().zip(tables.versions()) {
+        let there = crate::storage::table::open(&destination, table).await?.version();
+        if there != Some(here) {
+            bail!("{} at {to} is at version {there:?}, the local table at {here}: run the migration again", table.dir());
         }
     }
     crate::fsutil::write_atomic(&record, format!("{to}\n").as_bytes())

@@ -162,8 +162,7 @@ pub(crate) fn rollup_properties() -> WriterProperties {
 pub(crate) struct Dataset {
     /// The object store the files are put in and listed from, rooted at `location`.
     pub(crate) store: Arc<dyn ObjectStore>,
-    pub(crate) local_root: Option<std::path::PathBuf>,
-    /// Where the tables are.
+    /// Where the tables are (`Location::local_dir` when on this machine).
     pub(crate) location: Location,
     /// This node's id, written into the name of every file it publishes.
     pub(crate) node: String,
@@ -184,12 +183,11 @@ impl Dataset {
     /// # Errors
     /// When the local directory cannot be created.
     pub(crate) fn new(location: Location, node: &str) -> Result<Dataset, StoreError> {
-        let local_root = location.local_dir().map(std::path::Path::to_path_buf);
-        if let Some(root) = &local_root {
+        if let Some(root) = location.local_dir() {
             std::fs::create_dir_all(root.join(VOTES_DIR))
                 .map_err(|source| StoreError::Sync { path: root.display().to_string(), source })?;
         }
-        Ok(Dataset { store: location.store(), local_root, location, node: node.to_string() })
+        Ok(Dataset { store: location.store(), location, node: node.to_string() })
     }
 
     /// Writes the rows of one flush — log records `lsn_first..=lsn_last` — as one file per day
@@ -245,7 +243,7 @@ impl Dataset {
     /// readers: it does not end in `.parquet`), are fsync'd, renamed into place, and the
     /// directories are fsync'd.
     pub(crate) async fn publish(&self, path: &ObjectPath, bytes: Vec<u8>) -> Result<(), StoreError> {
-        let Some(root) = &self.local_root else {
+        let Some(root) = self.location.local_dir() else {
             self.store.put(path, PutPayload::from(bytes)).await?;
             return Ok(());
         };
@@ -348,7 +346,7 @@ impl Dataset {
                     removed += usize::from(table == Table::Votes);
                 }
             }
-            if let Some(root) = &self.local_root
+            if let Some(root) = self.location.local_dir()
                 && root.join(dir).is_dir()
             {
                 crate::fsutil::sync_dir(&root.join(dir)).map_err(|source| StoreError::Sync { path: root.display().to_string(), source })?;

@@ -225,20 +225,35 @@ pub(crate) async fn commit(
     txn: Option<Transaction>,
     metrics: Map<String, Value>,
 ) -> Result<u64, DeltaTableError> {
-    // Expired log entries are cleaned up by maintenance (`cleanup_log`), not by every commit:
-    // delta-rs's per-commit cleanup lists the whole `_delta_log/` each time.
-    let mut properties = CommitProperties::default()
-        .with_metadata([("operationMetrics".to_string(), Value::Object(metrics))])
-        .with_cleanup_expired_logs(Some(false));
+    let mut properties = commit_properties(metrics);
     if let Some(txn) = txn {
         properties = properties.with_application_transaction(txn);
     }
+    commit_with(table, actions, operation, properties).await
+}
+
+/// The properties of every commit: `metrics` as its `operationMetrics`, and no expired-log
+/// cleanup — maintenance does that (`cleanup_log`): delta-rs's per-commit cleanup lists the
+/// whole `_delta_log/` each time.
+fn commit_properties(metrics: Map<String, Value>) -> CommitProperties {
+    CommitProperties::default()
+        .with_metadata([("operationMetrics".to_string(), Value::Object(metrics))])
+        .with_cleanup_expired_logs(Some(false))
+}
+
+/// Commits `actions` with `properties` on the handle's snapshot and moves the handle to the new
+/// version. Returns the version.
+async fn commit_with(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    properties: CommitProperties,
+) -> Result<u64, DeltaTableError> {
     // `From<CommitProperties>`, not `default()`: the post-commit hook writes the log's checkpoints.
     let finalized =
         CommitBuilder::from(properties).with_actions(actions).build(Some(table.snapshot()?), table.log_store(), operation).await?;
-    let version = finalized.version();
     table.state = Some(finalized.snapshot());
-    Ok(version)
+    Ok(finalized.version())
 }
 
 /// Commits `actions` as the version after the one `table` holds, or not at all: when any commit
@@ -256,14 +271,7 @@ pub(crate) async fn commit_on_snapshot(
     operation: DeltaOperation,
     metrics: Map<String, Value>,
 ) -> Result<u64, DeltaTableError> {
-    let properties = CommitProperties::default()
-        .with_metadata([("operationMetrics".to_string(), Value::Object(metrics))])
-        .with_cleanup_expired_logs(Some(false))
-        .with_max_retries(0);
-    let finalized =
-        CommitBuilder::from(properties).with_actions(actions).build(Some(table.snapshot()?), table.log_store(), operation).await?;
-    table.state = Some(finalized.snapshot());
-    Ok(finalized.version())
+    commit_with(table, actions, operation, commit_properties(metrics).with_max_retries(0)).await
 }
 
 /// Deletes the table's log entries older than its `delta.logRetentionDuration` (`LOG_RETENTION`)

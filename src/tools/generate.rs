@@ -269,12 +269,7 @@ mod tests {
     async fn flushes_per_day_split_each_day_into_consecutive_slices_of_the_same_votes() {
         // Proves: with N flushes a day the same votes are written (same counts by day and hour),
         // as up to N files a day, each holding one slice of the day and its own log range.
-        let end = NaiveDate::from_ymd_opt(2026, 11, 18).unwrap();
-        let one = tempfile::tempdir().unwrap();
-        let many = tempfile::tempdir().unwrap();
-        let plan = GeneratePlan { votes: 20_000, days: 2, end, seed: 7, flushes_per_day: 1, compact: true };
-        generate(one.path(), &plan, |_, _| {}).await.unwrap();
-        let report = generate(many.path(), &GeneratePlan { flushes_per_day: 24, compact: false, ..plan }, |_, _| {}).await.unwrap();
+        let (one, many, report) = once_and_as(|plan| GeneratePlan { flushes_per_day: 24, compact: false, ..plan }).await;
         assert_eq!(report.votes, 20_000);
         assert!(report.files > 2 * 12 && report.files <= 2 * 24, "up to 24 files a day, one per busy hour: {}", report.files);
         let by_hour =
@@ -309,12 +304,7 @@ mod tests {
         // Proves: generating with N flushes a day and compaction leaves what the server's
         // maintenance would (one file per day in each table, nothing removed left on disk in a
         // directory the generator created) with the votes of one flush a day.
-        let end = NaiveDate::from_ymd_opt(2026, 11, 18).unwrap();
-        let one = tempfile::tempdir().unwrap();
-        let compacted = tempfile::tempdir().unwrap();
-        let plan = GeneratePlan { votes: 20_000, days: 2, end, seed: 7, flushes_per_day: 1, compact: true };
-        generate(one.path(), &plan, |_, _| {}).await.unwrap();
-        let report = generate(compacted.path(), &GeneratePlan { flushes_per_day: 24, ..plan }, |_, _| {}).await.unwrap();
+        let (one, compacted, report) = once_and_as(|plan| GeneratePlan { flushes_per_day: 24, ..plan }).await;
         assert_eq!((report.votes, report.files), (20_000, 2));
         let on_disk = |dir: &Path, table: Table| {
             walk_parquet(&dir.join(table.dir())).iter().map(|p| std::fs::metadata(p).unwrap().len()).collect::<Vec<u64>>()
@@ -361,6 +351,17 @@ mod tests {
             let taken = table::append_owned(&delta, version, NODE, watermark + 1, &[]).await;
             assert!(matches!(taken, Err(StoreError::Commit(ref m)) if m.contains("another writer")), "{taken:?}");
         }
+    }
+
+    /// Two days of 20,000 votes written once as one flush a day, compacted, and once with the
+    /// plan `other` makes of that: both directories, and the second run's report.
+    async fn once_and_as(other: impl FnOnce(GeneratePlan) -> GeneratePlan) -> (tempfile::TempDir, tempfile::TempDir, GenerateReport) {
+        let end = NaiveDate::from_ymd_opt(2026, 11, 18).unwrap();
+        let (one, many) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let plan = GeneratePlan { votes: 20_000, days: 2, end, seed: 7, flushes_per_day: 1, compact: true };
+        generate(one.path(), &plan, |_, _| {}).await.unwrap();
+        let report = generate(many.path(), &other(plan), |_, _| {}).await.unwrap();
+        (one, many, report)
     }
 
     /// `sql`'s answer over the data directory `dir`, as a text table.
