@@ -96,9 +96,11 @@ pub enum Command {
     },
     /// Send simulated votes from registered terminals to a server.
     Terminal {
-        /// The server's QUIC address.
-        #[arg(long, short = 's', default_value = crate::config::DEFAULT_LISTEN)]
-        server: SocketAddr,
+        /// The server's QUIC address; several (comma-separated or repeated) for the nodes of one
+        /// table: each terminal starts at the first and moves to the next when its node is
+        /// unreachable or says another node serves it.
+        #[arg(long, short = 's', default_value = crate::config::DEFAULT_LISTEN, value_delimiter = ',', num_args = 1..)]
+        server: Vec<SocketAddr>,
         /// Name the server's certificate is checked against.
         #[arg(long, default_value = "localhost")]
         server_name: String,
@@ -117,6 +119,13 @@ pub enum Command {
         /// Mean pause between a terminal's batches, in milliseconds.
         #[arg(long, default_value_t = 500)]
         think_ms: u64,
+        /// How long a batch's reply may take before the terminal reconnects (to its next
+        /// server address, if it has several), in milliseconds.
+        #[arg(long, default_value_t = crate::terminal::client::ACK_TIMEOUT.as_millis() as u64)]
+        reply_timeout_ms: u64,
+        /// How long a silent connection lives (keep-alives every 5 s or half of it), in milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        idle_timeout_ms: u64,
     },
     /// Load-test a server with simulated terminals: throughput, acknowledgement latency,
     /// handshakes, memory per terminal, reconnect storm; cross-checked with SQL.
@@ -142,6 +151,14 @@ pub enum Command {
         /// Seed of the random kill times and votes (printed; a run is replayed with it).
         #[arg(long)]
         seed: Option<u64>,
+        /// Nodes serving one table, killed in turn while the terminals move between them
+        /// (needs --storage-url).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// The tables' `[storage] url` (`s3://bucket/prefix`; credentials and endpoint from the
+        /// `AWS_*` environment).
+        #[arg(long)]
+        storage_url: Option<String>,
     },
     /// Write a synthetic dataset (realistic votes over the real small municipalities) through
     /// the server's Parquet writer, for measuring SQL at scale.
@@ -354,11 +371,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql { data, format, repeat, query } => sql(&data.data_dir, format, repeat, query.as_deref()).await,
         Command::Terminals { data, action } => terminals(&data.data_dir, action),
         Command::Administrations { data, action } => administrations(&data.data_dir, action),
-        Command::Terminal { server, server_name, ca, credentials, seconds, batch_votes, think_ms } => {
+        Command::Terminal { server, server_name, ca, credentials, seconds, batch_votes, think_ms, reply_timeout_ms, idle_timeout_ms } => {
             let credentials = Credential::read_csv(&credentials)?;
-            let target = ServerTarget::new(server, &server_name, &ca)?;
+            let (first, others) = server.split_first().expect("clap gives at least one address");
+            let mut target = ServerTarget::new(*first, &server_name, &ca)?.with_other_addresses(others.iter().copied());
+            target.set_idle_timeout(Duration::from_millis(idle_timeout_ms.max(1)));
             let plan = FleetPlan {
                 duration: Duration::from_secs(seconds),
+                reply_timeout: Duration::from_millis(reply_timeout_ms.max(1)),
                 batch_votes_max: batch_votes,
                 think_time: Duration::from_millis(think_ms),
                 ..FleetPlan::default()
@@ -377,8 +397,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { data_dir, seconds, terminals } => crate::tools::demo::run(data_dir, seconds, terminals).await,
         Command::Bench(args) => bench(args).await,
-        Command::Crashtest { data_dir, rounds, terminals, min_ms, max_ms, seed } => {
-            crashtest(data_dir, rounds, terminals, (min_ms, max_ms), seed).await
+        Command::Crashtest { data_dir, rounds, terminals, min_ms, max_ms, seed, nodes, storage_url } => {
+            let seed = seed.unwrap_or_else(rand::random);
+            let plan = crate::tools::crashtest::Plan {
+                server_exe: std::env::current_exe().context("locating the faccia executable")?,
+                data_dir: PathBuf::new(),
+                rounds,
+                terminals,
+                run_ms: (min_ms, max_ms),
+                batch_votes_max: 50,
+                in_flight_max: 4,
+                seed,
+                nodes,
+                storage_url,
+            };
+            crashtest(data_dir, plan).await
         }
         Command::Generate { data, votes, days, end, seed, flushes_per_day, no_compact } => {
             let yesterday = || crate::storage::buffer::partition_date(crate::clock::now_ms()) - chrono::Days::new(1);
@@ -669,21 +702,11 @@ fn terminals(data_dir: &Path, action: TerminalsAction) -> anyhow::Result<()> {
     }
 }
 
-async fn crashtest(data_dir: Option<PathBuf>, rounds: u32, terminals: usize, run_ms: (u64, u64), seed: Option<u64>) -> anyhow::Result<()> {
+async fn crashtest(data_dir: Option<PathBuf>, mut plan: crate::tools::crashtest::Plan) -> anyhow::Result<()> {
     let temporary = tempfile::Builder::new().prefix("faccia-crashtest-").tempdir()?;
-    let data_dir = data_dir.unwrap_or_else(|| temporary.path().to_path_buf());
-    let seed = seed.unwrap_or_else(rand::random);
-    let plan = crate::tools::crashtest::Plan {
-        server_exe: std::env::current_exe().context("locating the faccia executable")?,
-        data_dir,
-        rounds,
-        terminals,
-        run_ms,
-        batch_votes_max: 50,
-        in_flight_max: 4,
-        seed,
-    };
-    eprintln!("crash test: {rounds} rounds of kill -9, {terminals} terminals, seed {seed}");
+    plan.data_dir = data_dir.unwrap_or_else(|| temporary.path().to_path_buf());
+    let (rounds, terminals, seed, nodes) = (plan.rounds, plan.terminals, plan.seed, plan.nodes);
+    eprintln!("crash test: {rounds} rounds of kill -9, {terminals} terminals, {nodes} node(s), seed {seed}");
     let started = Instant::now();
     let report = crate::tools::crashtest::run(&plan).await?;
     println!("rounds                 {:>12}", report.rounds);
@@ -694,6 +717,9 @@ async fn crashtest(data_dir: Option<PathBuf>, rounds: u32, terminals: usize, run
     println!("duplicated             {:>12}", report.duplicated);
     println!("unexpected             {:>12}", report.unexpected);
     println!("compactions committed  {:>12}  ({} rounds stopped inside one)", report.compactions, report.compaction_crashes);
+    if nodes > 1 {
+        println!("log crashes            {:>12}  (a node stopped after an fsync it never acknowledged)", report.log_crashes);
+    }
     println!("seed {seed}, {:.0} s", started.elapsed().as_secs_f64());
     if !report.is_clean() {
         bail!("acknowledged votes were lost or doubled (seed {seed})");

@@ -108,6 +108,7 @@ impl Config {
     /// The first value out of its range, named with its table.
     pub(crate) fn check(&self) -> Result<(), LimitError> {
         self.limits.check()?;
+        self.storage.check()?;
         self.misuse.check()
     }
 }

@@ -33,7 +33,7 @@ use crate::metrics::{Metrics, RuleLabel};
 use crate::model::{IstatCode, TerminalId};
 use crate::registry::{AuthError, Catalog, Secret, TerminalDirectory};
 use crate::storage::dedup::{Begin, PendingOutcome};
-use crate::storage::engine::Engine;
+use crate::storage::engine::{Engine, Placement};
 use crate::storage::wal::{AppendRequest, WalUnavailable};
 use crate::wire::{
     self, ArchiveBuf, BatchReplyV1, BatchRules, BatchView, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES, HelloReplyV1, Rejection, Status,
@@ -308,7 +308,17 @@ async fn hello(connection: &Connection, shared: &Shared, connection_budget: &Sem
         let hello = wire::read_hello(&payload.0)?;
         let terminal = hello.terminal();
         let municipality = shared.directory.authenticate(terminal, &Secret(hello.secret)).map_err(|e| auth_rejection(terminal, e))?;
-        Ok((terminal, municipality))
+        match shared.engine.admit(terminal).await {
+            Ok(Placement::Here) => Ok((terminal, municipality)),
+            Ok(Placement::Elsewhere(node)) => Err(Rejection::new(
+                ErrorCode::ServedElsewhere,
+                format!("terminal {terminal} is served by node {node}, which is alive: try another server address"),
+            )),
+            Err(error) => {
+                tracing::warn!(terminal, error = %crate::error_chain(&error), "reading the terminal's lease");
+                Err(Rejection::new(ErrorCode::StorageUnavailable, "this node cannot read the terminal's lease in the table storage"))
+            }
+        }
     }
     .await;
     let reply = match &checked {
@@ -481,6 +491,13 @@ async fn store_batch(
             };
         }
         Begin::New(guard) => guard,
+        Begin::Unpublished => {
+            let message = format!(
+                "batch {seq} is more than {} above what this node has published for the terminal (the table storage is unreachable)",
+                crate::limits::SEQ_WINDOW
+            );
+            return retry(ErrorCode::StorageUnavailable, &message);
+        }
     };
     let misuse = match admit_votes(shared, terminal, municipality, &view) {
         Ok(misuse) => misuse,

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
@@ -55,6 +56,18 @@ impl SeqWindow {
         }
         let (word, bit) = ((distance / 64) as usize, distance % 64);
         if self.bits[word] & (1 << bit) != 0 { Seen::Stored } else { Seen::New }
+    }
+
+    /// The stored numbers, highest first.
+    pub(crate) fn stored(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..SEQ_WINDOW.min(self.high)).filter(|d| self.bits[(d / 64) as usize] & (1 << (d % 64)) != 0).map(|d| self.high - d)
+    }
+
+    /// Adds every number `other` holds (another node's window of the same terminal).
+    pub(crate) fn merge(&mut self, other: &SeqWindow) {
+        for seq in other.stored() {
+            self.insert(seq);
+        }
     }
 
     /// Marks `seq` stored. Idempotent; a number older than the window is ignored.
@@ -110,11 +123,16 @@ pub enum Begin {
     Stale,
     /// Another copy is being written; wait for its outcome.
     Pending(watch::Receiver<PendingOutcome>),
+    /// Too far above the window this node last published for the terminal (several nodes
+    /// only, `Sequences::bound_by_publication`): answer "retry later".
+    Unpublished,
 }
 
 #[derive(Debug, Default)]
 struct TerminalState {
     window: SeqWindow,
+    /// The highest number of this terminal's window as this node last published it.
+    published: u64,
     pending: Vec<(u64, watch::Sender<PendingOutcome>)>,
 }
 
@@ -122,11 +140,13 @@ struct TerminalState {
 #[derive(Debug)]
 pub struct Sequences {
     shards: Vec<Mutex<HashMap<TerminalId, TerminalState>>>,
+    /// Whether a batch more than `SEQ_WINDOW` above the published window is refused.
+    bounded: AtomicBool,
 }
 
 impl Default for Sequences {
     fn default() -> Self {
-        Sequences { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        Sequences { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), bounded: AtomicBool::new(false) }
     }
 }
 
@@ -144,6 +164,9 @@ impl Sequences {
             Seen::Stored => return Begin::Stored,
             Seen::Stale => return Begin::Stale,
             Seen::New => {}
+        }
+        if self.bounded.load(Ordering::Relaxed) && seq > state.published.saturating_add(SEQ_WINDOW) {
+            return Begin::Unpublished;
         }
         if let Some((_, sender)) = state.pending.iter().find(|(s, _)| *s == seq) {
             return Begin::Pending(sender.subscribe());
@@ -174,6 +197,25 @@ impl Sequences {
     /// Highest stored sequence number of `terminal` (0: none).
     pub(crate) fn last_seq(&self, terminal: TerminalId) -> u64 {
         self.shard(terminal).get(&terminal).map_or(0, |s| s.window.high)
+    }
+
+    /// From now on, refuses (`Begin::Unpublished`) a batch numbered more than `SEQ_WINDOW` above
+    /// its terminal's window as last published (`set_published`): another node taking the
+    /// terminal over knows this node stored nothing beyond that (`storage::membership`).
+    pub(crate) fn bound_by_publication(&self) {
+        self.bounded.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that `terminal`'s window, up to `high`, is published.
+    pub(crate) fn set_published(&self, terminal: TerminalId, high: u64) {
+        let mut shard = self.shard(terminal);
+        let state = shard.entry(terminal).or_default();
+        state.published = state.published.max(high);
+    }
+
+    /// Adds another node's window of `terminal` to this node's (a terminal taken over).
+    pub(crate) fn merge(&self, terminal: TerminalId, window: &SeqWindow) {
+        self.shard(terminal).entry(terminal).or_default().window.merge(window);
     }
 
     /// A copy of every terminal's window, for the checkpoint.

@@ -40,8 +40,10 @@ use crate::storage::dataset::{Dataset, FlushFiles};
 use crate::storage::dedup::Sequences;
 use crate::storage::faults::{Fault, Faults, crash_point};
 use crate::storage::location::Location;
+pub(crate) use crate::storage::membership::Placement;
+use crate::storage::membership::{Membership, Timing};
 use crate::storage::table::{self, Table, Tables};
-use crate::storage::wal::{self, AppendRequest, DurableRecord, ReplayReport, WalError};
+use crate::storage::wal::{self, AppendRequest, DurableRecord, ReplayReport, WalError, WalRecord};
 use crate::wire::BatchView;
 
 /// How often buffered rows are sealed into an immutable Arrow batch that SQL can see.
@@ -196,6 +198,9 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     /// Where this node's Parquet files go: the dataset in the data directory.
     pub(crate) dataset: Dataset,
+    /// This node's side of the several-nodes protocol, when the tables are in an object store.
+    membership: Option<Arc<Membership>>,
+    heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
     memory: Arc<MemoryView>,
     stopping: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -251,10 +256,32 @@ impl Engine {
             uncommitted_files_removed: dataset.remove_uncommitted(applied).await?,
             ..RecoveryReport::default()
         };
+        let mut records = replay(&wal_dir, checkpoint.watermark, recovery.watermark, &sequences, &mut recovery)?;
+        // Several nodes: publish first (this node is seen alive before it re-takes any lease),
+        // then settle the batches of terminals that may have moved (`membership`).
+        let membership = match dataset.location.local_dir() {
+            Some(_) => None,
+            None => {
+                let timing = Timing {
+                    heartbeat: Duration::from_millis(config.storage.heartbeat_interval_ms),
+                    ttl: Duration::from_millis(config.storage.node_ttl_ms),
+                };
+                Some(Membership::join(dataset.location.store(), &node, Arc::clone(&sequences), timing).await?)
+            }
+        };
         // A crash between a flush's commits leaves a table behind the others by that flush:
         // its rows are still in the log (no segment goes before every table holds it).
-        recovery.tables_caught_up = catch_up(&wal_dir, &dataset, &mut tables, applied, recovery.watermark).await?;
-        let replayed = replay(&wal_dir, checkpoint.watermark, recovery.watermark, &sequences, &mut recovery)?;
+        recovery.tables_caught_up = catch_up(&wal_dir, &dataset, &mut tables, applied, recovery.watermark, membership.as_deref()).await?;
+        // The LSNs the replay covers, including batches left to another node: the next flush's
+        // watermark must pass them, or every reader of the log tail would count them again.
+        let lsns = records.first().zip(records.last()).map(|(first, last)| (first.lsn, last.lsn));
+        if let Some(membership) = &membership {
+            let batches: Vec<(u32, u64)> = records.iter().map(|r| (r.terminal, r.seq)).collect();
+            let keep = membership.settle_recovered(&batches).await?;
+            let mut keep = keep.into_iter();
+            records.retain(|_| keep.next().unwrap_or(true));
+        }
+        let replayed = lsns.map(|(first, last)| (first, last, buffer_of(&records, &mut recovery)));
         let next_lsn = recovery.replay.last_lsn.max(recovery.watermark) + 1;
         if recovery.replay.records_replayed > 0 || recovery.replay.torn_tail_bytes > 0 || recovery.tables_caught_up > 0 {
             tracing::info!(?recovery, "recovered from the log");
@@ -277,6 +304,8 @@ impl Engine {
         };
         let wal_thread = wal::start_writer(writer, request_rx, durable_tx, Arc::clone(&sequences), Arc::clone(&metrics))?;
         let store = StoreThread {
+            membership: membership.clone(),
+            runtime: tokio::runtime::Handle::current(),
             limits: config.storage.clone(),
             memory: Arc::clone(&memory),
             metrics: Arc::clone(&metrics),
@@ -298,16 +327,20 @@ impl Engine {
             faults: Arc::clone(&config.faults),
             stopping: Arc::clone(&stopping),
             done: done_tx,
+            membership: membership.clone(),
         };
         let flusher_thread = spawn("faccia-flush", move || flusher.run(flush_rx));
         let (maintenance_stop, maintenance_stopped) = crossbeam_channel::bounded::<()>(0);
         let maintenance = Maintenance { dataset: dataset.clone(), limits: config.storage.clone() };
         let maintenance_thread = spawn("faccia-compact", move || maintenance.run(maintenance_stopped));
+        let heartbeat = Mutex::new(membership.as_ref().map(Membership::spawn_heartbeat));
         Ok(Arc::new(Engine {
             requests: RwLock::new(Some(requests)),
             sequences,
             metrics,
             dataset,
+            membership,
+            heartbeat,
             memory,
             stopping,
             threads: Mutex::new(vec![wal_thread, store_thread, flusher_thread, maintenance_thread]),
@@ -325,6 +358,18 @@ impl Engine {
         match requests.as_ref() {
             Some(sender) => sender.send(request).map_err(|e| e.into_inner()),
             None => Err(request),
+        }
+    }
+
+    /// Whether this node may serve `terminal` (several nodes on one table: `membership`); a
+    /// node alone on its data directory serves every terminal.
+    ///
+    /// # Errors
+    /// The object store's errors (the hello is answered "retry later").
+    pub(crate) async fn admit(&self, terminal: u32) -> Result<Placement, StoreError> {
+        match &self.membership {
+            Some(membership) => membership.admit(terminal).await,
+            None => Ok(Placement::Here),
         }
     }
 
@@ -355,6 +400,9 @@ impl Engine {
             }
         });
         let _ = joined.await;
+        if let Some(heartbeat) = self.heartbeat.lock().expect("engine lock").take() {
+            heartbeat.abort();
+        }
     }
 }
 
@@ -362,18 +410,17 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new().name(name.into()).spawn(f).expect("spawning an engine thread")
 }
 
-/// Replays the log after the checkpoint's `watermark` into the sequence windows, and the
-/// records above `applied` (what every table holds) into a buffer.
+/// Replays the log after the checkpoint's `watermark` into the sequence windows, and returns
+/// the records above `applied` (what every table holds), each a valid batch once.
 fn replay(
     wal_dir: &Path,
     watermark: u64,
     applied: u64,
     sequences: &Sequences,
     recovery: &mut RecoveryReport,
-) -> Result<Option<(u64, u64, RecordBatch)>, EngineError> {
-    let mut buffer = VoteBuffer::default();
+) -> Result<Vec<WalRecord>, EngineError> {
+    let mut records = Vec::new();
     let mut seen = HashSet::new();
-    let (mut first, mut last) = (0, 0);
     let mut duplicates = 0;
     let mut invalid = 0;
     let report = wal::replay(wal_dir, watermark, |record| {
@@ -382,33 +429,38 @@ fn replay(
             duplicates += 1;
             return;
         }
-        let view = match BatchView::access(&record.archive) {
-            Ok(view) => view,
-            Err(rejection) => {
-                tracing::error!(lsn = record.lsn, %rejection, "log record with a valid checksum but an invalid batch; skipped");
-                invalid += 1;
-                return;
-            }
-        };
-        sequences.mark_stored(record.terminal, record.seq);
-        if record.lsn <= applied {
+        if let Err(rejection) = BatchView::access(&record.archive) {
+            tracing::error!(lsn = record.lsn, %rejection, "log record with a valid checksum but an invalid batch; skipped");
+            invalid += 1;
             return;
         }
-        buffer.append(&view, record.municipality, record.terminal, &record.misuse);
-        if first == 0 {
-            first = record.lsn;
+        sequences.mark_stored(record.terminal, record.seq);
+        if record.lsn > applied {
+            records.push(record);
         }
-        last = record.lsn;
     })?;
-    recovery.votes_replayed = buffer.len() as u64;
     recovery.duplicate_records_skipped = duplicates;
     recovery.invalid_records_skipped = invalid;
     recovery.replay = report;
-    Ok((first > 0).then(|| (first, last, buffer.finish())))
+    Ok(records)
+}
+
+/// The rows of the replayed `records`.
+fn buffer_of(records: &[WalRecord], recovery: &mut RecoveryReport) -> RecordBatch {
+    let mut buffer = VoteBuffer::default();
+    for record in records {
+        let view = BatchView::access(&record.archive).expect("the replay kept valid batches only");
+        buffer.append(&view, record.municipality, record.terminal, &record.misuse);
+    }
+    recovery.votes_replayed = buffer.len() as u64;
+    buffer.finish()
 }
 
 /// Appends durable records to the Arrow buffer and decides when to flush.
 struct StoreThread {
+    /// Claims the batches another node may also hold (`membership`), on `runtime`.
+    membership: Option<Arc<Membership>>,
+    runtime: tokio::runtime::Handle,
     limits: StorageLimits,
     memory: Arc<MemoryView>,
     metrics: Arc<Metrics>,
@@ -423,6 +475,8 @@ struct StoreThread {
 #[derive(Default)]
 struct Filling {
     id: u64,
+    /// Whether the generation's memory holds a batch (perhaps without rows).
+    published: bool,
     lsn_first: u64,
     lsn_last: u64,
     sealed_rows: usize,
@@ -438,6 +492,7 @@ impl StoreThread {
             filling.lsn_last = last;
             filling.sealed_rows = batch.num_rows();
             filling.started = Some(Instant::now());
+            filling.published = true;
             self.memory.publish(filling.id, first, last, batch);
         }
         let mut last_seal = Instant::now();
@@ -458,7 +513,10 @@ impl StoreThread {
             let due = rows >= self.limits.flush_rows
                 || filling.started.is_some_and(|s| s.elapsed() >= Duration::from_millis(self.limits.flush_interval_ms))
                 || flush_asked;
-            if due && rows > 0 && (self.flushes_in_flight == 0 || rows >= self.limits.buffer_rows_max) {
+            // A generation whose records all went to another node still flushes: its commit
+            // moves the watermark past them (else every reader of the log counts them).
+            let holds_records = filling.lsn_first > 0;
+            if due && holds_records && (self.flushes_in_flight == 0 || rows >= self.limits.buffer_rows_max) {
                 if self.flushes_in_flight > 0 {
                     // Ingest is faster than Parquet: wait for the running flush, which stops the
                     // log writer's hand-off and, through it, acknowledgements (backpressure).
@@ -470,7 +528,7 @@ impl StoreThread {
             }
         }
         self.seal(&mut buffer, &mut filling);
-        if filling.sealed_rows > 0 {
+        if filling.lsn_first > 0 {
             self.hand_off(filling);
         }
     }
@@ -482,10 +540,13 @@ impl StoreThread {
     }
 
     fn append(&self, buffer: &mut VoteBuffer, filling: &mut Filling, durable: Vec<DurableRecord>) {
+        let elsewhere = self.claimed_elsewhere(&durable);
         for record in durable {
             // The archive was validated at ingest and the record never left memory.
             let view = BatchView::access(&record.archive).expect("a durable record holds a validated batch");
-            buffer.append(&view, record.municipality, record.terminal, &record.misuse);
+            if !elsewhere.contains(&(record.terminal, view.seq())) {
+                buffer.append(&view, record.municipality, record.terminal, &record.misuse);
+            }
             if filling.lsn_first == 0 {
                 filling.lsn_first = record.lsn;
                 filling.started = Some(Instant::now());
@@ -495,10 +556,38 @@ impl StoreThread {
         }
     }
 
+    /// The batches of `durable` that another node holds too and claimed first: this node
+    /// acknowledged them (rightly: they are stored) and leaves them to that node's commit.
+    /// Waits out object store errors (back-pressure, as a failing flush does).
+    fn claimed_elsewhere(&self, durable: &[DurableRecord]) -> HashSet<(u32, u64)> {
+        let Some(membership) = &self.membership else { return HashSet::new() };
+        let batches: Vec<(u32, u64)> = durable
+            .iter()
+            .map(|r| (r.terminal, BatchView::access(&r.archive).map_or(0, |v| v.seq())))
+            .filter(|(t, seq)| membership.must_claim(*t, *seq))
+            .collect();
+        if batches.is_empty() {
+            return HashSet::new();
+        }
+        let mut attempt = 0u64;
+        loop {
+            match self.runtime.block_on(membership.claim(&batches)) {
+                Ok(mine) => return batches.into_iter().zip(mine).filter(|(_, mine)| !mine).map(|(batch, _)| batch).collect(),
+                Err(error) => {
+                    attempt += 1;
+                    tracing::error!(error = %error_chain(&error), attempt, "claiming batches of a terminal taken over; retrying");
+                    std::thread::sleep(Duration::from_millis(250 * attempt.min(40)));
+                }
+            }
+        }
+    }
+
     fn seal(&self, buffer: &mut VoteBuffer, filling: &mut Filling) {
-        if buffer.is_empty() {
+        // An empty generation is published once, so that the flusher finds it.
+        if buffer.is_empty() && (filling.published || filling.lsn_first == 0) {
             return;
         }
+        filling.published = true;
         let batch = buffer.finish();
         filling.sealed_rows += batch.num_rows();
         self.memory.publish(filling.id, filling.lsn_first, filling.lsn_last, batch);
@@ -524,6 +613,7 @@ struct Flusher {
     faults: Arc<Faults>,
     stopping: Arc<AtomicBool>,
     done: Sender<()>,
+    membership: Option<Arc<Membership>>,
 }
 
 impl Flusher {
@@ -559,6 +649,9 @@ impl Flusher {
         let started = Instant::now();
         let parquet_fault = |source| StoreError::Sync { path: "injected".into(), source };
         self.faults.check(Fault::ParquetWrite).map_err(parquet_fault)?;
+        if let Some(membership) = &self.membership {
+            membership.ready_to_commit().await?;
+        }
         let (files, versions) = flush_to_tables(&self.dataset, &mut self.tables, batches, lsn_first, lsn_last).await?;
         // The sequence windows covering the committed records; after this, log segments below
         // the watermark may go.
@@ -718,21 +811,37 @@ pub(crate) async fn take_over(dataset: &Dataset, watermark: u64) -> Result<Table
 
 /// Brings every table up to `watermark` (the highest a table holds): the rows of the log
 /// records a table lacks are written and committed to it alone. Returns how many tables were behind.
-async fn catch_up(wal_dir: &Path, dataset: &Dataset, tables: &mut Tables, applied: [u64; 3], watermark: u64) -> Result<usize, EngineError> {
+async fn catch_up(
+    wal_dir: &Path,
+    dataset: &Dataset,
+    tables: &mut Tables,
+    applied: [u64; 3],
+    watermark: u64,
+    membership: Option<&Membership>,
+) -> Result<usize, EngineError> {
     let mut caught_up = 0;
     for table in Table::ALL {
         let from = applied[table.index()];
         if from >= watermark {
             continue;
         }
-        let mut buffer = VoteBuffer::default();
+        let mut records = Vec::new();
         wal::replay(wal_dir, from, |record| {
-            if record.lsn <= watermark
-                && let Ok(view) = BatchView::access(&record.archive)
-            {
-                buffer.append(&view, record.municipality, record.terminal, &record.misuse);
+            if record.lsn <= watermark && BatchView::access(&record.archive).is_ok() {
+                records.push(record);
             }
         })?;
+        // The flush this completes left out the batches another node claimed; so does this.
+        if let Some(membership) = membership {
+            let batches: Vec<(u32, u64)> = records.iter().map(|r| (r.terminal, r.seq)).collect();
+            let elsewhere = membership.claimed_elsewhere(&batches).await?;
+            records.retain(|r| !elsewhere.contains(&(r.terminal, r.seq)));
+        }
+        let mut buffer = VoteBuffer::default();
+        for record in &records {
+            let view = BatchView::access(&record.archive).expect("checked above");
+            buffer.append(&view, record.municipality, record.terminal, &record.misuse);
+        }
         let files = dataset.write_flush(&[buffer.finish()], from + 1, watermark, &[table]).await?;
         table::commit_flush(tables, table, watermark, files.adds[table.index()].clone()).await?;
         tracing::warn!(

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The operations a fault can be injected into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +56,23 @@ impl Faults {
 /// Aborts the process (as `kill -9` would stop it: no destructors, no flush) when
 /// `FACCIA_CRASH_POINT` equals `name`. The points, in the order a flush reaches them:
 /// `flush.after_parquet` (every file of the flush is durable, the checkpoint is not written) and
-/// `flush.after_checkpoint` (the checkpoint is committed, flushed log segments not yet removed).
+/// `flush.after_checkpoint` (the checkpoint is committed, flushed log segments not yet removed);
+/// and `wal.after_fsync` (a group of batches is durable in the log and not yet acknowledged).
+/// `name@N` aborts the N-th time the point is reached.
 pub(crate) fn crash_point(name: &str) {
-    static POINT: OnceLock<Option<String>> = OnceLock::new();
-    let point = POINT.get_or_init(|| std::env::var("FACCIA_CRASH_POINT").ok());
-    if point.as_deref() == Some(name) {
+    static POINT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static REACHED: AtomicU64 = AtomicU64::new(0);
+    let point = POINT.get_or_init(|| {
+        let value = std::env::var("FACCIA_CRASH_POINT").ok()?;
+        Some(match value.split_once('@') {
+            Some((point, nth)) => (point.to_string(), nth.parse().unwrap_or(1)),
+            None => (value, 1),
+        })
+    });
+    if let Some((point, nth)) = point
+        && point == name
+        && REACHED.fetch_add(1, Ordering::Relaxed) + 1 >= *nth
+    {
         eprintln!("faccia: crash point {name} reached; aborting");
         std::process::abort();
     }

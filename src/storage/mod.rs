@@ -28,6 +28,7 @@ pub mod dedup;
 pub mod engine;
 pub mod faults;
 pub(crate) mod location;
+pub(crate) mod membership;
 pub mod parquet;
 pub(crate) mod rollup;
 pub(crate) mod table;

@@ -517,6 +517,8 @@ impl Writer {
             self.fail(group, &error);
             return;
         }
+        // Durable, and nobody told: the terminals send these batches again, perhaps elsewhere.
+        crate::storage::faults::crash_point("wal.after_fsync");
         self.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.wal_fsyncs.inc();
         self.metrics.wal_group_batches.observe(group.len() as f64);

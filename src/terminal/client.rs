@@ -26,6 +26,10 @@ use crate::wire::{
     self, ArchiveBuf, BatchReplyV1, BatchV1, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES, HelloV1, Rejection, Status, VoteV1,
 };
 
+/// How long a QUIC handshake may take before the terminal tries its next address: a dead
+/// node answers nothing, and QUIC would otherwise wait out the whole idle timeout (30 s).
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Longest reply frame a terminal reads.
 const REPLY_BYTES_MAX: usize = 64 * 1024;
 /// First reconnection delay; doubled after each failure up to `BACKOFF_MAX`, with full jitter.
@@ -100,8 +104,11 @@ impl ClientError {
 /// Where terminals connect and what they trust.
 #[derive(Clone)]
 pub struct ServerTarget {
-    /// The server's ingest address (UDP).
+    /// The server's ingest address (UDP): the first one a terminal tries.
     pub addr: SocketAddr,
+    /// The other nodes' addresses (several nodes on one table), tried in turn when a
+    /// connection fails or is refused `served_elsewhere`.
+    others: Vec<SocketAddr>,
     /// The name the server's certificate must carry (`localhost` for the development certificate).
     pub server_name: String,
     /// The QUIC configuration each connection uses: the trusted CA, ALPN, idle timeout and keep-alive.
@@ -130,6 +137,7 @@ impl ServerTarget {
         let tls = Arc::new(tls);
         let mut target = ServerTarget {
             addr,
+            others: Vec::new(),
             server_name: server_name.to_string(),
             client_config: quic_client_config(&tls)?,
             tls,
@@ -137,6 +145,22 @@ impl ServerTarget {
         };
         target.set_idle_timeout(Duration::from_secs(30));
         Ok(target)
+    }
+
+    /// The same target with more server addresses: the nodes of one table, which a terminal
+    /// moves between when its node is unreachable. Repeated addresses are ignored.
+    pub fn with_other_addresses(mut self, others: impl IntoIterator<Item = SocketAddr>) -> ServerTarget {
+        for addr in others {
+            if addr != self.addr && !self.others.contains(&addr) {
+                self.others.push(addr);
+            }
+        }
+        self
+    }
+
+    /// Every server address, the first one first.
+    pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.addr).chain(self.others.iter().copied())
     }
 
     /// Sets how long a silent connection lives (keep-alives go out every `KEEP_ALIVE`, or at
@@ -211,15 +235,30 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects and presents the credential.
+    /// Connects to the target's first address and presents the credential.
     ///
     /// # Errors
     /// Connection errors, or `Refused` with the server's error code.
     pub async fn connect(endpoint: &quinn::Endpoint, target: &ServerTarget, credential: &Credential) -> Result<Session, ClientError> {
-        let connection = endpoint
-            .connect_with(target.client_config.clone(), target.addr, &target.server_name)
-            .map_err(|source| ClientError::Connect { addr: target.addr, source })?
-            .await?;
+        Session::connect_to(endpoint, target, target.addr, credential).await
+    }
+
+    /// Connects to `addr`, one of the target's addresses, and presents the credential.
+    ///
+    /// # Errors
+    /// Connection errors, or `Refused` with the server's error code.
+    pub async fn connect_to(
+        endpoint: &quinn::Endpoint,
+        target: &ServerTarget,
+        addr: SocketAddr,
+        credential: &Credential,
+    ) -> Result<Session, ClientError> {
+        let connecting = endpoint
+            .connect_with(target.client_config.clone(), addr, &target.server_name)
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+            .await
+            .map_err(|_| ClientError::Stream(format!("no QUIC handshake with {addr} within {} s", HANDSHAKE_TIMEOUT.as_secs())))??;
         let hello = HelloV1 { terminal: credential.id, secret: credential.secret.0, client: CLIENT_NAME.as_bytes().to_vec() };
         let payload = exchange(&connection, &wire::encode_hello(&hello), FrameKind::HelloReply).await?;
         let reply = wire::read_hello_reply(&payload).map_err(ClientError::Protocol)?;
@@ -500,6 +539,8 @@ pub struct Terminal {
     in_flight: FuturesUnordered<SendFuture>,
     failures: u32,
     retry_at: Option<tokio::time::Instant>,
+    /// Which of the target's addresses the next connection goes to.
+    address: usize,
 }
 
 impl Terminal {
@@ -520,6 +561,7 @@ impl Terminal {
             in_flight: FuturesUnordered::new(),
             failures: 0,
             retry_at: None,
+            address: 0,
         }
     }
 
@@ -613,7 +655,7 @@ impl Terminal {
                         let connection = session.connection.clone();
                         let reason = connection.closed().await;
                         self.drop_session();
-                        self.back_off();
+                        self.reconnect_elsewhere();
                         return Event::Disconnected { error: reason.to_string() };
                     }
                     (None, None) => return Event::Idle,
@@ -630,9 +672,11 @@ impl Terminal {
             tokio::time::sleep_until(at).await;
             self.retry_at = None;
         }
+        let addresses: Vec<SocketAddr> = self.target.addresses().collect();
+        let addr = addresses[self.address % addresses.len()];
         let connecting = self.connecting.get_or_insert_with(|| {
             let (endpoint, target, credential) = (self.endpoint.clone(), self.target.clone(), self.credential.clone());
-            Box::pin(async move { Session::connect(&endpoint, &target, &credential).await })
+            Box::pin(async move { Session::connect_to(&endpoint, &target, addr, &credential).await })
         });
         let result = connecting.await;
         self.connecting = None;
@@ -648,7 +692,7 @@ impl Terminal {
             }
             Err(error) if error.is_final() => Some(Event::Fatal(error)),
             Err(error) => {
-                self.back_off();
+                self.reconnect_elsewhere();
                 Some(Event::Disconnected { error: crate::error_chain(&error) })
             }
         }
@@ -677,11 +721,25 @@ impl Terminal {
         Ok(())
     }
 
+    /// Pauses sending for a backoff: exponential in the failures since the last success (per
+    /// round of the addresses), with jitter.
     fn back_off(&mut self) {
         self.failures = self.failures.saturating_add(1);
-        let ceiling = BACKOFF_MIN.saturating_mul(1 << self.failures.min(16)).min(BACKOFF_MAX);
+        let rounds = self.failures / (1 + self.target.others.len() as u32);
+        let ceiling = BACKOFF_MIN.saturating_mul(1 << rounds.min(16)).min(BACKOFF_MAX);
         let delay = rand::rng().random_range(BACKOFF_MIN.as_millis() as u64..=ceiling.as_millis() as u64);
         self.retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(delay));
+    }
+
+    /// After a failed connection or link: the next address, at once while some address has
+    /// not failed since the last success, else after a backoff.
+    fn reconnect_elsewhere(&mut self) {
+        let addresses = 1 + self.target.others.len() as u32;
+        self.address = (self.address + 1) % addresses as usize;
+        self.back_off();
+        if !self.failures.is_multiple_of(addresses) {
+            self.retry_at = None;
+        }
     }
 
     fn fill_pipeline(&mut self) {
@@ -732,8 +790,10 @@ impl Terminal {
                 }
                 if code == ErrorCode::ShuttingDown {
                     self.drop_session();
+                    self.reconnect_elsewhere();
+                } else {
+                    self.back_off();
                 }
-                self.back_off();
                 Event::RetryLater { batch: id, seq, rejection: Rejection::new(code, reply.message_text()) }
             }
         }
@@ -745,7 +805,7 @@ impl Terminal {
         }
         if self.session.is_some() {
             self.drop_session();
-            self.back_off();
+            self.reconnect_elsewhere();
         }
         Event::Disconnected { error: crate::error_chain(error) }
     }

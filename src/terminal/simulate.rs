@@ -153,6 +153,8 @@ pub(crate) struct FleetPlan {
     pub(crate) endpoints: usize,
     /// How long to keep delivering the backlog after `duration`.
     pub(crate) drain_timeout: Duration,
+    /// How long a batch's reply may take before the terminal drops the connection and moves on.
+    pub(crate) reply_timeout: Duration,
     pub(crate) seed: u64,
 }
 
@@ -165,6 +167,7 @@ impl Default for FleetPlan {
             in_flight_max: 4,
             endpoints: 4,
             drain_timeout: Duration::from_secs(30),
+            reply_timeout: crate::terminal::client::ACK_TIMEOUT,
             seed: 1,
         }
     }
@@ -204,7 +207,8 @@ pub(crate) async fn run_fleet(credentials: Vec<Credential>, target: ServerTarget
     let deadline = tokio::time::Instant::now() + plan.duration;
     let mut tasks = tokio::task::JoinSet::new();
     for (i, credential) in credentials.into_iter().enumerate() {
-        let terminal = Terminal::new(credential, endpoints[i % endpoints.len()].clone(), target.clone(), plan.in_flight_max);
+        let mut terminal = Terminal::new(credential, endpoints[i % endpoints.len()].clone(), target.clone(), plan.in_flight_max);
+        terminal.set_ack_timeout(plan.reply_timeout);
         let report = Arc::clone(&report);
         let plan = plan.clone();
         tasks.spawn(run_terminal(terminal, plan, deadline, report, i as u64));

@@ -9,6 +9,13 @@
 //! checkpoints, log rotations and compactions too; and every second round the server is
 //! started with the crash point `compact.after_file`, so that it stops itself inside a
 //! compaction (the merged file written, its commit not).
+//!
+//! With `nodes` > 1 (the tables in an object store, `storage_url`), several nodes serve one
+//! table and the terminals hold every node's address: each round kills one node in turn and
+//! the terminals move to the others (`storage::membership`); the crash rounds alternate
+//! between the compaction crash point and `wal.after_fsync@N`, a node stopping itself right
+//! after a log fsync it never acknowledged — the batches the terminals then send again to
+//! another node, which both nodes hold.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,6 +44,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 const COMPACTION_CRASH_WAIT: Duration = Duration::from_secs(30);
 /// The crash point inside a compaction: the merged file is written, the commit is not.
 const COMPACTION_CRASH_POINT: &str = "compact.after_file";
+/// How long a killed node stays down when there are several: past the terminals' reply
+/// timeout (2 s) and the TTL of the busy configuration (1 s), so that its terminals move.
+const NODE_DOWN: Duration = Duration::from_millis(4_000);
+/// The crash point after a log fsync, before the acknowledgements (several nodes).
+const LOG_CRASH_POINT: &str = "wal.after_fsync";
 
 /// What the crash test does.
 #[derive(Debug, Clone)]
@@ -57,6 +69,11 @@ pub struct Plan {
     pub in_flight_max: usize,
     /// Seed of the terminals' municipalities, the kill times, the batch sizes and the simulated votes.
     pub seed: u64,
+    /// Nodes serving one table (1: the classic test on `data_dir`; more: `data_dir/node-N`
+    /// each, which needs `storage_url`).
+    pub nodes: usize,
+    /// `[storage] url` of every node (`s3://bucket/prefix`, credentials from the environment).
+    pub storage_url: Option<String>,
 }
 
 /// What the crash test found.
@@ -82,6 +99,9 @@ pub struct Report {
     pub compactions: u64,
     /// Rounds in which the server stopped itself inside a compaction (the crash point).
     pub compaction_crashes: u32,
+    /// Rounds in which a node stopped itself right after a log fsync it never acknowledged
+    /// (several nodes only).
+    pub log_crashes: u32,
 }
 
 impl Report {
@@ -95,8 +115,8 @@ impl Report {
 ///
 /// # Errors
 /// When the file cannot be written.
-pub fn write_busy_config(path: &Path, listen: SocketAddr) -> anyhow::Result<()> {
-    let busy = [
+pub fn write_busy_config(path: &Path, listen: SocketAddr, storage_url: Option<&str>) -> anyhow::Result<()> {
+    let mut busy = vec![
         ("storage.flush_rows", 20_000.into()),
         ("storage.flush_interval_ms", 300.into()),
         ("storage.wal_segment_bytes", 262_144.into()),
@@ -105,6 +125,9 @@ pub fn write_busy_config(path: &Path, listen: SocketAddr) -> anyhow::Result<()> 
         // The simulated terminals send far faster than people press buttons.
         ("limits.votes_per_terminal_per_minute_max", i64::from(u32::MAX).into()),
     ];
+    if let Some(url) = storage_url {
+        busy.extend([("storage.url", url.into()), ("storage.heartbeat_interval_ms", 200.into()), ("storage.node_ttl_ms", 1_000.into())]);
+    }
     std::fs::write(path, crate::tools::process::child_config(listen, "", &busy)?)?;
     Ok(())
 }
@@ -124,22 +147,42 @@ enum Phase {
 /// When a server cannot be started or SQL cannot read the dataset. Lost or doubled votes are
 /// not errors here: they are in the report.
 pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
+    let nodes = plan.nodes.max(1);
+    anyhow::ensure!(nodes == 1 || plan.storage_url.is_some(), "several nodes need the tables in an object store (a storage URL)");
     std::fs::create_dir_all(&plan.data_dir)?;
+    let dirs: Vec<PathBuf> =
+        if nodes == 1 { vec![plan.data_dir.clone()] } else { (1..=nodes).map(|n| plan.data_dir.join(format!("node-{n}"))).collect() };
     let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed);
     let eligible: Vec<IstatCode> = Catalog::builtin().eligible().map(|m| m.code).take(500).collect();
     let slots: Vec<IstatCode> = (0..plan.terminals).map(|_| eligible[rng.random_range(0..eligible.len())]).collect();
-    let credentials = registry::add_terminals_bulk(&plan.data_dir, &slots, "crashtest")?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
-    let config = plan.data_dir.join("crashtest.toml");
-    write_busy_config(&config, addr)?;
+    std::fs::create_dir_all(&dirs[0])?;
+    let credentials = registry::add_terminals_bulk(&dirs[0], &slots, "crashtest")?;
+    let mut addrs = Vec::with_capacity(nodes);
+    let mut configs = Vec::with_capacity(nodes);
+    for dir in &dirs {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("crashtest.toml");
+        write_busy_config(&config, addr, plan.storage_url.as_deref())?;
+        addrs.push(addr);
+        configs.push(config);
+    }
     let base_ms = crate::clock::now_ms() - 3_600_000;
-
-    let mut server = ServerProcess::start(&plan.server_exe, &plan.data_dir, &config, addr, &[])?;
-    let mut target = server.target()?;
+    // Node i is first killed in round i + 1, and then every `nodes` rounds.
+    let crash_env = |round: u32, rng: &mut rand::rngs::StdRng| crash_point(round, nodes, rng);
+    let mut servers = Vec::with_capacity(nodes);
+    for (i, dir) in dirs.iter().enumerate() {
+        if i > 0 {
+            same_directory_and_certificate(&dirs[0], dir)?;
+        }
+        let env = crash_env(i as u32 + 1, &mut rng);
+        servers.push(Some(start(plan, dir, &configs[i], addrs[i], env.as_ref())?));
+    }
+    let mut target = servers[0].as_ref().expect("started").target()?.with_other_addresses(addrs[1..].iter().copied());
     target.set_idle_timeout(Duration::from_secs(5));
     let acknowledged: Acknowledged = Arc::default();
     let (phase, phase_rx) = watch::channel(Phase::Sending);
-    let endpoint = crate::terminal::client::client_endpoint(addr)?;
+    let endpoint = crate::terminal::client::client_endpoint(addrs[0])?;
     let mut terminals = tokio::task::JoinSet::new();
     let counters = Arc::new(Mutex::new(Report::default()));
     for (i, credential) in credentials.into_iter().enumerate() {
@@ -154,38 +197,89 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         };
         terminals.spawn(driver.run(terminal, phase_rx.clone(), seed));
     }
-    let mut compaction_crashes = 0;
+    let (mut compaction_crashes, mut log_crashes) = (0, 0);
     for round in 1..=plan.rounds {
+        let victim = (round as usize - 1) % nodes;
+        let server = servers[victim].as_mut().expect("every node runs between rounds");
         if crashes_in_compaction(round) {
-            if stopped_by_itself(&mut server, COMPACTION_CRASH_WAIT).await? {
-                compaction_crashes += 1;
-                tracing::info!(round, "server stopped itself inside a compaction");
+            if stopped_by_itself(server, COMPACTION_CRASH_WAIT).await? {
+                if nodes > 1 && round.is_multiple_of(4) {
+                    log_crashes += 1;
+                    tracing::info!(round, node = victim + 1, "node stopped itself after a log fsync it never acknowledged");
+                } else {
+                    compaction_crashes += 1;
+                    tracing::info!(round, node = victim + 1, "server stopped itself inside a compaction");
+                }
             }
         } else {
             let run_ms = rng.random_range(plan.run_ms.0..=plan.run_ms.1.max(plan.run_ms.0));
             tokio::time::sleep(Duration::from_millis(run_ms)).await;
-            tracing::info!(round, run_ms, "server killed");
+            tracing::info!(round, run_ms, node = victim + 1, "server killed");
         }
-        server.kill();
-        // The server after the last round must stop cleanly: it never gets the crash point.
-        let crash_point = [("FACCIA_CRASH_POINT", COMPACTION_CRASH_POINT)];
-        let envs: &[(&str, &str)] = if round < plan.rounds && crashes_in_compaction(round + 1) { &crash_point } else { &[] };
-        server = ServerProcess::start(&plan.server_exe, &plan.data_dir, &config, addr, envs)?;
+        // The server after the last round must stop cleanly: it never gets a crash point.
+        let next_turn = round + nodes as u32;
+        let env = if next_turn <= plan.rounds { crash_env(next_turn, &mut rng) } else { None };
+        servers[victim].take().expect("every node runs between rounds").kill();
+        if nodes > 1 {
+            // Down long enough for the others to take its terminals over.
+            tokio::time::sleep(NODE_DOWN).await;
+        }
+        servers[victim] = Some(start(plan, &dirs[victim], &configs[victim], addrs[victim], env.as_ref())?);
     }
     phase.send_replace(Phase::Draining);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while terminals.join_next().await.is_some() {} }).await;
-    let status = server.terminate()?;
+    let mut statuses = Vec::new();
+    for server in servers.into_iter().flatten() {
+        statuses.push(server.terminate()?);
+    }
     endpoint.close(0u32.into(), b"done");
     if drained.is_err() {
         bail!("the terminals did not deliver their backlog within {DRAIN_TIMEOUT:?}");
     }
-    anyhow::ensure!(status.success(), "the server's clean shutdown failed: {status}");
+    for status in statuses {
+        anyhow::ensure!(status.success(), "a server's clean shutdown failed: {status}");
+    }
     let mut report = counters.lock().expect("counters").clone();
     report.rounds = plan.rounds;
     report.compaction_crashes = compaction_crashes;
+    report.log_crashes = log_crashes;
     let acknowledged = std::mem::take(&mut *acknowledged.lock().expect("acknowledged"));
-    compare(&plan.data_dir, base_ms, &acknowledged, &mut report).await?;
+    compare(&dirs[0], base_ms, &acknowledged, &mut report).await?;
     Ok(report)
+}
+
+/// The crash point a node is started with for its turn in round `round`: the compaction's
+/// every second round; with several nodes, every fourth round the log's, after a random
+/// number of fsyncs.
+fn crash_point(round: u32, nodes: usize, rng: &mut rand::rngs::StdRng) -> Option<(&'static str, String)> {
+    if !crashes_in_compaction(round) {
+        return None;
+    }
+    if nodes > 1 && round.is_multiple_of(4) {
+        return Some(("FACCIA_CRASH_POINT", format!("{LOG_CRASH_POINT}@{}", rng.random_range(20..200))));
+    }
+    Some(("FACCIA_CRASH_POINT", COMPACTION_CRASH_POINT.to_string()))
+}
+
+fn start(plan: &Plan, dir: &Path, config: &Path, addr: SocketAddr, env: Option<&(&str, String)>) -> anyhow::Result<ServerProcess> {
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ServerProcess::start(&plan.server_exe, dir, config, addr, &envs)
+}
+
+/// Makes `second` a node of the same table as `first`, as an operator deploys one: the same
+/// terminal directory and the same certificate and TLS keys (`first`'s development ones,
+/// made at its first start).
+///
+/// # Errors
+/// When a file cannot be copied.
+pub fn same_directory_and_certificate(first: &Path, second: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(second.join("tls"))?;
+    std::fs::copy(first.join("terminals.json"), second.join("terminals.json"))?;
+    for entry in std::fs::read_dir(first.join("tls"))? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), second.join("tls").join(entry.file_name()))?;
+    }
+    Ok(())
 }
 
 /// Whether round `round` (from 1) runs a server started with the compaction crash point:

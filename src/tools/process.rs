@@ -143,6 +143,11 @@ impl ServerProcess {
         Ok((status, line))
     }
 
+    /// The warnings and errors the server has logged so far.
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.lock().expect("log lock").clone()
+    }
+
     /// The server's resident memory in bytes (Linux `/proc`), if readable.
     pub(crate) fn rss_bytes(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;

@@ -33,6 +33,8 @@ async fn random_kills_lose_nothing_and_double_nothing() {
         batch_votes_max: 40,
         in_flight_max: 4,
         seed,
+        nodes: 1,
+        storage_url: None,
     };
     let report = crashtest::run(&plan).await.unwrap();
     println!("{report:?}");
@@ -59,7 +61,7 @@ async fn crash_inside_a_flush_doubles_nothing(point: &str) {
     let credential = add(dir.path(), AGLIE, 1).remove(0);
     let addr = SocketAddr::from(([127, 0, 0, 1], crashtest::free_udp_port().unwrap()));
     let config = dir.path().join("busy.toml");
-    crashtest::write_busy_config(&config, addr).unwrap();
+    crashtest::write_busy_config(&config, addr, None).unwrap();
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_faccia"));
     let mut server = ServerProcess::start(exe, dir.path(), &config, addr, &[("FACCIA_CRASH_POINT", point)]).unwrap();
     let now = faccia::clock::now_ms() - 60_000;

@@ -217,6 +217,36 @@ pub struct StorageLimits {
     /// endpoint from the environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …). The
     /// write-ahead log stays in the data directory, which records the URL at the first start.
     pub url: Option<String>,
+    /// Several nodes on one table (`url` in an object store): how often a node publishes its
+    /// terminals' stored-sequence windows, which is also how it is seen alive.
+    pub heartbeat_interval_ms: u64,
+    /// How long another node's publication may stay unchanged before that node is taken for
+    /// dead and its terminals may be served elsewhere. Bounds how long a dead node's terminals
+    /// wait; at least three heartbeats, so that a slow publication is not taken for a death.
+    pub node_ttl_ms: u64,
+}
+
+impl StorageLimits {
+    /// Checks that the values work together.
+    ///
+    /// # Errors
+    /// The first field out of its range, with the range allowed.
+    pub fn check(&self) -> Result<(), LimitError> {
+        let fail = |field: &'static str, value: &dyn std::fmt::Display, allowed: String| {
+            Err(LimitError { table: "storage", field, value: value.to_string(), allowed })
+        };
+        if !(10..=60_000).contains(&self.heartbeat_interval_ms) {
+            return fail("heartbeat_interval_ms", &self.heartbeat_interval_ms, "10..=60000".into());
+        }
+        if self.node_ttl_ms < 3 * self.heartbeat_interval_ms {
+            return fail(
+                "node_ttl_ms",
+                &self.node_ttl_ms,
+                format!("at least 3 × heartbeat_interval_ms = {}", 3 * self.heartbeat_interval_ms),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for StorageLimits {
@@ -231,6 +261,8 @@ impl Default for StorageLimits {
             today_files_max: 16,
             retention_days: 0,
             url: None,
+            heartbeat_interval_ms: 1000,
+            node_ttl_ms: 5000,
         }
     }
 }

@@ -49,13 +49,16 @@ pub enum ErrorCode {
     StorageUnavailable = 50,
     /// Retry later: the server is shutting down. Nothing was stored.
     ShuttingDown = 51,
+    /// Retry later, preferably at another address: another node serves this terminal and is
+    /// alive (several nodes on one table). Sent in the hello reply; nothing was stored.
+    ServedElsewhere = 52,
     /// An internal error; nothing was stored. Retry later.
     Internal = 99,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::MalformedArchive,
@@ -77,6 +80,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::StorageUnavailable,
         ErrorCode::ShuttingDown,
+        ErrorCode::ServedElsewhere,
         ErrorCode::Internal,
     ];
 
@@ -91,6 +95,7 @@ impl ErrorCode {
             self,
             ErrorCode::StorageUnavailable
                 | ErrorCode::ShuttingDown
+                | ErrorCode::ServedElsewhere
                 | ErrorCode::Internal
                 | ErrorCode::Timeout
                 | ErrorCode::TooManyConnections
@@ -122,6 +127,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::ServedElsewhere => "served_elsewhere",
             ErrorCode::Internal => "internal",
         }
     }
