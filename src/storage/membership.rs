@@ -124,9 +124,15 @@ pub(crate) struct Timing {
     pub(crate) ttl: Duration,
 }
 
+/// A node's publication as read, with its ETag.
+type Publication = (Option<String>, Arc<Checkpoint>);
+
 struct Peer {
     e_tag: Option<String>,
     changed: Instant,
+    /// When the store was last asked directly (`silent`): a fleet's hellos share one answer
+    /// per half heartbeat.
+    asked: Option<Instant>,
 }
 
 /// This node's side of the protocol (module documentation).
@@ -138,6 +144,8 @@ pub(crate) struct Membership {
     started: Instant,
     leases: Mutex<HashMap<TerminalId, Lease>>,
     peers: Mutex<HashMap<String, Peer>>,
+    /// The last publication read of each silent node, by ETag: a fleet taken over reads it once.
+    fences: tokio::sync::Mutex<HashMap<String, Publication>>,
     last_published: Mutex<Option<Instant>>,
     beats: AtomicU64,
     /// Set when a publication succeeded after more than half the TTL without one: the leases
@@ -188,6 +196,7 @@ impl Membership {
             started: Instant::now(),
             leases: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
+            fences: tokio::sync::Mutex::new(HashMap::new()),
             last_published: Mutex::new(None),
             beats: AtomicU64::new(0),
             suspect: AtomicBool::new(false),
@@ -321,11 +330,7 @@ impl Membership {
                         tokio::time::sleep(self.timing.heartbeat / 4).await;
                         continue;
                     }
-                    let fence = self
-                        .published_windows(&lease.owner)
-                        .await?
-                        .and_then(|p| p.windows.into_iter().find(|(t, _)| *t == terminal).map(|(_, w)| w))
-                        .unwrap_or_default();
+                    let fence = self.fence_of(&lease.owner, terminal).await?;
                     let taken = Lease {
                         owner: self.node.clone(),
                         epoch: lease.epoch + 1,
@@ -349,9 +354,17 @@ impl Membership {
     /// Whether `node`'s publication has not changed for the TTL. Asks the store once more when
     /// the watch says so, so that a node that just came back is not taken for dead.
     async fn silent(&self, node: &str) -> Result<bool, StoreError> {
-        let since = self.peers.lock().expect("membership lock").get(node).map_or(self.started, |p| p.changed);
-        if since.elapsed() < self.timing.ttl {
-            return Ok(false);
+        {
+            let peers = self.peers.lock().expect("membership lock");
+            let since = peers.get(node).map_or(self.started, |p| p.changed);
+            if since.elapsed() < self.timing.ttl {
+                return Ok(false);
+            }
+            if let Some(peer) = peers.get(node)
+                && peer.asked.is_some_and(|at| at.elapsed() < self.timing.heartbeat / 2)
+            {
+                return Ok(peer.changed.elapsed() >= self.timing.ttl);
+            }
         }
         let e_tag = match self.store.head(&node_path(node)).await {
             Ok(meta) => meta.e_tag,
@@ -359,19 +372,47 @@ impl Membership {
             Err(error) => return Err(error.into()),
         };
         let mut peers = self.peers.lock().expect("membership lock");
+        let now = Instant::now();
         match peers.get_mut(node) {
-            Some(peer) if peer.e_tag == e_tag => Ok(peer.changed.elapsed() >= self.timing.ttl),
+            Some(peer) if peer.e_tag == e_tag => {
+                peer.asked = Some(now);
+                Ok(peer.changed.elapsed() >= self.timing.ttl)
+            }
             Some(peer) => {
-                (peer.e_tag, peer.changed) = (e_tag, Instant::now());
+                (peer.e_tag, peer.changed, peer.asked) = (e_tag, now, Some(now));
                 Ok(false)
             }
             // Watched for the TTL and never published: silent.
             None if e_tag.is_none() => Ok(true),
             None => {
-                peers.insert(node.to_string(), Peer { e_tag, changed: Instant::now() });
+                peers.insert(node.to_string(), Peer { e_tag, changed: now, asked: Some(now) });
                 Ok(false)
             }
         }
+    }
+
+    /// `node`'s window of `terminal` in its last publication (read once per ETag).
+    async fn fence_of(&self, node: &str, terminal: TerminalId) -> Result<SeqWindow, StoreError> {
+        let watched = self.peers.lock().expect("membership lock").get(node).and_then(|p| p.e_tag.clone());
+        let mut fences = self.fences.lock().await;
+        let publication = match fences.get(node) {
+            Some((e_tag, publication)) if e_tag.is_some() && *e_tag == watched => Arc::clone(publication),
+            _ => {
+                let path = node_path(node);
+                match self.store.get(&path).await {
+                    Ok(got) => {
+                        let e_tag = got.meta.e_tag.clone();
+                        let bytes = got.bytes().await?;
+                        let decoded = Arc::new(Checkpoint::decode(&bytes).map_err(|reason| damaged(&path, reason))?);
+                        fences.insert(node.to_string(), (e_tag, Arc::clone(&decoded)));
+                        decoded
+                    }
+                    Err(object_store::Error::NotFound { .. }) => Arc::new(Checkpoint::default()),
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        };
+        Ok(publication.windows.iter().find(|(t, _)| *t == terminal).map(|(_, w)| *w).unwrap_or_default())
     }
 
     fn recently_changed(&self, node: &str) -> bool {
@@ -527,7 +568,7 @@ fn note_peer(peers: &mut HashMap<String, Peer>, node: String, e_tag: Option<Stri
             peer.changed = Instant::now();
         }
         None => {
-            peers.insert(node, Peer { e_tag, changed: Instant::now() });
+            peers.insert(node, Peer { e_tag, changed: Instant::now(), asked: None });
         }
     }
 }
