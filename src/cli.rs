@@ -537,11 +537,12 @@ async fn retention(data_dir: &Path, older_than: u32, dry_run: bool) -> anyhow::R
 }
 
 async fn serve(data_dir: &Path, config: Config) -> anyhow::Result<()> {
+    let signals = crate::server::StopSignals::install()?;
     let server = Server::start(data_dir.to_path_buf(), config).await?;
     if let Some(ca) = &server.ca_path {
         tracing::info!(ca = %ca.display(), "development CA (give it to terminals with --ca)");
     }
-    server.run_until_signal().await
+    server.run_until_signal(signals).await
 }
 
 async fn generate(data_dir: &Path, plan: &crate::tools::generate::GeneratePlan) -> anyhow::Result<()> {

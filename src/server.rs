@@ -139,9 +139,10 @@ impl Server {
         );
     }
 
-    /// Runs until Ctrl-C or SIGTERM, then stops.
-    pub(crate) async fn run_until_signal(self) -> anyhow::Result<()> {
-        wait_for_signal().await?;
+    /// Runs until Ctrl-C or SIGTERM (`signals`, installed before the server started, so that a
+    /// signal arriving while it starts is not the default one that ends the process), then stops.
+    pub(crate) async fn run_until_signal(self, mut signals: StopSignals) -> anyhow::Result<()> {
+        signals.recv().await;
         tracing::info!("signal received; stopping");
         self.stop().await;
         Ok(())
@@ -211,12 +212,29 @@ async fn reload_directory(directory: Arc<TerminalDirectory>, mut shutdown: watch
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
-        _ = terminate.recv() => {}
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment this is made.
+pub(crate) struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Replaces the default action of SIGINT and SIGTERM (ending the process) by a notification.
+    ///
+    /// # Errors
+    /// When a handler cannot be installed.
+    pub(crate) fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
