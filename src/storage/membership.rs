@@ -504,13 +504,13 @@ impl Membership {
     /// The object store's errors, or a damaged lease.
     pub(crate) async fn settle_recovered(&self, batches: &[(TerminalId, u64)]) -> Result<Vec<bool>, StoreError> {
         let terminals: BTreeSet<TerminalId> = batches.iter().map(|(t, _)| *t).collect();
-        let decisions: HashMap<TerminalId, Option<(u64, u64)>> = futures::stream::iter(terminals)
+        let decisions: HashMap<TerminalId, Option<ToClaim>> = futures::stream::iter(terminals)
             .map(|terminal| async move { Ok::<_, StoreError>((terminal, self.retake(terminal).await?)) })
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await?;
         let to_claim: Vec<(TerminalId, u64)> =
-            batches.iter().copied().filter(|(t, seq)| decisions[t].is_some_and(|(low, high)| *seq > low && *seq <= high)).collect();
+            batches.iter().copied().filter(|(t, seq)| decisions[t].as_ref().is_some_and(|claim| claim.covers(*seq))).collect();
         let claimed: HashMap<(TerminalId, u64), bool> = to_claim.iter().copied().zip(self.claim(&to_claim).await?).collect();
         let keep: Vec<bool> = batches.iter().map(|b| claimed.get(b).copied().unwrap_or(true)).collect();
         let dropped = keep.iter().filter(|k| !**k).count();
@@ -520,19 +520,23 @@ impl Membership {
         Ok(keep)
     }
 
-    /// Re-takes `terminal`'s lease for recovery. Returns the range of numbers to claim: none
-    /// for a terminal this node held alone, all for one another node took.
-    async fn retake(&self, terminal: TerminalId) -> Result<Option<(u64, u64)>, StoreError> {
+    /// Re-takes `terminal`'s lease for recovery. Returns the numbers to claim: none for a
+    /// terminal this node held alone; for one another node took, all but those in the fence
+    /// taken from this node (published by it, so never stored by the taker).
+    async fn retake(&self, terminal: TerminalId) -> Result<Option<ToClaim>, StoreError> {
         loop {
             let (next, mode) = match self.read_lease(terminal).await? {
                 None => (Lease { owner: self.node.clone(), epoch: 1, from: None, fence_high: 0, fence_bits: Vec::new() }, PutMode::Create),
                 Some((lease, version)) if lease.owner == self.node => (Lease { epoch: lease.epoch + 1, ..lease }, PutMode::Update(version)),
-                Some(_) => return Ok(Some((0, u64::MAX))),
+                Some((lease, _)) => {
+                    let except = lease.fence().filter(|_| lease.from.as_deref() == Some(self.node.as_str()));
+                    return Ok(Some(ToClaim { low: 0, high: u64::MAX, except }));
+                }
             };
             if self.put_lease(terminal, &next, mode).await? {
-                let range = next.ambiguous();
+                let claim = next.ambiguous().map(|(low, high)| ToClaim { low, high, except: None });
                 self.adopt(terminal, next);
-                return Ok(range);
+                return Ok(claim);
             }
         }
     }
@@ -543,6 +547,7 @@ impl Membership {
     /// # Errors
     /// The object store's errors.
     pub(crate) async fn claimed_elsewhere(&self, batches: &[(TerminalId, u64)]) -> Result<BTreeSet<(TerminalId, u64)>, StoreError> {
+        let wanted: BTreeSet<(TerminalId, u64)> = batches.iter().copied().collect();
         let terminals: BTreeSet<TerminalId> = batches.iter().map(|(t, _)| *t).collect();
         let mut elsewhere = BTreeSet::new();
         for terminal in terminals {
@@ -550,6 +555,9 @@ impl Membership {
             let claims: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
             for meta in claims {
                 let Some(seq) = meta.location.filename().and_then(|n| n.parse::<u64>().ok()) else { continue };
+                if !wanted.contains(&(terminal, seq)) {
+                    continue;
+                }
                 let holder = self.store.get(&meta.location).await?.bytes().await?;
                 if holder.as_ref() != self.node.as_bytes() {
                     elsewhere.insert((terminal, seq));
@@ -557,6 +565,19 @@ impl Membership {
             }
         }
         Ok(elsewhere)
+    }
+}
+
+/// The numbers of a terminal a recovering node claims: `(low, high]` but those in `except`.
+struct ToClaim {
+    low: u64,
+    high: u64,
+    except: Option<SeqWindow>,
+}
+
+impl ToClaim {
+    fn covers(&self, seq: u64) -> bool {
+        seq > self.low && seq <= self.high && self.except.is_none_or(|fence| fence.check(seq) != crate::storage::dedup::Seen::Stored)
     }
 }
 
