@@ -32,7 +32,8 @@
 //! put-if-absent of `_faccia/claims/{terminal}/{seq}` — and only the claim's holder commits the
 //! batch: the taker claims the batches it stores in that range (in the store thread, before
 //! they reach the buffer), and a node recovering its log claims every uncommitted batch of a
-//! terminal it no longer leases (and those in the range of a terminal it took over). A node also
+//! terminal it no longer leases but those in the fence taken from it (it published them: the
+//! taker never stored them), and those in the range of a terminal it took over. A node also
 //! publishes its windows right before each flush's commits, so a fence holds everything the
 //! node committed: a batch in the fence is never stored by the taker.
 //!
