@@ -32,8 +32,7 @@
 //! put-if-absent of `_faccia/claims/{terminal}/{seq}` — and only the claim's holder commits the
 //! batch: the taker claims the batches it stores in that range (in the store thread, before
 //! they reach the buffer), and a node recovering its log claims every uncommitted batch of a
-//! terminal it no longer leases but those in the fence taken from it (it published them: the
-//! taker never stored them), and those in the range of a terminal it took over. A node also
+//! terminal it no longer leases, and those in the range of a terminal it took over. A node also
 //! publishes its windows right before each flush's commits, so a fence holds everything the
 //! node committed: a batch in the fence is never stored by the taker.
 //!
@@ -522,20 +521,18 @@ impl Membership {
     }
 
     /// Re-takes `terminal`'s lease for recovery. Returns the numbers to claim: none for a
-    /// terminal this node held alone; for one another node took, all but those in the fence
-    /// taken from this node (published by it, so never stored by the taker).
+    /// terminal this node held alone, all for one another node took. (Not "all but the fence
+    /// taken from this node": a fence also holds what this node merged from others' fences,
+    /// batches another node stored and claimed; the two-node crash test found the double.)
     async fn retake(&self, terminal: TerminalId) -> Result<Option<ToClaim>, StoreError> {
         loop {
             let (next, mode) = match self.read_lease(terminal).await? {
                 None => (Lease { owner: self.node.clone(), epoch: 1, from: None, fence_high: 0, fence_bits: Vec::new() }, PutMode::Create),
                 Some((lease, version)) if lease.owner == self.node => (Lease { epoch: lease.epoch + 1, ..lease }, PutMode::Update(version)),
-                Some((lease, _)) => {
-                    let except = lease.fence().filter(|_| lease.from.as_deref() == Some(self.node.as_str()));
-                    return Ok(Some(ToClaim { low: 0, high: u64::MAX, except }));
-                }
+                Some(_) => return Ok(Some(ToClaim { low: 0, high: u64::MAX })),
             };
             if self.put_lease(terminal, &next, mode).await? {
-                let claim = next.ambiguous().map(|(low, high)| ToClaim { low, high, except: None });
+                let claim = next.ambiguous().map(|(low, high)| ToClaim { low, high });
                 self.adopt(terminal, next);
                 return Ok(claim);
             }
@@ -569,16 +566,15 @@ impl Membership {
     }
 }
 
-/// The numbers of a terminal a recovering node claims: `(low, high]` but those in `except`.
+/// The numbers of a terminal a recovering node claims: `(low, high]`.
 struct ToClaim {
     low: u64,
     high: u64,
-    except: Option<SeqWindow>,
 }
 
 impl ToClaim {
     fn covers(&self, seq: u64) -> bool {
-        seq > self.low && seq <= self.high && self.except.is_none_or(|fence| fence.check(seq) != crate::storage::dedup::Seen::Stored)
+        seq > self.low && seq <= self.high
     }
 }
 
