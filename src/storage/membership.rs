@@ -201,7 +201,7 @@ impl Membership {
             beats: AtomicU64::new(0),
             suspect: AtomicBool::new(false),
         });
-        if let Some(previous) = membership.published_windows(node).await? {
+        if let Some((_, previous)) = membership.published_windows(node).await? {
             membership.beats.store(previous.watermark, Ordering::Relaxed);
             for (terminal, window) in &previous.windows {
                 membership.sequences.merge(*terminal, window);
@@ -231,10 +231,7 @@ impl Membership {
     }
 
     async fn beat(&self) -> Result<(), StoreError> {
-        self.publish().await?;
-        if self.suspect.load(Ordering::Relaxed) {
-            self.check_leases().await?;
-        }
+        self.ready_to_commit().await?;
         self.watch_peers().await
     }
 
@@ -397,20 +394,14 @@ impl Membership {
         let mut fences = self.fences.lock().await;
         let publication = match fences.get(node) {
             Some((e_tag, publication)) if e_tag.is_some() && *e_tag == watched => Arc::clone(publication),
-            _ => {
-                let path = node_path(node);
-                match self.store.get(&path).await {
-                    Ok(got) => {
-                        let e_tag = got.meta.e_tag.clone();
-                        let bytes = got.bytes().await?;
-                        let decoded = Arc::new(Checkpoint::decode(&bytes).map_err(|reason| damaged(&path, reason))?);
-                        fences.insert(node.to_string(), (e_tag, Arc::clone(&decoded)));
-                        decoded
-                    }
-                    Err(object_store::Error::NotFound { .. }) => Arc::new(Checkpoint::default()),
-                    Err(error) => return Err(error.into()),
+            _ => match self.published_windows(node).await? {
+                Some((e_tag, publication)) => {
+                    let publication = Arc::new(publication);
+                    fences.insert(node.to_string(), (e_tag, Arc::clone(&publication)));
+                    publication
                 }
-            }
+                None => Arc::new(Checkpoint::default()),
+            },
         };
         Ok(publication.windows.iter().find(|(t, _)| *t == terminal).map(|(_, w)| *w).unwrap_or_default())
     }
@@ -452,14 +443,16 @@ impl Membership {
         }
     }
 
-    async fn published_windows(&self, node: &str) -> Result<Option<Checkpoint>, StoreError> {
+    /// `node`'s last publication and its ETag; `None` when it never published.
+    async fn published_windows(&self, node: &str) -> Result<Option<(Option<String>, Checkpoint)>, StoreError> {
         let path = node_path(node);
-        let bytes = match self.store.get(&path).await {
-            Ok(got) => got.bytes().await?,
+        let (e_tag, bytes) = match self.store.get(&path).await {
+            Ok(got) => (got.meta.e_tag.clone(), got.bytes().await?),
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(error) => return Err(error.into()),
         };
-        Checkpoint::decode(&bytes).map(Some).map_err(|reason| damaged(&path, reason))
+        let publication = Checkpoint::decode(&bytes).map_err(|reason| damaged(&path, reason))?;
+        Ok(Some((e_tag, publication)))
     }
 
     /// Whether a batch this node is storing now must be claimed: it took the terminal over and
