@@ -130,8 +130,9 @@ type Publication = (Option<String>, Arc<Checkpoint>);
 struct Peer {
     e_tag: Option<String>,
     changed: Instant,
-    /// When the store was last asked directly (`silent`): a fleet's hellos share one answer
-    /// per half heartbeat.
+    /// When the store was last asked directly (`silent`), taken as the request was sent: a
+    /// takeover accepts only a look sent after it read the lease, and a fleet's hellos that
+    /// read their leases before it share that look.
     asked: Option<Instant>,
 }
 
@@ -146,6 +147,9 @@ pub(crate) struct Membership {
     peers: Mutex<HashMap<String, Peer>>,
     /// The last publication read of each silent node, by ETag: a fleet taken over reads it once.
     fences: tokio::sync::Mutex<HashMap<String, Publication>>,
+    /// Held while looking at a node's publication (`silent`): the hellos waiting for a look
+    /// take the one sent after their lease read.
+    looking: tokio::sync::Mutex<()>,
     last_published: Mutex<Option<Instant>>,
     beats: AtomicU64,
     /// Set when a publication succeeded after more than half the TTL without one: the leases
@@ -197,6 +201,7 @@ impl Membership {
             leases: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             fences: tokio::sync::Mutex::new(HashMap::new()),
+            looking: tokio::sync::Mutex::new(()),
             last_published: Mutex::new(None),
             beats: AtomicU64::new(0),
             suspect: AtomicBool::new(false),
@@ -313,14 +318,16 @@ impl Membership {
         }
         let deadline = Instant::now() + self.timing.ttl + self.timing.heartbeat;
         loop {
-            let (next, mode) = match self.read_lease(terminal).await? {
+            let read = self.read_lease(terminal).await?;
+            let read_at = Instant::now();
+            let (next, mode) = match read {
                 None => (Lease { owner: self.node.clone(), epoch: 1, from: None, fence_high: 0, fence_bits: Vec::new() }, PutMode::Create),
                 Some((lease, _)) if lease.owner == self.node => {
                     self.adopt(terminal, lease);
                     return Ok(Placement::Here);
                 }
                 Some((lease, version)) => {
-                    if !self.silent(&lease.owner).await? {
+                    if !self.silent(&lease.owner, read_at).await? {
                         if Instant::now() >= deadline || self.recently_changed(&lease.owner) {
                             return Ok(Placement::Elsewhere(lease.owner));
                         }
@@ -348,44 +355,55 @@ impl Membership {
         }
     }
 
-    /// Whether `node`'s publication has not changed for the TTL. Asks the store once more when
-    /// the watch says so, so that a node that just came back is not taken for dead.
-    async fn silent(&self, node: &str) -> Result<bool, StoreError> {
+    /// Whether `node`'s publication has not changed for the TTL, by a look at it sent after
+    /// `lease_read` (when the lease about to be taken was read). A node that comes back
+    /// publishes before it re-takes its leases, so the look sees it alive whenever the lease
+    /// read saw its re-take; an earlier look would not (the crash test's doubled votes: a
+    /// live node's lease taken on a look 60 ms old). Hellos share a look sent after their
+    /// reads, so a fleet's takeover costs about one request per look, not per terminal.
+    async fn silent(&self, node: &str, lease_read: Instant) -> Result<bool, StoreError> {
+        if self.changed_within_ttl(node) {
+            return Ok(false);
+        }
+        let _looking = self.looking.lock().await;
         {
             let peers = self.peers.lock().expect("membership lock");
-            let since = peers.get(node).map_or(self.started, |p| p.changed);
-            if since.elapsed() < self.timing.ttl {
-                return Ok(false);
-            }
             if let Some(peer) = peers.get(node)
-                && peer.asked.is_some_and(|at| at.elapsed() < self.timing.heartbeat / 2)
+                && peer.asked.is_some_and(|sent| sent >= lease_read)
             {
                 return Ok(peer.changed.elapsed() >= self.timing.ttl);
             }
         }
+        let sent = Instant::now();
         let e_tag = match self.store.head(&node_path(node)).await {
             Ok(meta) => meta.e_tag,
             Err(object_store::Error::NotFound { .. }) => None,
             Err(error) => return Err(error.into()),
         };
         let mut peers = self.peers.lock().expect("membership lock");
-        let now = Instant::now();
         match peers.get_mut(node) {
             Some(peer) if peer.e_tag == e_tag => {
-                peer.asked = Some(now);
+                peer.asked = Some(sent);
                 Ok(peer.changed.elapsed() >= self.timing.ttl)
             }
             Some(peer) => {
-                (peer.e_tag, peer.changed, peer.asked) = (e_tag, now, Some(now));
+                (peer.e_tag, peer.changed, peer.asked) = (e_tag, sent, Some(sent));
                 Ok(false)
             }
             // Watched for the TTL and never published: silent.
             None if e_tag.is_none() => Ok(true),
             None => {
-                peers.insert(node.to_string(), Peer { e_tag, changed: now, asked: Some(now) });
+                peers.insert(node.to_string(), Peer { e_tag, changed: sent, asked: Some(sent) });
                 Ok(false)
             }
         }
+    }
+
+    /// Whether `node`'s publication changed less than the TTL ago (or, never seen, this node
+    /// started less than the TTL ago).
+    fn changed_within_ttl(&self, node: &str) -> bool {
+        let peers = self.peers.lock().expect("membership lock");
+        peers.get(node).map_or(self.started, |p| p.changed).elapsed() < self.timing.ttl
     }
 
     /// `node`'s window of `terminal` in its last publication (read once per ETag).
@@ -581,5 +599,39 @@ fn note_peer(peers: &mut HashMap<String, Peer>, node: String, e_tag: Option<Stri
         None => {
             peers.insert(node, Peer { e_tag, changed: Instant::now(), asked: None });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn node(store: &Arc<dyn ObjectStore>, name: &str, timing: Timing) -> Arc<Membership> {
+        Membership::join(Arc::clone(store), name, Arc::new(Sequences::default()), timing).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_takeover_looks_at_the_holder_after_reading_its_lease() {
+        // Proves: a takeover decides "silent" on a look at the holder's publication taken after
+        // the lease was read. Node B holds terminals 1 and 2 and goes silent; A takes 2 over
+        // (and so has just looked at B: silent). B restarts — publishes, then re-takes 1 for
+        // its recovery — and a terminal's hello for 1 reaches A right after: A must send it
+        // elsewhere, not take 1 from a live B on its earlier look (the two-node crash test's
+        // doubled votes: both nodes then served terminal 1 from their lease caches).
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        // A long heartbeat: A's look at B stays recent for the whole test.
+        let timing = Timing { heartbeat: Duration::from_secs(2), ttl: Duration::from_millis(150) };
+        let b = node(&store, "b", timing).await;
+        assert_eq!(b.admit(1).await.unwrap(), Placement::Here);
+        assert_eq!(b.admit(2).await.unwrap(), Placement::Here);
+        let a = node(&store, "a", timing).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(a.admit(2).await.unwrap(), Placement::Here, "B is silent: A takes terminal 2");
+        drop(b);
+        let b = node(&store, "b", timing).await;
+        assert_eq!(b.settle_recovered(&[(1, 7)]).await.unwrap(), vec![true], "B still holds terminal 1");
+        assert_eq!(a.admit(1).await.unwrap(), Placement::Elsewhere("b".into()), "B is back: A must not take terminal 1");
+        let (lease, _) = a.read_lease(1).await.unwrap().unwrap();
+        assert_eq!(lease.owner, "b");
     }
 }
