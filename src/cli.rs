@@ -195,8 +195,13 @@ pub enum Command {
         data: DataDir,
         /// Only this day (YYYY-MM-DD), whatever its number of files [default: every closed day
         /// with two files or more, and today's with 16 or more].
-        #[arg(long)]
+        #[arg(long, conflicts_with = "rewrite")]
         date: Option<chrono::NaiveDate>,
+        /// Rewrite every day of the vote table, even a day of one file, with the current
+        /// encodings: for files an earlier faccia wrote with byte-stream split timestamps, which
+        /// DuckDB 1.4 and Spark 3.x cannot read.
+        #[arg(long)]
+        rewrite: bool,
     },
     /// Move the tables of a data directory into object storage (`--to s3://bucket/prefix`, with
     /// the AWS_* environment): copies every table file and log entry, then records the URL in
@@ -419,7 +424,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let plan = crate::tools::generate::GeneratePlan { votes, days, end, seed, flushes_per_day, compact: !no_compact };
             generate(&data.data_dir, &plan).await
         }
-        Command::Compact { data, date } => compact(&data.data_dir, date).await,
+        Command::Compact { data, date, rewrite } => compact(&data.data_dir, date, rewrite).await,
         Command::Migrate { data, to } => migrate(&data.data_dir, &to).await,
         Command::Retention { data, older_than, dry_run } => retention(&data.data_dir, older_than, dry_run).await,
     }
@@ -481,11 +486,12 @@ async fn migrate(data_dir: &Path, to: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn compact(data_dir: &Path, date: Option<chrono::NaiveDate>) -> anyhow::Result<()> {
+async fn compact(data_dir: &Path, date: Option<chrono::NaiveDate>, rewrite: bool) -> anyhow::Result<()> {
     use crate::storage::compaction::{CompactScope, compact};
     let (dataset, mut tables) = maintained(data_dir).await?;
     let scope = match date {
         Some(day) => CompactScope::Day(day),
+        None if rewrite => CompactScope::Rewrite,
         None => CompactScope::Due {
             today: crate::storage::buffer::partition_date(crate::clock::now_ms()),
             today_files_max: crate::limits::StorageLimits::default().today_files_max,

@@ -83,6 +83,10 @@ pub(crate) enum CompactScope {
     },
     /// One day, whatever its number of files above one (`faccia compact --date`).
     Day(NaiveDate),
+    /// Every day of the vote table, even a day of one file, rewritten with today's encodings
+    /// (`faccia compact --rewrite`): files written before a change of encoding (byte-stream
+    /// split timestamps, which DuckDB 1.4 and Spark 3.x cannot read) become readable by all.
+    Rewrite,
     /// One day of `faccia generate`, which writes days in the past, compacted as the server's
     /// maintenance would have just after the day closed: the merged-away files' `remove`s
     /// carry `closed_ms` (milliseconds since the epoch) as their deletion time, so the
@@ -101,7 +105,19 @@ impl CompactScope {
         match self {
             CompactScope::Due { today, today_files_max } => files >= if date >= today { today_files_max.max(2) } else { 2 },
             CompactScope::Day(day) | CompactScope::Generated { day, .. } => date == day && files >= 2,
+            CompactScope::Rewrite => files >= 1,
         }
+    }
+
+    /// The fewest files of a day this scope merges.
+    fn files_min(self) -> usize {
+        if matches!(self, CompactScope::Rewrite) { 1 } else { 2 }
+    }
+
+    /// Whether this scope takes `table` at all: a rewrite takes the vote table only (the
+    /// rollups never used the encodings it replaces).
+    fn takes_table(self, table: Table) -> bool {
+        !matches!(self, CompactScope::Rewrite) || table == Table::Votes
     }
 
     /// The deletion time of the removed files' `remove`s: now, except for a generated day.
@@ -139,7 +155,7 @@ pub(crate) async fn compact(
 ) -> Result<CompactionReport, StoreError> {
     let mut report = CompactionReport::default();
     let mut plan = Vec::new();
-    for table in Table::ALL {
+    for table in Table::ALL.into_iter().filter(|t| scope.takes_table(*t)) {
         let delta = tables.get_mut(table);
         delta.update_state().await?;
         for (date, files) in files_by_day(delta)? {
@@ -149,7 +165,7 @@ pub(crate) async fn compact(
         }
     }
     for (done, (table, date)) in plan.iter().enumerate() {
-        compact_day(dataset, tables.get_mut(*table), *table, *date, scope.removed_at_ms(), &mut report).await?;
+        compact_day(dataset, tables.get_mut(*table), *table, *date, scope, &mut report).await?;
         progress(done + 1, plan.len());
     }
     Ok(report)
@@ -161,11 +177,12 @@ async fn compact_day(
     delta: &mut deltalake::DeltaTable,
     table: Table,
     date: NaiveDate,
-    removed_at_ms: i64,
+    scope: CompactScope,
     report: &mut CompactionReport,
 ) -> Result<(), StoreError> {
     delta.update_state().await?;
-    let Some(files) = files_by_day(delta)?.remove(&date).filter(|f| f.len() >= 2) else { return Ok(()) };
+    let Some(files) = files_by_day(delta)?.remove(&date).filter(|f| f.len() >= scope.files_min()) else { return Ok(()) };
+    let removed_at_ms = scope.removed_at_ms();
     let location = &dataset.location;
     let paths: Vec<(String, u64)> = files.iter().map(|f| (location.scan_path(table.dir(), &f.path()), f.size() as u64)).collect();
     let name = format!("{}/date={date}/compacted-{:020}-{}.parquet", table.dir(), delta.version().unwrap_or(0) + 1, random_suffix());
