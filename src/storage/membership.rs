@@ -323,6 +323,7 @@ impl Membership {
             let (next, mode) = match read {
                 None => (Lease { owner: self.node.clone(), epoch: 1, from: None, fence_high: 0, fence_bits: Vec::new() }, PutMode::Create),
                 Some((lease, _)) if lease.owner == self.node => {
+                    tracing::debug!(terminal, epoch = lease.epoch, "a hello for a terminal leased to this node");
                     self.adopt(terminal, lease);
                     return Ok(Placement::Here);
                 }
@@ -540,9 +541,13 @@ impl Membership {
             let (next, mode) = match self.read_lease(terminal).await? {
                 None => (Lease { owner: self.node.clone(), epoch: 1, from: None, fence_high: 0, fence_bits: Vec::new() }, PutMode::Create),
                 Some((lease, version)) if lease.owner == self.node => (Lease { epoch: lease.epoch + 1, ..lease }, PutMode::Update(version)),
-                Some(_) => return Ok(Some(ToClaim { low: 0, high: u64::MAX })),
+                Some((lease, _)) => {
+                    tracing::debug!(terminal, owner = lease.owner, epoch = lease.epoch, "recovery: the terminal moved; claiming its batches");
+                    return Ok(Some(ToClaim { low: 0, high: u64::MAX }));
+                }
             };
             if self.put_lease(terminal, &next, mode).await? {
+                tracing::debug!(terminal, epoch = next.epoch, from = ?next.from, fence = next.fence_high, "recovery: re-took the lease");
                 let claim = next.ambiguous().map(|(low, high)| ToClaim { low, high });
                 self.adopt(terminal, next);
                 return Ok(claim);
@@ -551,29 +556,27 @@ impl Membership {
     }
 
     /// The batches among `batches` another node claimed (a table caught up from the log leaves
-    /// them out, as the flush it completes did).
+    /// them out, as the flush it completes did). One GET per batch, `CONCURRENCY` at once: a
+    /// listing of the terminal's claims would read every claim it ever had.
     ///
     /// # Errors
     /// The object store's errors.
     pub(crate) async fn claimed_elsewhere(&self, batches: &[(TerminalId, u64)]) -> Result<BTreeSet<(TerminalId, u64)>, StoreError> {
         let wanted: BTreeSet<(TerminalId, u64)> = batches.iter().copied().collect();
-        let terminals: BTreeSet<TerminalId> = batches.iter().map(|(t, _)| *t).collect();
-        let mut elsewhere = BTreeSet::new();
-        for terminal in terminals {
-            let prefix = ObjectPath::from(format!("_faccia/claims/{terminal}"));
-            let claims: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
-            for meta in claims {
-                let Some(seq) = meta.location.filename().and_then(|n| n.parse::<u64>().ok()) else { continue };
-                if !wanted.contains(&(terminal, seq)) {
-                    continue;
+        futures::stream::iter(wanted)
+            .map(|(terminal, seq)| async move {
+                match self.store.get(&claim_path(terminal, seq)).await {
+                    Ok(got) => Ok(Some((terminal, seq, got.bytes().await?))),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(error) => Err(StoreError::from(error)),
                 }
-                let holder = self.store.get(&meta.location).await?.bytes().await?;
-                if holder.as_ref() != self.node.as_bytes() {
-                    elsewhere.insert((terminal, seq));
-                }
-            }
-        }
-        Ok(elsewhere)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_filter_map(|claim| async move {
+                Ok(claim.filter(|(_, _, holder)| holder.as_ref() != self.node.as_bytes()).map(|(terminal, seq, _)| (terminal, seq)))
+            })
+            .try_collect()
+            .await
     }
 }
 

@@ -71,6 +71,8 @@ impl ServerProcess {
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
         let stderr = child.stderr.take().expect("stderr is piped");
+        // Echoed lines are named after the data directory (`node-1`, `node-2` in a crash test).
+        let name = data_dir.file_name().unwrap_or_default().to_os_string();
         let (ready, wait) = std::sync::mpsc::channel();
         let stopped = Arc::new(Mutex::new(None));
         let stopped_line = Arc::clone(&stopped);
@@ -78,6 +80,7 @@ impl ServerProcess {
         let problem_lines = Arc::clone(&problems);
         std::thread::spawn(move || {
             let echo = std::env::var_os("FACCIA_TEST_VERBOSE").is_some();
+            let name = name.to_string_lossy();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("faccia serving") {
                     let _ = ready.send(());
@@ -89,7 +92,7 @@ impl ServerProcess {
                     problem_lines.lock().expect("log lock").push(line.clone());
                 }
                 if echo {
-                    eprintln!("[server] {line}");
+                    eprintln!("[{name}] {line}");
                 }
             }
         });
