@@ -4,7 +4,7 @@
 //! - `votes`: every acknowledged vote — the Parquet dataset plus the rows not yet in it, without
 //!   double counting (`votes` module);
 //! - `tables`: the registry (`municipalities`, `services`, `terminals`, `administrations`, code
-//!   tables);
+//!   tables) and `istat_code(municipality)`;
 //! - `indices`: scalar and aggregate index functions; `calendar`: Italian hour and weekday;
 //!   `views`: the index library;
 //! - `formats`: result formats.
@@ -97,7 +97,7 @@ async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits) -> 
     }
     history::register(&ctx, &location)?;
     tables::register(&ctx, data_dir.to_path_buf())?;
-    for udf in indices::scalar_functions().into_iter().chain(calendar::functions()) {
+    for udf in indices::scalar_functions().into_iter().chain(calendar::functions()).chain(tables::functions()) {
         ctx.register_udf(udf);
     }
     for udaf in indices::aggregate_functions() {

@@ -1,24 +1,26 @@
 //! The registry as SQL tables: the catalogs compiled into the binary (`municipalities`,
 //! `services`, `faces`, `channels`, `reasons`), and the data directory's own registry state
 //! (`terminals`, `administrations`), read again at every scan so that a long-running server
-//! sees terminals added after it started.
+//! sees terminals added after it started; and `istat_code(municipality)`, the six-digit text
+//! form of a code held as a number (what a spreadsheet must keep as text: `001001`, not 1001).
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Int8Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array, UInt16Array, UInt32Array,
+    ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array, UInt16Array, UInt32Array,
 };
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{MemTable, TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{ColumnarValue, Expr, ScalarUDF, Volatility, create_udf};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
 use futures::future::BoxFuture;
 
 use crate::model::{Channel, Face, IstatCode, Reason};
@@ -115,6 +117,11 @@ fn terminals(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
     batch(vec![
         ("terminal", Arc::new(list.iter().map(|t| t.id).collect::<UInt32Array>()), false),
         ("municipality", Arc::new(list.iter().map(|t| IstatCode::parse(&t.municipality).map(|c| c.0)).collect::<UInt32Array>()), true),
+        (
+            "istat_code",
+            Arc::new(list.iter().map(|t| IstatCode::parse(&t.municipality).map(|c| c.to_string())).collect::<StringArray>()),
+            true,
+        ),
         ("added", time(list.iter().map(|t| Some(t.added_ms)).collect()), false),
         ("revoked", time(list.iter().map(|t| t.revoked_ms).collect()), true),
         ("active", Arc::new(list.iter().map(|t| Some(t.revoked_ms.is_none())).collect::<BooleanArray>()), false),
@@ -137,11 +144,31 @@ fn administrations(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
     let bonus: UInt32Array = m.iter().enumerate().map(|(i, x)| registry::bonus_eur(x.eligible(), signature[i], pec[i])).collect();
     batch(vec![
         ("municipality", Arc::new(m.iter().map(|x| x.code.0).collect::<UInt32Array>()), false),
+        ("istat_code", Arc::new(StringArray::from(codes)), false),
         ("eligible", Arc::new(m.iter().map(|x| Some(x.eligible())).collect::<BooleanArray>()), false),
         ("digital_signature", Arc::new(BooleanArray::from(signature)), true),
         ("pec", Arc::new(BooleanArray::from(pec)), true),
         ("bonus_eur", Arc::new(bonus), true),
     ])
+}
+
+/// The six-digit form of an ISTAT code held as a number (1001 → `001001`); NULL for NULL and
+/// for a number no code has (0, negative, more than six digits).
+fn istat_text(code: i64) -> Option<String> {
+    (1..=999_999).contains(&code).then(|| IstatCode(code as u32).to_string())
+}
+
+/// The registry's functions, ready to register: `istat_code(municipality)`. It takes any
+/// integer (the columns are UInt32, a literal is Int64; both widen to Int64 without loss).
+pub(crate) fn functions() -> Vec<ScalarUDF> {
+    let implementation = Arc::new(|args: &[ColumnarValue]| -> DfResult<ColumnarValue> {
+        let scalar = matches!(args[0], ColumnarValue::Scalar(_));
+        let arrays = ColumnarValue::values_to_arrays(args)?;
+        let codes: StringArray = arrays[0].as_primitive::<Int64Type>().iter().map(|c| c.and_then(istat_text)).collect();
+        let codes: ArrayRef = Arc::new(codes);
+        Ok(if scalar { ColumnarValue::Scalar(ScalarValue::try_from_array(&codes, 0)?) } else { ColumnarValue::Array(codes) })
+    });
+    vec![create_udf("istat_code", vec![DataType::Int64], DataType::Utf8, Volatility::Immutable, implementation)]
 }
 
 /// The rows of a `ScanTimeTable`, computed when a scan starts.

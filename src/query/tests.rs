@@ -225,6 +225,54 @@ async fn coverage_counts_eligible_administrations_and_their_bonus() {
     assert_eq!(f64_at(&b, "bonus_eur", 0), None);
 }
 
+#[tokio::test]
+async fn every_view_with_municipalities_offers_the_six_digit_istat_code_beside_the_number() {
+    // Proves: `istat_code(municipality)` is the six-digit text a spreadsheet keeps (NULL for a
+    // number no code has), and every view and registry table that holds `municipality` has
+    // `istat_code` right after it.
+    let (dir, ctx) = library_context().await;
+    registry::add_terminals(dir.path(), IstatCode(AGLIE), 1, "").unwrap();
+    let b = one(&ctx, "SELECT istat_code(1001) AS a, istat_code(CAST(58091 AS INT UNSIGNED)) AS r, istat_code(1234567) AS big, istat_code(0) AS zero, istat_code(NULL) AS n").await;
+    let text = |i: usize| b[0].column(i).as_string::<i32>().is_valid(0).then(|| b[0].column(i).as_string::<i32>().value(0).to_string());
+    assert_eq!((0..5).map(text).collect::<Vec<_>>(), vec![Some("001001".into()), Some("058091".into()), None, None, None]);
+    let mut with_municipality = Vec::new();
+    let names = run(&ctx, "SELECT table_name FROM information_schema.columns WHERE column_name = 'municipality' ORDER BY table_name")
+        .await
+        .unwrap();
+    for batch in &names {
+        let column = batch.column(0).as_string::<i32>();
+        with_municipality.extend((0..batch.num_rows()).map(|i| column.value(i).to_string()));
+    }
+    // The stored tables keep the number alone (their schema is the files'); `istat_code()` works on them.
+    let stored = ["votes", "municipality_service_counts"];
+    for name in with_municipality.iter().filter(|n| !stored.contains(&n.as_str())) {
+        let b = run(&ctx, &format!("SELECT * FROM {name} WHERE municipality = {AGLIE} LIMIT 1")).await.unwrap();
+        let schema = b.first().map(|b| b.schema()).expect(name);
+        let at = schema.index_of("municipality").unwrap();
+        assert_eq!(schema.field(at + 1).name(), "istat_code", "{name}: istat_code beside municipality");
+        assert_eq!(b[0].column(at + 1).as_string::<i32>().value(0), "001001", "{name}");
+    }
+    for name in [
+        "counted_votes",
+        "municipality_index",
+        "municipality_service_ranking",
+        "misuse_summary",
+        "terminals",
+        "administrations",
+        "administration_coverage",
+    ] {
+        assert!(with_municipality.iter().any(|n| n == name), "{name} has municipality: {with_municipality:?}");
+    }
+    // counted_votes is still votes otherwise, column for column.
+    let votes = run(&ctx, "SELECT * FROM votes LIMIT 1").await.unwrap()[0].schema();
+    let counted = run(&ctx, "SELECT * FROM counted_votes LIMIT 1").await.unwrap()[0].schema();
+    let mut names: Vec<&String> = counted.fields().iter().map(|f| f.name()).filter(|n| *n != "istat_code").collect();
+    let mut expected: Vec<&String> = votes.fields().iter().map(|f| f.name()).collect();
+    names.sort();
+    expected.sort();
+    assert_eq!(names, expected);
+}
+
 /// A fixed memory snapshot of node n1, as the engine would hand it over at one instant.
 #[derive(Debug)]
 struct Fixed(MemorySnapshot);

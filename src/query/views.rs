@@ -117,7 +117,10 @@ fn trend_view(name: &str, unit: &str, step: &str) -> String {
 /// Every view of the library, in creation order.
 pub(crate) fn definitions() -> Vec<String> {
     let mut views = vec![
-        "CREATE VIEW counted_votes AS SELECT * FROM votes WHERE misuse = 0".to_string(),
+        // The six-digit code beside the number, for spreadsheets (the rest as `votes` has it).
+        "CREATE VIEW counted_votes AS SELECT municipality, istat_code(municipality) AS istat_code, * EXCLUDE (municipality) \
+         FROM votes WHERE misuse = 0"
+            .to_string(),
         index_view(
             "service_index",
             "c.service, s.name",
@@ -176,7 +179,7 @@ pub(crate) fn definitions() -> Vec<String> {
            SELECT g.*, wilson_lower(g.positive, g.votes) AS wilson, eb_score(g.positive, g.votes, 100 * prior.mu, prior.strength) AS eb,
                   prior.mu, prior.strength, g.votes >= {RANKING_VOTES_MIN} AS ranked
            FROM g CROSS JOIN prior)
-         SELECT c.municipality, m.name AS municipality_name, m.region, c.service, s.name AS service_name, {INDICES},
+         SELECT c.municipality, m.istat_code, m.name AS municipality_name, m.region, c.service, s.name AS service_name, {INDICES},
                 round(eb, 1) AS eb_score_pct, round(100 * mu, 1) AS prior_pct, round(strength, 1) AS prior_votes,
                 CASE WHEN ranked THEN rank() OVER (PARTITION BY ranked ORDER BY wilson DESC) END AS rank_wilson,
                 CASE WHEN ranked THEN rank() OVER (PARTITION BY ranked ORDER BY eb DESC) END AS rank_eb
@@ -196,7 +199,7 @@ pub(crate) fn definitions() -> Vec<String> {
     );
     views.push(
         "CREATE VIEW misuse_summary AS
-         SELECT municipality, terminal, misuse AS rule, count(*) AS flagged_votes, min(ts) AS first_flagged, max(ts) AS last_flagged
+         SELECT municipality, istat_code(municipality) AS istat_code, terminal, misuse AS rule, count(*) AS flagged_votes, min(ts) AS first_flagged, max(ts) AS last_flagged
          FROM votes WHERE misuse <> 0 GROUP BY municipality, terminal, misuse"
             .to_string(),
     );
