@@ -1,15 +1,16 @@
 //! The command line: one clap definition per flag, and the commands that call the library.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::model::IstatCode;
+use crate::query::formats::{CsvOptions, Delimiter};
 use crate::query::{self, Format};
 use crate::registry::{self, Credential};
 use crate::server::Server;
@@ -35,6 +36,47 @@ pub struct DataDir {
     /// Directory holding the log, the Parquet dataset, the terminal directory and certificates.
     #[arg(long, short = 'd', env = "FACCIA_DATA_DIR", default_value = "faccia-data")]
     pub data_dir: PathBuf,
+}
+
+/// Where and how `faccia sql` writes a result.
+#[derive(Debug, Args)]
+pub struct SqlOutput {
+    /// Output format. For Excel: `xlsx` (typed cells, times in Italy), or `csv-excel` (a CSV an
+    /// Italian Excel opens right by double-click: byte-order mark, `;`, decimal commas).
+    #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Write the result to this file instead of standard output (`xlsx`, `parquet` and `arrow`
+    /// need it when standard output is a terminal).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// With `--format csv`: start the file with a UTF-8 byte-order mark, so that Excel reads
+    /// "Agliè" right.
+    #[arg(long)]
+    pub csv_bom: bool,
+    /// With `--format csv`: the field delimiter, `,` (the default), `;` (what Excel's import
+    /// takes where the decimal separator is a comma, as in Italy) or `tab`.
+    #[arg(long, value_name = "CHAR", value_parser = |text: &str| Delimiter::parse(text))]
+    pub csv_delimiter: Option<Delimiter>,
+}
+
+impl SqlOutput {
+    /// The CSV options, refused with a format they do not apply to (naming the flag).
+    fn csv(&self) -> anyhow::Result<CsvOptions> {
+        let given: Vec<&str> =
+            [(self.csv_bom, "--csv-bom"), (self.csv_delimiter.is_some(), "--csv-delimiter")].iter().filter(|g| g.0).map(|g| g.1).collect();
+        if !given.is_empty() && self.format != Format::Csv {
+            bail!(
+                "{} applies to --format csv, not --format {} (csv-excel always writes a byte-order mark, ';' and decimal commas)",
+                given.join(" and "),
+                format_name(self.format)
+            );
+        }
+        Ok(CsvOptions { bom: self.csv_bom, delimiter: self.csv_delimiter.unwrap_or_default() })
+    }
+}
+
+fn format_name(format: Format) -> String {
+    format.to_possible_value().map_or_else(|| format!("{format:?}"), |v| v.get_name().to_string())
 }
 
 /// The subcommands of `faccia`.
@@ -67,9 +109,9 @@ pub enum Command {
         /// The data directory.
         #[command(flatten)]
         data: DataDir,
-        /// Output format.
-        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
-        format: Format,
+        /// Where and how the result is written.
+        #[command(flatten)]
+        output: SqlOutput,
         /// Run the query this many times and print its timings to stderr (measurements).
         #[arg(long, default_value_t = 1)]
         repeat: u32,
@@ -373,7 +415,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.analyst_tokens.extend(analyst_token);
             serve(&data.data_dir, config).await
         }
-        Command::Sql { data, format, repeat, query } => sql(&data.data_dir, format, repeat, query.as_deref()).await,
+        Command::Sql { data, output, repeat, query } => sql(&data.data_dir, &output, repeat, query.as_deref()).await,
         Command::Terminals { data, action } => terminals(&data.data_dir, action),
         Command::Administrations { data, action } => administrations(&data.data_dir, action),
         Command::Terminal { server, server_name, ca, credentials, seconds, batch_votes, think_ms, reply_timeout_ms, idle_timeout_ms } => {
@@ -580,34 +622,53 @@ async fn generate(data_dir: &Path, plan: &crate::tools::generate::GeneratePlan) 
     Ok(())
 }
 
-async fn sql(data_dir: &Path, format: Format, repeat: u32, query: Option<&str>) -> anyhow::Result<()> {
+async fn sql(data_dir: &Path, output: &SqlOutput, repeat: u32, query: Option<&str>) -> anyhow::Result<()> {
+    let csv = output.csv()?;
+    let format = output.format;
+    if query.is_none() && (output.out.is_some() || format.is_binary()) {
+        bail!("--out and --format {} write one query's result: give the query (the interactive prompt prints text)", format_name(format));
+    }
+    if format.is_binary() && output.out.is_none() && std::io::stdout().is_terminal() {
+        bail!("--format {} writes a binary file: give --out FILE (or redirect standard output to a file)", format_name(format));
+    }
     if !data_dir.is_dir() {
         bail!("data directory {} does not exist (give one with --data-dir)", data_dir.display());
     }
     let ctx = query::context(data_dir).await.context("opening the dataset")?;
-    let mut stdout = std::io::stdout().lock();
-    match query {
-        Some(sql) => {
-            let mut timings = Vec::new();
-            let mut result = None;
-            for _ in 0..repeat.max(1) {
-                let started = Instant::now();
-                // DataFusion's message already holds its causes: print it once.
-                result = Some(query::run_with_schema(&ctx, sql).await.map_err(|e| anyhow::anyhow!("{e}"))?);
-                timings.push(started.elapsed().as_secs_f64() * 1000.0);
-            }
-            let (schema, batches) = result.expect("ran at least once");
-            query::write_results(&schema, &batches, format, &mut stdout)?;
-            if repeat > 1 {
-                let mut sorted = timings.clone();
-                sorted.sort_by(f64::total_cmp);
-                let runs: Vec<String> = timings.iter().map(|t| format!("{t:.1}")).collect();
-                eprintln!("timing_ms min {:.1} median {:.1} runs {}", sorted[0], sorted[sorted.len() / 2], runs.join(" "));
-            }
-        }
-        None => repl(&ctx, format, &mut stdout).await?,
+    let Some(sql) = query else {
+        let mut stdout = std::io::stdout().lock();
+        repl(&ctx, format, &mut stdout).await?;
+        stdout.flush()?;
+        return Ok(());
+    };
+    let mut timings = Vec::new();
+    let mut result = None;
+    for _ in 0..repeat.max(1) {
+        let started = Instant::now();
+        // DataFusion's message already holds its causes: print it once.
+        result = Some(query::run_with_schema(&ctx, sql).await.map_err(|e| anyhow::anyhow!("{e}"))?);
+        timings.push(started.elapsed().as_secs_f64() * 1000.0);
     }
-    stdout.flush()?;
+    let (schema, batches) = result.expect("ran at least once");
+    match &output.out {
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            let mut file = std::io::BufWriter::new(file);
+            query::write_output(&schema, &batches, format, csv, &mut file)?;
+            file.flush().with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            query::write_output(&schema, &batches, format, csv, &mut stdout)?;
+            stdout.flush()?;
+        }
+    }
+    if repeat > 1 {
+        let mut sorted = timings.clone();
+        sorted.sort_by(f64::total_cmp);
+        let runs: Vec<String> = timings.iter().map(|t| format!("{t:.1}")).collect();
+        eprintln!("timing_ms min {:.1} median {:.1} runs {}", sorted[0], sorted[sorted.len() / 2], runs.join(" "));
+    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //!   tables) and `istat_code(municipality)`;
 //! - `indices`: scalar and aggregate index functions; `calendar`: Italian hour and weekday;
 //!   `views`: the index library;
-//! - `formats`: result formats.
+//! - `formats`: result formats; `xlsx`: the Excel workbook format.
 //!
 //! Two contexts: `context` for `faccia sql` (a separate process: the log tail is read without
 //! touching it) and `server_context` for the server's endpoints (the engine's memory).
@@ -23,6 +23,7 @@ pub mod indices;
 pub mod tables;
 pub mod views;
 pub mod votes;
+pub mod xlsx;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-pub(crate) use formats::{Format, write_results};
+pub(crate) use formats::{Format, write_output, write_results};
 
 use crate::limits::QueryLimits;
 use crate::storage::dataset;

@@ -6,6 +6,7 @@ mod bench;
 mod commands;
 mod common;
 mod crash;
+mod excel;
 mod faults;
 mod hostile;
 mod identity;
