@@ -2,15 +2,19 @@
 //! ADBC (Python, R, Go), the Flight SQL JDBC driver (DBeaver), Grafana's Flight SQL plugin.
 //!
 //! What it answers: statement queries, prepared statements (with parameters), and the catalog
-//! calls clients issue on connect — catalogs, schemas, tables (with their Arrow schemas), table
-//! types, SQL info. Every call needs an analyst bearer token (`authorization: Bearer TOKEN`);
-//! the handshake exchanges basic authentication (any user name, the token as password) for the
-//! same bearer token, for clients configured with a user and password.
+//! calls clients issue on connect and while browsing — catalogs, schemas, tables (with their
+//! Arrow schemas), table types, SQL info, XDBC types, and primary, imported, exported and
+//! cross-referenced keys (none: faccia's tables declare no keys). What those calls say about
+//! the SQL is `metadata`'s. Every call needs an analyst bearer token (`authorization: Bearer
+//! TOKEN`); the handshake exchanges basic authentication (any user name, the token as
+//! password) for the same bearer token, for clients configured with a user and password.
 //!
 //! Results stream from DataFusion to the client batch by batch; a query holds one of the
-//! `concurrent_queries_max` permits until its stream ends.
+//! `concurrent_queries_max` permits until its stream ends. Every schema and batch leaves with
+//! plain types (Utf8, not DataFusion's Utf8View), which JDBC drivers before 19.0 need; and every
+//! parameter has a type a JDBC driver can bind (`parameter_schema`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -21,20 +25,23 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightServiceServer;
-use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
-    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandGetCatalogs, CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
 use base64::Engine;
 use bytes::Bytes;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::logical_expr::TableType;
+use datafusion::logical_expr::expr::Placeholder;
+use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
 use datafusion::prelude::DataFrame;
 use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -43,9 +50,11 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::analysts::metadata::{self, plain_batch, plain_schema};
 use crate::analysts::service::{SqlError, SqlService, plan_schema};
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
+type ActionStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::Result, Status>> + Send + 'static>>;
 
 /// A prepared statement: its SQL and the parameters bound last.
 #[derive(Debug, Clone)]
@@ -67,23 +76,19 @@ pub(crate) struct FlightSql {
     sql: Arc<SqlService>,
     prepared: Mutex<PreparedStatements>,
     info: SqlInfoData,
+    /// The schema of a SqlInfo answer, map entries named as Java reads them.
+    info_schema: SchemaRef,
+    types: XdbcTypeInfoData,
 }
 
 impl FlightSql {
-    /// The service over `sql`, with no prepared statements open and its fixed SQL info (read-only, no transactions).
+    /// The service over `sql`, with no prepared statements open and its fixed SQL info and type
+    /// list (`metadata`: read-only, no transactions, the functions of `sql`'s context).
     pub(crate) fn new(sql: Arc<SqlService>) -> FlightSql {
-        let mut info = SqlInfoDataBuilder::new();
-        info.append(SqlInfo::FlightSqlServerName, "faccia");
-        info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
-        info.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
-        info.append(SqlInfo::FlightSqlServerReadOnly, true);
-        info.append(SqlInfo::FlightSqlServerSql, true);
-        info.append(SqlInfo::FlightSqlServerSubstrait, false);
-        info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
-        info.append(SqlInfo::FlightSqlServerCancel, false);
-        info.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
-        let info = info.build().expect("static SQL info is valid");
-        FlightSql { sql, prepared: Mutex::new(PreparedStatements::default()), info }
+        let info = metadata::sql_info(&sql.ctx, sql.limits.sql_bytes_max);
+        let all = info.record_batch([]).and_then(|b| Ok(metadata::with_java_map_names(&b)?));
+        let info_schema = all.expect("the SQL info answer is well formed").schema();
+        FlightSql { sql, prepared: Mutex::new(PreparedStatements::default()), info, info_schema, types: metadata::xdbc_types() }
     }
 
     fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
@@ -110,7 +115,7 @@ impl FlightSql {
 
     /// Runs a planned statement and streams it as Flight data.
     async fn run(&self, frame: DataFrame) -> Result<Response<DoGetStream>, Status> {
-        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let schema: SchemaRef = Arc::new(plain_schema(frame.schema().as_arrow()));
         let permit = self.sql.permit().await;
         let stream = self.sql.stream(frame).await.map_err(status)?;
         Ok(Response::new(encode(schema, stream, permit)))
@@ -126,18 +131,48 @@ impl FlightSql {
                 for table_name in schema.table_names() {
                     let Ok(Some(table)) = schema.table(&table_name).await else { continue };
                     let kind = if table.table_type() == TableType::View { "VIEW" } else { "TABLE" };
-                    tables.push((catalog_name.clone(), schema_name.clone(), table_name, kind, table.schema()));
+                    let table_schema = Arc::new(plain_schema(&table.schema()));
+                    tables.push((catalog_name.clone(), schema_name.clone(), table_name, kind, table_schema));
                 }
             }
         }
         tables.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
         Ok(tables)
     }
+
+    /// The session options there are: the catalog and schema statements run in.
+    fn session_options(&self) -> HashMap<String, session::SessionOptionValue> {
+        let options = self.sql.ctx.state().config_options().catalog.clone();
+        [("catalog", options.default_catalog), ("schema", options.default_schema)]
+            .into_iter()
+            .map(|(name, value)| {
+                (name.to_string(), session::SessionOptionValue { option_value: Some(session::OptionValue::String(value)) })
+            })
+            .collect()
+    }
+
+    /// Accepts each option that names what is already so; an error for any other.
+    fn set_session_options(&self, request: session::SetSessionOptionsRequest) -> session::SetSessionOptionsResult {
+        let current = self.session_options();
+        let errors = request
+            .session_options
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let error = match current.get(&name) {
+                    None => session::INVALID_NAME,
+                    Some(current) if *current == value => return None,
+                    Some(_) => session::INVALID_VALUE,
+                };
+                Some((name, session::SessionOptionError { value: error }))
+            })
+            .collect();
+        session::SetSessionOptionsResult { errors }
+    }
 }
 
-/// Streams record batches as Flight data, holding the query's permit until the end.
+/// Streams record batches as Flight data with plain types, holding the query's permit until the end.
 fn encode(schema: SchemaRef, stream: SendableRecordBatchStream, permit: OwnedSemaphorePermit) -> DoGetStream {
-    let batches = stream.map_err(|e| FlightError::ExternalError(Box::new(e)));
+    let batches = stream.map_err(|e| FlightError::ExternalError(Box::new(e))).and_then(|batch| async move { Ok(plain_batch(batch)?) });
     let data = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map(move |item| {
         let _held = &permit;
         item.map_err(Status::from)
@@ -179,12 +214,50 @@ fn flight_info(schema: &Schema, ticket: impl ProstMessageExt, descriptor: Flight
     Ok(Response::new(info))
 }
 
-/// The parameter schema of a planned statement: `$1`, `$2`, … in order.
+/// An empty answer with `schema` (the key calls: faccia's tables declare no keys).
+fn empty(schema: &SchemaRef) -> Result<Response<DoGetStream>, Status> {
+    single(Ok(RecordBatch::new_empty(Arc::clone(schema))))
+}
+
+/// The parameter schema of a planned statement: `$1`, `$2`, … in order, each with a type a
+/// JDBC driver can bind (it builds its vectors from this schema and cannot put a value in a
+/// Null one): the type DataFusion infers (plain, not a view type), or where it infers none,
+/// Int64 in LIMIT and OFFSET (DataFusion takes only integers there) and Utf8 elsewhere (every
+/// client can bind text; DataFusion coerces it once the value is in the plan).
 fn parameter_schema(frame: &DataFrame) -> Result<Schema, Status> {
-    let types = frame.logical_plan().get_parameter_types().map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let plan = frame.logical_plan();
+    let types = plan.get_parameter_types().map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let limit_ids = limit_placeholders(plan).map_err(|e| Status::internal(e.to_string()))?;
     let mut names: Vec<_> = types.into_iter().collect();
     names.sort_by_key(|(name, _)| name.trim_start_matches('$').parse::<u32>().unwrap_or(u32::MAX));
-    Ok(Schema::new(names.into_iter().map(|(name, t)| Field::new(name, t.unwrap_or(DataType::Null), true)).collect::<Vec<_>>()))
+    let fields = names.into_iter().map(|(name, inferred)| {
+        let data_type = match inferred {
+            Some(t) => metadata::plain_type(&t),
+            None if limit_ids.contains(&name) => DataType::Int64,
+            None => DataType::Utf8,
+        };
+        Field::new(name, data_type, true)
+    });
+    Ok(Schema::new(fields.collect::<Vec<_>>()))
+}
+
+/// The placeholders of a plan's LIMITs and OFFSETs (subqueries included).
+fn limit_placeholders(plan: &LogicalPlan) -> datafusion::common::Result<HashSet<String>> {
+    let mut ids = HashSet::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Limit(limit) = node {
+            for expr in limit.skip.iter().chain(limit.fetch.iter()) {
+                expr.apply(|e| {
+                    if let Expr::Placeholder(Placeholder { id, .. }) = e {
+                        ids.insert(id.clone());
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })?;
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(ids)
 }
 
 #[tonic::async_trait]
@@ -224,7 +297,7 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         self.check(request.metadata())?;
         let frame = self.sql.plan(&query.query).await.map_err(status)?;
-        let schema = frame.schema().as_arrow().clone();
+        let schema = plain_schema(frame.schema().as_arrow());
         let ticket = TicketStatementQuery { statement_handle: Bytes::from(query.query) };
         flight_info(&schema, ticket, request.into_inner())
     }
@@ -243,7 +316,7 @@ impl FlightSqlService for FlightSql {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         self.check(request.metadata())?;
         let frame = self.sql.plan(&query.query).await.map_err(status)?;
-        let dataset_schema = schema_bytes(&plan_schema(frame.logical_plan()))?;
+        let dataset_schema = schema_bytes(&plain_schema(&plan_schema(frame.logical_plan())))?;
         let parameter_schema = schema_bytes(&parameter_schema(&frame)?)?;
         let mut statements = self.prepared.lock().expect("prepared statements lock");
         statements.next += 1;
@@ -298,7 +371,7 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         self.check(request.metadata())?;
         let frame = self.frame(&self.prepared(&query.prepared_statement_handle)?).await?;
-        let schema = frame.schema().as_arrow().clone();
+        let schema = plain_schema(frame.schema().as_arrow());
         flight_info(&schema, query, request.into_inner())
     }
 
@@ -409,13 +482,129 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.check(request.metadata())?;
-        let schema = query.clone().into_builder(&self.info).schema();
-        flight_info(&schema, query, request.into_inner())
+        flight_info(&self.info_schema, query, request.into_inner())
     }
 
     async fn do_get_sql_info(&self, query: CommandGetSqlInfo, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         self.check(request.metadata())?;
-        single(query.into_builder(&self.info).build())
+        single(query.into_builder(&self.info).build().and_then(|b| Ok(metadata::with_java_map_names(&b)?)))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.check(request.metadata())?;
+        let schema = query.into_builder(&self.types).schema();
+        flight_info(&schema, query, request.into_inner())
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.check(request.metadata())?;
+        single(query.into_builder(&self.types).build())
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.check(request.metadata())?;
+        flight_info(&metadata::PRIMARY_KEYS_SCHEMA, query, request.into_inner())
+    }
+
+    async fn do_get_primary_keys(&self, _query: CommandGetPrimaryKeys, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+        self.check(request.metadata())?;
+        empty(&metadata::PRIMARY_KEYS_SCHEMA)
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.check(request.metadata())?;
+        flight_info(&metadata::FOREIGN_KEYS_SCHEMA, query, request.into_inner())
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.check(request.metadata())?;
+        empty(&metadata::FOREIGN_KEYS_SCHEMA)
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.check(request.metadata())?;
+        flight_info(&metadata::FOREIGN_KEYS_SCHEMA, query, request.into_inner())
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.check(request.metadata())?;
+        empty(&metadata::FOREIGN_KEYS_SCHEMA)
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.check(request.metadata())?;
+        flight_info(&metadata::FOREIGN_KEYS_SCHEMA, query, request.into_inner())
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.check(request.metadata())?;
+        empty(&metadata::FOREIGN_KEYS_SCHEMA)
+    }
+
+    /// The session actions (Flight.proto, not in arrow-flight 59): the JDBC driver sends
+    /// SetSessionOptions for `catalog=` in its URL and `Connection.setCatalog`. faccia has one
+    /// catalog and schema and no sessions: naming those is accepted, anything else refused
+    /// option by option, as the protocol says.
+    async fn do_action_fallback(&self, request: Request<arrow_flight::Action>) -> Result<Response<ActionStream>, Status> {
+        self.check(request.metadata())?;
+        let action = request.into_inner();
+        let undecodable = |e: prost::DecodeError| Status::invalid_argument(format!("{}: {e}", action.r#type));
+        let body = match action.r#type.as_str() {
+            "SetSessionOptions" => {
+                let request = session::SetSessionOptionsRequest::decode(action.body.clone()).map_err(undecodable)?;
+                self.set_session_options(request).encode_to_vec()
+            }
+            "GetSessionOptions" => session::GetSessionOptionsResult { session_options: self.session_options() }.encode_to_vec(),
+            "CloseSession" => session::CloseSessionResult { status: session::CLOSED }.encode_to_vec(),
+            other => return Err(Status::invalid_argument(format!("faccia does not answer the action {other}"))),
+        };
+        let reply = arrow_flight::Result { body: Bytes::from(body) };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(reply)]))))
+    }
+
+    async fn list_custom_actions(&self) -> Option<Vec<Result<arrow_flight::ActionType, Status>>> {
+        let action = |name: &str, description: &str| Ok(arrow_flight::ActionType { r#type: name.into(), description: description.into() });
+        Some(vec![
+            action("SetSessionOptions", "accepts the one catalog and schema; faccia has no other session options"),
+            action("GetSessionOptions", "the catalog and schema"),
+            action("CloseSession", "nothing to close: faccia keeps no sessions"),
+        ])
     }
 
     async fn do_get_fallback(&self, request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {
@@ -455,5 +644,74 @@ fn tokio_stream_of(listener: tokio::net::TcpListener) -> impl Stream<Item = std:
 impl std::fmt::Debug for FlightSql {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlightSql").finish_non_exhaustive()
+    }
+}
+
+/// Flight.proto's session messages, which arrow-flight 59 does not have (field numbers and
+/// types as in apache/arrow `format/Flight.proto`).
+mod session {
+    use std::collections::HashMap;
+
+    /// `SetSessionOptionsResult.ErrorValue.INVALID_NAME`.
+    pub(super) const INVALID_NAME: i32 = 1;
+    /// `SetSessionOptionsResult.ErrorValue.INVALID_VALUE`.
+    pub(super) const INVALID_VALUE: i32 = 2;
+    /// `CloseSessionResult.Status.CLOSED`.
+    pub(super) const CLOSED: i32 = 1;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct SessionOptionValue {
+        #[prost(oneof = "OptionValue", tags = "1, 2, 3, 4, 5")]
+        pub(super) option_value: Option<OptionValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub(super) enum OptionValue {
+        #[prost(string, tag = "1")]
+        String(String),
+        #[prost(bool, tag = "2")]
+        Bool(bool),
+        #[prost(sfixed64, tag = "3")]
+        Int64(i64),
+        #[prost(double, tag = "4")]
+        Double(f64),
+        #[prost(message, tag = "5")]
+        StringList(StringListValue),
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct StringListValue {
+        #[prost(string, repeated, tag = "1")]
+        pub(super) values: Vec<String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct SetSessionOptionsRequest {
+        #[prost(map = "string, message", tag = "1")]
+        pub(super) session_options: HashMap<String, SessionOptionValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct SetSessionOptionsResult {
+        #[prost(map = "string, message", tag = "1")]
+        pub(super) errors: HashMap<String, SessionOptionError>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct SessionOptionError {
+        #[prost(int32, tag = "1")]
+        pub(super) value: i32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct GetSessionOptionsResult {
+        #[prost(map = "string, message", tag = "1")]
+        pub(super) session_options: HashMap<String, SessionOptionValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct CloseSessionResult {
+        #[prost(int32, tag = "1")]
+        pub(super) status: i32,
     }
 }

@@ -1,5 +1,6 @@
 //! The analysts' endpoints: who may ask (`tokens`), the shared read-only SQL service both
-//! protocols call (`service`), Arrow Flight SQL (`flight`, tonic) and HTTP (`http`, axum).
+//! protocols call (`service`), Arrow Flight SQL (`flight`, tonic) and what it tells clients
+//! about faccia's SQL (`metadata`), and HTTP (`http`, axum).
 //!
 //! Architecture invariants:
 //! - statements from the network are read-only — no DDL, no DML, no `SET`, no `COPY` — so an
@@ -10,5 +11,6 @@
 
 pub mod flight;
 pub mod http;
+pub mod metadata;
 pub mod service;
 pub mod tokens;

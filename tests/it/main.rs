@@ -10,6 +10,7 @@ mod excel;
 mod faults;
 mod hostile;
 mod identity;
+mod jdbc;
 mod limits;
 mod misuse;
 mod objectstore;
