@@ -7,7 +7,8 @@ Usage: tools/check_flight_sql.py --flight grpc://HOST:PORT --http http://HOST:PO
 - ADBC (`adbc-driver-flightsql`): a connection without a token is refused; with the bearer token
   it lists the tables, reads a table schema, runs the per-service index query and a prepared
   statement with a parameter, and gets the same numbers as `faccia sql` (a separate process that
-  reads the Parquet files and the log tail).
+  reads the Parquet files and the log tail). Its metadata calls (the ones browsing tools make:
+  info, table types, every object down to columns, a view's schema) answer and make sense.
 - HTTP (urllib): /health, /query in JSON with the token, refused without it.
 
 Exits non-zero on the first difference, printing what differed.
@@ -106,6 +107,42 @@ def check_adbc(args, token):
         if prepared != int(rows[0][0]):
             fail(f"prepared statement counts {prepared} votes of service 1, faccia sql {rows[0][0]}")
         print(f"ADBC prepared statement with a parameter: {prepared} votes for service 1")
+        check_adbc_metadata(conn)
+
+
+def check_adbc_metadata(conn):
+    """The metadata calls a browsing tool makes: each answers, and what it says makes sense."""
+    info = conn.adbc_get_info()
+    if info.get("vendor_name") != "faccia" or not info.get("vendor_version"):
+        fail(f"ADBC get_info: {info}")
+    print(f"ADBC get_info: {info['vendor_name']} {info['vendor_version']}, {len(info)} values")
+
+    table_types = conn.adbc_get_table_types()
+    if sorted(table_types) != ["TABLE", "VIEW"]:
+        fail(f"ADBC get_table_types: {table_types}")
+
+    objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+    tables = {
+        (table["table_name"], table["table_type"]): table["table_columns"] or []
+        for catalog in objects
+        for schema in catalog["catalog_db_schemas"] or []
+        for table in schema["db_schema_tables"] or []
+    }
+    votes = tables.get(("votes", "TABLE"))
+    index = tables.get(("service_index", "VIEW"))
+    if not votes or not index:
+        fail(f"ADBC get_objects(depth=all) lacks votes or service_index: {sorted(tables)}")
+    names = [column["column_name"] for column in votes]
+    positions = [column["ordinal_position"] for column in votes]
+    if not {"municipality", "service", "date"} <= set(names) or positions != list(range(1, len(names) + 1)):
+        fail(f"ADBC get_objects columns of votes: {names} at {positions}")
+    print(f"ADBC get_objects(depth=all): {len(tables)} tables and views, votes has {len(names)} columns")
+
+    schema = conn.adbc_get_table_schema("service_index")
+    views = [f"{field.name}: {field.type}" for field in schema if "view" in str(field.type)]
+    if "votes" not in schema.names or views:
+        fail(f"service_index schema over ADBC (JDBC drivers before 19.0 read no view types): {schema}")
+    print(f"ADBC get_table_schema(service_index): {len(schema.names)} columns, no view types")
 
 
 def http_get(url, token=None):
