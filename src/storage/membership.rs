@@ -150,6 +150,9 @@ pub(crate) struct Membership {
     /// Held while looking at a node's publication (`silent`): the hellos waiting for a look
     /// take the one sent after their lease read.
     looking: tokio::sync::Mutex<()>,
+    /// Wakes the heartbeat to publish now: a terminal was taken over, and its batches above
+    /// this node's last publication wait for the next one.
+    publish_soon: tokio::sync::Notify,
     last_published: Mutex<Option<Instant>>,
     beats: AtomicU64,
     /// Set when a publication succeeded after more than half the TTL without one: the leases
@@ -202,6 +205,7 @@ impl Membership {
             peers: Mutex::new(HashMap::new()),
             fences: tokio::sync::Mutex::new(HashMap::new()),
             looking: tokio::sync::Mutex::new(()),
+            publish_soon: tokio::sync::Notify::new(),
             last_published: Mutex::new(None),
             beats: AtomicU64::new(0),
             suspect: AtomicBool::new(false),
@@ -220,14 +224,18 @@ impl Membership {
         Ok(membership)
     }
 
-    /// Publishes and watches the other nodes every `heartbeat`, until the returned handle is aborted.
+    /// Publishes and watches the other nodes every `heartbeat` (and at once after a takeover),
+    /// until the returned handle is aborted.
     pub(crate) fn spawn_heartbeat(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let membership = Arc::clone(self);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(membership.timing.heartbeat);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticks.tick().await;
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = membership.publish_soon.notified() => {}
+                }
                 if let Err(error) = membership.beat().await {
                     tracing::warn!(error = %crate::error_chain(&error), "publishing this node's windows; retried at the next heartbeat");
                 }
@@ -430,11 +438,16 @@ impl Membership {
         peers.get(node).is_some_and(|p| p.changed > self.started && p.changed.elapsed() < 2 * self.timing.heartbeat)
     }
 
-    /// Holds `lease` from now on: its fence joins this node's window of the terminal.
+    /// Holds `lease` from now on: its fence joins this node's window of the terminal. The
+    /// fence does not count as published by this node: the next node to take the terminal
+    /// reads only this node's publication, so until that holds the fence, this node stores
+    /// nothing above its own last publication plus `SEQ_WINDOW` (`Begin::Unpublished`; the
+    /// heartbeat is woken to publish at once). Counting the fence as published let a taker
+    /// store batches the node after it did not claim: the crash test's doubled votes.
     fn adopt(&self, terminal: TerminalId, lease: Lease) {
         if let Some(fence) = lease.fence() {
             self.sequences.merge(terminal, &fence);
-            self.sequences.set_published(terminal, fence.high);
+            self.publish_soon.notify_one();
         }
         self.leases.lock().expect("membership lock").insert(terminal, lease);
     }
@@ -542,7 +555,12 @@ impl Membership {
                 None => (Lease { owner: self.node.clone(), epoch: 1, from: None, fence_high: 0, fence_bits: Vec::new() }, PutMode::Create),
                 Some((lease, version)) if lease.owner == self.node => (Lease { epoch: lease.epoch + 1, ..lease }, PutMode::Update(version)),
                 Some((lease, _)) => {
-                    tracing::debug!(terminal, owner = lease.owner, epoch = lease.epoch, "recovery: the terminal moved; claiming its batches");
+                    tracing::debug!(
+                        terminal,
+                        owner = lease.owner,
+                        epoch = lease.epoch,
+                        "recovery: the terminal moved; claiming its batches"
+                    );
                     return Ok(Some(ToClaim { low: 0, high: u64::MAX }));
                 }
             };
@@ -636,5 +654,47 @@ mod tests {
         assert_eq!(a.admit(1).await.unwrap(), Placement::Elsewhere("b".into()), "B is back: A must not take terminal 1");
         let (lease, _) = a.read_lease(1).await.unwrap().unwrap();
         assert_eq!(lease.owner, "b");
+    }
+
+    #[tokio::test]
+    async fn a_taker_stores_nothing_the_node_taking_it_over_next_would_not_claim() {
+        // Proves: a node that took a terminal over stores no batch beyond its own last
+        // publication plus SEQ_WINDOW, even though the fence it adopted is higher — the next
+        // taker reads only its publication (the two-node crash test's doubled votes: B took
+        // over at fence 2967 while its publication still said 1416, stored up to 3168, died; A
+        // took over at fence 1416 and did not claim 2968…3168, which both then committed).
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let timing = Timing { heartbeat: Duration::from_secs(2), ttl: Duration::from_millis(150) };
+        let a = node(&store, "a", timing).await;
+        assert_eq!(a.admit(1).await.unwrap(), Placement::Here);
+        for seq in 1..=3000 {
+            a.sequences.mark_stored(1, seq);
+        }
+        a.ready_to_commit().await.unwrap();
+        let b = node(&store, "b", timing).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(b.admit(1).await.unwrap(), Placement::Here, "A is silent: B takes terminal 1 at fence 3000");
+        let stored_unpublished = match b.sequences.begin(1, 3001) {
+            crate::storage::dedup::Begin::New(mut guard) => {
+                b.sequences.mark_stored(1, 3001);
+                guard.settled_by_log();
+                true
+            }
+            crate::storage::dedup::Begin::Unpublished => false,
+            other => panic!("batch 3001 is new to B: {other:?}"),
+        };
+        if stored_unpublished {
+            // B dies before publishing; C takes terminal 1 over from it.
+            let c = node(&store, "c", timing).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(c.admit(1).await.unwrap(), Placement::Here);
+            assert!(c.must_claim(1, 3001), "B stored 3001 unpublished: C must claim it");
+        }
+        // Once B publishes (its heartbeat is woken by the takeover), it takes the batch.
+        b.ready_to_commit().await.unwrap();
+        match b.sequences.begin(1, 3002) {
+            crate::storage::dedup::Begin::New(mut guard) => b.sequences.abort(&mut guard),
+            other => panic!("B published its window: batch 3002 is new, not {other:?}"),
+        }
     }
 }
