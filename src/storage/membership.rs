@@ -17,8 +17,9 @@
 //! **The protocol.** A node accepts a terminal's hello only with its lease: a free terminal is
 //! leased with a put-if-absent, a terminal leased to this node is served, and a terminal leased
 //! to another node is taken over only when that node is silent — its `nodes` object unchanged
-//! for `node_ttl_ms`, observed on this node's monotonic clock and checked once more right before
-//! the takeover — by a conditional put on the lease's ETag (`If-Match`). Else the hello is
+//! for `node_ttl_ms`, observed on this node's monotonic clock and checked once more, by a look
+//! sent after the lease was read, right before the takeover — by a conditional put on the
+//! lease's ETag (`If-Match`). Else the hello is
 //! answered `served_elsewhere` and the terminal tries its next address. The taker merges the
 //! fence into its own window, so a batch the old node had published as stored is answered
 //! `duplicate`.
@@ -27,7 +28,8 @@
 //! have been acknowledged (the terminal will not send it again: no conflict) or its
 //! acknowledgement lost (the terminal sends it again to the taker: both nodes hold it). A node
 //! never stores a batch numbered more than `SEQ_WINDOW` above its last published window of the
-//! terminal (`Sequences::bound_by_publication`), so such batches are numbered in
+//! terminal (`Sequences::bound_by_publication`; a fence it adopted counts only once its own
+//! publication holds it, since the next taker reads only that), so such batches are numbered in
 //! `(fence.high − SEQ_WINDOW, fence.high + SEQ_WINDOW]`. Both sides **claim** them — a
 //! put-if-absent of `_faccia/claims/{terminal}/{seq}` — and only the claim's holder commits the
 //! batch: the taker claims the batches it stores in that range (in the store thread, before

@@ -347,7 +347,6 @@ async fn a_terminal_moves_from_a_dead_node_to_the_other_and_every_vote_is_stored
 }
 
 #[tokio::test]
-#[ignore = "finds doubled votes in about one run of three (issue 12 stays open until it passes every run): cargo test -- --ignored two_nodes_killed"]
 async fn two_nodes_killed_in_turn_lose_nothing_and_double_nothing() {
     // Proves: `faccia crashtest` with two nodes on one bucket — each round kills one node with
     // SIGKILL (or it stops itself inside a compaction, or right after a log fsync it never
