@@ -115,8 +115,23 @@ pub enum Command {
         /// Run the query this many times and print its timings to stderr (measurements).
         #[arg(long, default_value_t = 1)]
         repeat: u32,
+        /// Run queries on the Ballista cluster whose scheduler is at HOST:PORT (`faccia cluster
+        /// scheduler`); the plan is made here, with the rows not yet in the table.
+        #[arg(long, value_name = "HOST:PORT", env = "FACCIA_CLUSTER")]
+        cluster: Option<String>,
+        /// With --cluster: scan tasks and shuffle partitions per query (about twice the
+        /// cluster's slots).
+        #[arg(long, default_value_t = crate::cluster::ClusterConfig::default().partitions, requires = "cluster")]
+        partitions: usize,
         /// The query, e.g. "SELECT * FROM service_index".
         query: Option<String>,
+    },
+    /// Run SQL past one machine: an Apache Ballista scheduler or executor of this build
+    /// (ARCHITECTURE.md, "Running a cluster").
+    Cluster {
+        /// Which part of the cluster this process is.
+        #[command(subcommand)]
+        role: ClusterRole,
     },
     /// Register, list and revoke terminals.
     Terminals {
@@ -398,6 +413,44 @@ pub enum TerminalsAction {
     },
 }
 
+/// The parts of a cluster.
+#[derive(Debug, Subcommand)]
+pub enum ClusterRole {
+    /// The scheduler: takes queries (`faccia sql --cluster`, `faccia serve` with `[cluster]
+    /// scheduler`), splits them into stages and hands tasks to executors. Prints its address.
+    Scheduler {
+        /// TCP address for gRPC and `GET /readyz` (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: SocketAddr,
+        /// `/readyz` answers 200 once this many executors are registered.
+        #[arg(long, default_value_t = 1)]
+        min_executors: usize,
+        /// Seconds after which a silent executor is dropped and its tasks run elsewhere.
+        #[arg(long, default_value_t = 60)]
+        executor_timeout: u64,
+    },
+    /// An executor: pulls tasks from the scheduler, reads the tables' files (local, or S3 with
+    /// the `AWS_*` environment) and serves its results over Arrow Flight.
+    Executor {
+        /// The scheduler's address.
+        #[arg(long, value_name = "HOST:PORT")]
+        scheduler: String,
+        /// TCP address of the executor's Arrow Flight server, advertised to the cluster as is
+        /// (port 0: a free port, chosen at start).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        bind: SocketAddr,
+        /// Tasks run at once (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        slots: usize,
+        /// Directory for shuffle files and spills [default: a directory in the system's temp dir].
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// The executor's memory pool in MiB [default: 70 % of the host's memory].
+        #[arg(long, value_name = "MIB")]
+        memory_mib: Option<u64>,
+    },
+}
+
 /// Runs a parsed command.
 ///
 /// # Errors
@@ -415,7 +468,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.analyst_tokens.extend(analyst_token);
             serve(&data.data_dir, config).await
         }
-        Command::Sql { data, output, repeat, query } => sql(&data.data_dir, &output, repeat, query.as_deref()).await,
+        Command::Sql { data, output, repeat, cluster, partitions, query } => {
+            let cluster = crate::cluster::ClusterConfig { scheduler: cluster, partitions, ..Default::default() };
+            sql(&data.data_dir, &output, repeat, &cluster, query.as_deref()).await
+        }
+        Command::Cluster { role } => cluster(role).await,
         Command::Terminals { data, action } => terminals(&data.data_dir, action),
         Command::Administrations { data, action } => administrations(&data.data_dir, action),
         Command::Terminal { server, server_name, ca, credentials, seconds, batch_votes, think_ms, reply_timeout_ms, idle_timeout_ms } => {
@@ -622,7 +679,52 @@ async fn generate(data_dir: &Path, plan: &crate::tools::generate::GeneratePlan) 
     Ok(())
 }
 
-async fn sql(data_dir: &Path, output: &SqlOutput, repeat: u32, query: Option<&str>) -> anyhow::Result<()> {
+async fn cluster(role: ClusterRole) -> anyhow::Result<()> {
+    match role {
+        ClusterRole::Scheduler { bind, min_executors, executor_timeout } => {
+            let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
+            let address = listener.local_addr()?;
+            // Scripts and tests read the address (with port 0, the port chosen) from here.
+            println!("scheduler listening on {address}");
+            std::io::stdout().flush()?;
+            let options =
+                crate::cluster::scheduler::SchedulerOptions { min_executors, executor_timeout: Duration::from_secs(executor_timeout) };
+            crate::cluster::scheduler::serve(listener, options).await
+        }
+        ClusterRole::Executor { scheduler, bind, slots, work_dir, memory_mib } => {
+            let scheduler = tokio::net::lookup_host(&scheduler)
+                .await
+                .with_context(|| format!("resolving the scheduler's address {scheduler}"))?
+                .next()
+                .with_context(|| format!("{scheduler} has no address"))?;
+            let flight = if bind.port() == 0 {
+                // Ballista advertises the port it is given: take a free one now.
+                std::net::TcpListener::bind(bind).and_then(|l| l.local_addr()).with_context(|| format!("binding {bind}"))?
+            } else {
+                bind
+            };
+            let work_dir = work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("faccia-executor-{}", flight.port())));
+            println!("executor flight on {flight}, scheduler {scheduler}, work dir {}", work_dir.display());
+            std::io::stdout().flush()?;
+            let options = crate::cluster::executor::ExecutorOptions {
+                scheduler,
+                flight,
+                slots,
+                work_dir,
+                memory_bytes: memory_mib.map(|m| m * 1024 * 1024),
+            };
+            crate::cluster::executor::run(options).await
+        }
+    }
+}
+
+async fn sql(
+    data_dir: &Path,
+    output: &SqlOutput,
+    repeat: u32,
+    cluster: &crate::cluster::ClusterConfig,
+    query: Option<&str>,
+) -> anyhow::Result<()> {
     let csv = output.csv()?;
     let format = output.format;
     if query.is_none() && (output.out.is_some() || format.is_binary()) {
@@ -634,10 +736,11 @@ async fn sql(data_dir: &Path, output: &SqlOutput, repeat: u32, query: Option<&st
     if !data_dir.is_dir() {
         bail!("data directory {} does not exist (give one with --data-dir)", data_dir.display());
     }
-    let ctx = query::context(data_dir).await.context("opening the dataset")?;
+    let ctx = query::context_for(data_dir, cluster.runs()).await.context("opening the dataset")?;
+    let cluster = crate::cluster::Cluster::from_config(cluster);
     let Some(sql) = query else {
         let mut stdout = std::io::stdout().lock();
-        repl(&ctx, format, &mut stdout).await?;
+        repl(&ctx, cluster.as_ref(), format, &mut stdout).await?;
         stdout.flush()?;
         return Ok(());
     };
@@ -646,7 +749,7 @@ async fn sql(data_dir: &Path, output: &SqlOutput, repeat: u32, query: Option<&st
     for _ in 0..repeat.max(1) {
         let started = Instant::now();
         // DataFusion's message already holds its causes: print it once.
-        result = Some(query::run_with_schema(&ctx, sql).await.map_err(|e| anyhow::anyhow!("{e}"))?);
+        result = Some(run_statement(&ctx, cluster.as_ref(), sql).await?);
         timings.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     let (schema, batches) = result.expect("ran at least once");
@@ -672,7 +775,25 @@ async fn sql(data_dir: &Path, output: &SqlOutput, repeat: u32, query: Option<&st
     Ok(())
 }
 
-async fn repl(ctx: &datafusion::prelude::SessionContext, format: Format, out: &mut impl Write) -> anyhow::Result<()> {
+/// Runs one statement here, or on the cluster when there is one.
+async fn run_statement(
+    ctx: &datafusion::prelude::SessionContext,
+    cluster: Option<&crate::cluster::Cluster>,
+    sql: &str,
+) -> anyhow::Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)> {
+    // DataFusion's and the cluster's messages already hold their causes: print them once.
+    match cluster {
+        Some(cluster) => cluster.run_with_schema(ctx, sql).await.map_err(|e| anyhow::anyhow!("{e}")),
+        None => query::run_with_schema(ctx, sql).await.map_err(|e| anyhow::anyhow!("{e}")),
+    }
+}
+
+async fn repl(
+    ctx: &datafusion::prelude::SessionContext,
+    cluster: Option<&crate::cluster::Cluster>,
+    format: Format,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let mut editor = rustyline::DefaultEditor::new()?;
     println!(
         "faccia SQL — tables: votes, municipalities, services, faces, channels, reasons; view: service_index. End statements with ';', quit with \\q."
@@ -699,7 +820,7 @@ async fn repl(ctx: &datafusion::prelude::SessionContext, format: Format, out: &m
         }
         let _ = editor.add_history_entry(statement.trim());
         let started = Instant::now();
-        match query::run_with_schema(ctx, statement.trim().trim_end_matches(';')).await {
+        match run_statement(ctx, cluster, statement.trim().trim_end_matches(';')).await {
             Ok((schema, batches)) => {
                 query::write_results(&schema, &batches, format, out)?;
                 let rows: usize = batches.iter().map(|b| b.num_rows()).sum();

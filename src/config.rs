@@ -21,6 +21,10 @@
 //!
 //! [misuse]                           # src/ingest/misuse.rs: the windows of the misuse rules
 //! debounce_ms = 1000
+//!
+//! [cluster]                          # src/cluster: analysts' queries on a Ballista cluster
+//! scheduler = "10.0.0.5:50050"       # omit to run them in the server
+//! partitions = 8                     # scan tasks and shuffle partitions per query
 //! ```
 
 use std::net::SocketAddr;
@@ -69,6 +73,8 @@ pub struct Config {
     pub query: QueryLimits,
     /// Windows of the misuse rules, the `[misuse]` table.
     pub misuse: MisuseRules,
+    /// Where analysts' queries run, the `[cluster]` table (`cluster::ClusterConfig`).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for Config {
@@ -86,6 +92,7 @@ impl Default for Config {
             storage: StorageLimits::default(),
             query: QueryLimits::default(),
             misuse: MisuseRules::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub use faccia_core::{limits, model, wire};
 pub mod analysts;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod fsutil;
 pub mod ingest;

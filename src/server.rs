@@ -168,10 +168,10 @@ async fn start_sql(
             tracing::info!(path = %path.display(), "analyst token {how}: give it to SQL clients as a bearer token");
         }
     }
-    let ctx = crate::query::server_context(data_dir, Arc::clone(engine), &config.query)
+    let ctx = crate::query::server_context(data_dir, Arc::clone(engine), &config.query, config.cluster.runs())
         .await
         .map_err(|e| anyhow::anyhow!("opening the SQL context: {e}"))?;
-    let sql = Arc::new(SqlService::new(ctx, tokens, config.query.clone()));
+    let sql = Arc::new(SqlService::new(ctx, tokens, config.query.clone(), crate::cluster::Cluster::from_config(&config.cluster)));
     let bind = |addr: SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the {what} address {addr}"))
     };

@@ -17,6 +17,7 @@ use futures::TryStreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::analysts::tokens::AnalystTokens;
+use crate::cluster::Cluster;
 use crate::limits::QueryLimits;
 
 /// Why a statement from an analyst was not answered.
@@ -52,6 +53,8 @@ pub(crate) struct SqlService {
     pub(crate) tokens: AnalystTokens,
     /// The analysts' limits: statement bytes, result rows, concurrent queries, prepared statements.
     pub(crate) limits: QueryLimits,
+    /// The cluster statements run on (`[cluster] scheduler`); `None`: in this process.
+    cluster: Option<Cluster>,
     permits: Arc<Semaphore>,
 }
 
@@ -62,10 +65,11 @@ impl std::fmt::Debug for SqlService {
 }
 
 impl SqlService {
-    /// The service over `ctx`, with `concurrent_queries_max` permits (at least one).
-    pub(crate) fn new(ctx: SessionContext, tokens: AnalystTokens, limits: QueryLimits) -> SqlService {
+    /// The service over `ctx`, with `concurrent_queries_max` permits (at least one), running
+    /// statements on `cluster` when there is one (`ctx` then plans for it: `query::Runs`).
+    pub(crate) fn new(ctx: SessionContext, tokens: AnalystTokens, limits: QueryLimits, cluster: Option<Cluster>) -> SqlService {
         let permits = Arc::new(Semaphore::new(limits.concurrent_queries_max.max(1)));
-        SqlService { ctx, tokens, limits, permits }
+        SqlService { ctx, tokens, limits, cluster, permits }
     }
 
     /// Plans a read-only statement.
@@ -91,7 +95,10 @@ impl SqlService {
     /// # Errors
     /// When it cannot start.
     pub(crate) async fn stream(&self, frame: DataFrame) -> Result<SendableRecordBatchStream, SqlError> {
-        frame.execute_stream().await.map_err(|e| SqlError::Execution(message(&e)))
+        match &self.cluster {
+            Some(cluster) => cluster.stream(&self.ctx, frame).await.map_err(|e| SqlError::Execution(e.to_string())),
+            None => frame.execute_stream().await.map_err(|e| SqlError::Execution(message(&e))),
+        }
     }
 
     /// Runs a statement and collects at most `http_result_rows_max` rows.

@@ -81,7 +81,11 @@ async fn commits(location: &Location) -> DfResult<Vec<Commit>> {
                 files_added: metric("numAddedFiles").or_else(|| metric("numFilesAdded")),
                 files_removed: metric("numRemovedFiles").or_else(|| metric("numFilesRemoved")),
                 rows: metric("numOutputRows").or_else(|| metric("numDeletedRows")),
-                parameters: info.operation_parameters.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default()),
+                // In key order: delta-rs keeps them in a hash map, whose order changes from run to run.
+                parameters: info
+                    .operation_parameters
+                    .as_ref()
+                    .map(|p| serde_json::to_string(&p.iter().collect::<std::collections::BTreeMap<_, _>>()).unwrap_or_default()),
             });
         }
     }

@@ -32,6 +32,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub(crate) use formats::{Format, write_output, write_results};
@@ -51,23 +52,53 @@ use votes::{EngineRows, Fresh, LogTail, VotesTable};
 /// When a table's log cannot be read, or the directory was written by a release before the
 /// table format and not taken over yet (a message says how).
 pub async fn context(data_dir: &Path) -> DfResult<SessionContext> {
+    context_for(data_dir, Runs::Here).await
+}
+
+/// As `context`, planning for where its queries run: `Runs::OnCluster` applies Ballista's
+/// restrictions to the plans (`cluster` sends them to the executors).
+///
+/// # Errors
+/// As `context`.
+pub async fn context_for(data_dir: &Path, runs: Runs) -> DfResult<SessionContext> {
     let node = std::fs::read_to_string(data_dir.join("node-id")).ok().map(|t| t.trim().to_string()).filter(|n| !n.is_empty());
     let fresh = Arc::new(LogTail { data_dir: data_dir.to_path_buf(), node });
-    build(data_dir, fresh, &QueryLimits::default()).await
+    build(data_dir, fresh, &QueryLimits::default(), runs).await
+}
+
+/// Where a context's queries run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runs {
+    /// In this process.
+    Here,
+    /// On a Ballista cluster: plans are made here with Ballista's restricted settings
+    /// (no dynamic filters, sort-merge joins, no view types) and `partitions` scan tasks and
+    /// shuffle partitions, then shipped (`cluster::Cluster`).
+    OnCluster {
+        /// Scan tasks and shuffle partitions of each query (DataFusion's `target_partitions`).
+        partitions: usize,
+    },
 }
 
 /// Opens the server's SQL context: the tables plus the engine's memory.
 ///
 /// # Errors
 /// As `context`.
-pub(crate) async fn server_context(data_dir: &Path, engine: Arc<Engine>, limits: &QueryLimits) -> DfResult<SessionContext> {
-    build(data_dir, Arc::new(EngineRows(engine)), limits).await
+pub(crate) async fn server_context(data_dir: &Path, engine: Arc<Engine>, limits: &QueryLimits, runs: Runs) -> DfResult<SessionContext> {
+    build(data_dir, Arc::new(EngineRows(engine)), limits, runs).await
 }
 
-async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits) -> DfResult<SessionContext> {
+pub(crate) async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits, runs: Runs) -> DfResult<SessionContext> {
     // DATAFUSION_* environment variables tune the engine (e.g. DATAFUSION_EXECUTION_BATCH_SIZE);
     // the settings below are what faccia's correctness relies on and win over them.
-    let config = SessionConfig::from_env()?
+    let config = match runs {
+        Runs::Here => SessionConfig::from_env()?,
+        Runs::OnCluster { partitions } => {
+            use ballista_core::extension::SessionConfigExt as _;
+            SessionConfig::from_env()?.upgrade_for_ballista().with_target_partitions(partitions.max(1))
+        }
+    };
+    let config = config
         .with_information_schema(true)
         // Row-level filter pushdown costs more than it saves on these narrow rows (measured:
         // per-service index 134 → 70 ms on 3.3 M votes); pruning by statistics and page index
@@ -98,14 +129,22 @@ async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits) -> 
     }
     history::register(&ctx, &location)?;
     tables::register(&ctx, data_dir.to_path_buf())?;
-    for udf in indices::scalar_functions().into_iter().chain(calendar::functions()).chain(tables::functions()) {
+    let (scalars, aggregates) = functions();
+    for udf in scalars {
         ctx.register_udf(udf);
     }
-    for udaf in indices::aggregate_functions() {
+    for udaf in aggregates {
         ctx.register_udaf(udaf);
     }
     views::create(&ctx).await?;
     Ok(ctx)
+}
+
+/// faccia's SQL functions (scalar, aggregate): the one list that every context registers, and
+/// the cluster's scheduler and executors too (`cluster::functions`), so the two cannot drift.
+pub(crate) fn functions() -> (Vec<ScalarUDF>, Vec<AggregateUDF>) {
+    let scalars = indices::scalar_functions().into_iter().chain(calendar::functions()).chain(tables::functions()).collect();
+    (scalars, indices::aggregate_functions())
 }
 
 /// Runs one statement and collects its result.
@@ -128,4 +167,4 @@ pub(crate) async fn run_with_schema(ctx: &SessionContext, sql: &str) -> DfResult
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -14,17 +14,26 @@ use crate::storage::buffer::VoteBuffer;
 use crate::storage::dataset::Dataset;
 use crate::storage::engine::{MemorySnapshot, flush_to_tables, take_over};
 
-const AGLIE: u32 = 1001;
+pub(crate) const AGLIE: u32 = 1001;
 const ALA_DI_STURA: u32 = 1003;
 
 /// Milliseconds of a time in Italy.
-fn rome(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> i64 {
+pub(crate) fn rome(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> i64 {
     chrono_tz::Europe::Rome.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap().timestamp_millis()
 }
 
 /// `count` votes with one face (and reason), one second apart from `at_ms`.
 #[allow(clippy::too_many_arguments, reason = "a test helper: each argument is a column of the rows it writes")]
-fn votes(rows: &mut VoteBuffer, municipality: u32, service: u16, face: Face, reason: Option<Reason>, at_ms: i64, count: usize, misuse: u8) {
+pub(crate) fn votes(
+    rows: &mut VoteBuffer,
+    municipality: u32,
+    service: u16,
+    face: Face,
+    reason: Option<Reason>,
+    at_ms: i64,
+    count: usize,
+    misuse: u8,
+) {
     for i in 0..count {
         let vote = Vote {
             municipality: IstatCode(municipality),
@@ -64,7 +73,7 @@ fn library_rows() -> RecordBatch {
     rows.finish()
 }
 
-async fn library_context() -> (tempfile::TempDir, SessionContext) {
+pub(crate) async fn library_context() -> (tempfile::TempDir, SessionContext) {
     let dir = tempfile::tempdir().unwrap();
     let dataset = Dataset::local(dir.path(), "n1").unwrap();
     let mut tables = take_over(&dataset, 0).await.unwrap();
@@ -275,7 +284,7 @@ async fn every_view_with_municipalities_offers_the_six_digit_istat_code_beside_t
 
 /// A fixed memory snapshot of node n1, as the engine would hand it over at one instant.
 #[derive(Debug)]
-struct Fixed(MemorySnapshot);
+pub(crate) struct Fixed(pub(crate) MemorySnapshot);
 
 #[async_trait::async_trait]
 impl votes::Fresh for Fixed {
@@ -311,7 +320,7 @@ async fn a_flush_in_progress_is_counted_once() {
         let dir = dir.path().to_path_buf();
         async move {
             let fresh = Arc::new(Fixed(MemorySnapshot { watermark, versions: [version; 3], generations }));
-            let ctx = build(&dir, fresh, &QueryLimits::default()).await.unwrap();
+            let ctx = build(&dir, fresh, &QueryLimits::default(), Runs::Here).await.unwrap();
             let b = run(&ctx, "SELECT count(*) FROM votes WHERE date = DATE '2026-11-16'").await.unwrap();
             let votes = b[0].column(0).as_primitive::<Int64Type>().value(0);
             let b = run(&ctx, "SELECT CAST(sum(votes) AS BIGINT) FROM vote_counts WHERE date = DATE '2026-11-16'").await.unwrap();

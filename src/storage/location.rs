@@ -182,7 +182,7 @@ impl Location {
 
 /// The object store settings of the environment (`AWS_*`), as the lower-case keys
 /// `object_store` and delta-rs take.
-fn environment_options() -> HashMap<String, String> {
+pub(crate) fn environment_options() -> HashMap<String, String> {
     std::env::vars().filter(|(key, _)| key.starts_with("AWS_")).map(|(key, value)| (key.to_ascii_lowercase(), value)).collect()
 }
 

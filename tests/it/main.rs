@@ -3,6 +3,7 @@
 
 mod architecture;
 mod bench;
+mod cluster;
 mod commands;
 mod common;
 mod crash;

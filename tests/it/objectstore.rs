@@ -140,7 +140,7 @@ fn sql(dir: &Path, s3: &S3Server, query: &str) -> Vec<String> {
 
 /// Delivers `batches` batches of 25 votes from each terminal of `credentials`; the votes
 /// acknowledged.
-async fn vote(server: &ServerProcess, credentials: Vec<faccia::registry::Credential>, batches: i64) -> usize {
+pub(crate) async fn vote(server: &ServerProcess, credentials: Vec<faccia::registry::Credential>, batches: i64) -> usize {
     let endpoint = faccia::terminal::client::client_endpoint(server.addr).unwrap();
     let now = faccia::clock::now_ms();
     let mut acknowledged = 0;
