@@ -142,6 +142,15 @@ pub enum Command {
         #[command(subcommand)]
         action: TerminalsAction,
     },
+    /// Register unions of comuni (Unioni di Comuni): one administration of several comuni.
+    Unions {
+        /// The data directory.
+        #[command(flatten)]
+        data: DataDir,
+        /// What to do with the unions.
+        #[command(subcommand)]
+        action: UnionsAction,
+    },
     /// Record what the programme's bonus rule needs about administrations.
     Administrations {
         /// The data directory.
@@ -386,6 +395,32 @@ pub enum AdministrationsAction {
     List,
 }
 
+/// `faccia unions` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UnionsAction {
+    /// Register a union (or update the one with this code): its members, and what the bonus
+    /// rule needs. Eligible when at least half of the members have fewer than 5,000 inhabitants.
+    Add {
+        /// The union's code (its IPA code, say): 1 to 32 of A-Z, a-z, 0-9, _ and -.
+        #[arg(long)]
+        code: String,
+        /// The union's name.
+        #[arg(long)]
+        name: String,
+        /// ISTAT codes of the member comuni, comma-separated (at least two).
+        #[arg(long, value_delimiter = ',', num_args = 1..)]
+        members: Vec<String>,
+        /// Whether the union has a digital signature (yes/no).
+        #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+        digital_signature: Option<bool>,
+        /// Whether the union has a certified e-mail box, PEC (yes/no).
+        #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+        pec: Option<bool>,
+    },
+    /// List the unions, their members, the 50 % rule and the bonus.
+    List,
+}
+
 /// `faccia terminals` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TerminalsAction {
@@ -400,6 +435,10 @@ pub enum TerminalsAction {
         /// Free text kept with the terminal (office, room).
         #[arg(long, default_value = "")]
         label: String,
+        /// Register the terminals to this union of comuni (`faccia unions add`): they stand in
+        /// --municipality, which must be one of its members, and belong to the union.
+        #[arg(long, value_name = "CODE")]
+        union: Option<String>,
         /// Also write the credentials to this CSV file (for `faccia terminal --credentials`).
         #[arg(long, short = 'o')]
         out: Option<PathBuf>,
@@ -475,6 +514,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster { role } => cluster(role).await,
         Command::Terminals { data, action } => terminals(&data.data_dir, action),
         Command::Administrations { data, action } => administrations(&data.data_dir, action),
+        Command::Unions { data, action } => unions(&data.data_dir, action),
         Command::Terminal { server, server_name, ca, credentials, seconds, batch_votes, think_ms, reply_timeout_ms, idle_timeout_ms } => {
             let credentials = Credential::read_csv(&credentials)?;
             let (first, others) = server.split_first().expect("clap gives at least one address");
@@ -858,14 +898,54 @@ fn administrations(data_dir: &Path, action: AdministrationsAction) -> anyhow::Re
     Ok(())
 }
 
+fn unions(data_dir: &Path, action: UnionsAction) -> anyhow::Result<()> {
+    let catalog = registry::Catalog::builtin();
+    let yes_no = |v: Option<bool>| v.map_or("?", |v| if v { "yes" } else { "no" });
+    let print = |u: &registry::UnionRecord| {
+        let rule = registry::union_eligibility(catalog, &u.members);
+        let bonus =
+            registry::bonus_eur(rule.eligible, u.digital_signature, u.pec).map_or_else(|| "not eligible".to_string(), |b| format!("{b} €"));
+        println!(
+            "{:<16}  {:<36}  {}/{} small  signature {}  pec {}  {bonus}\n{:<16}  members: {}",
+            u.code,
+            u.name,
+            rule.small_members,
+            rule.members,
+            yes_no(u.digital_signature),
+            yes_no(u.pec),
+            "",
+            u.members.join(", ")
+        );
+    };
+    match action {
+        UnionsAction::Add { code, name, members, digital_signature, pec } => {
+            let members = members
+                .iter()
+                .map(|m| IstatCode::parse(m).with_context(|| format!("--members: {m:?} is not an ISTAT code (six digits, e.g. 001003)")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            print(&registry::add_union(data_dir, &code, &name, &members, digital_signature, pec)?);
+        }
+        UnionsAction::List => {
+            for u in registry::list_unions(data_dir)? {
+                print(&u);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn terminals(data_dir: &Path, action: TerminalsAction) -> anyhow::Result<()> {
     match action {
-        TerminalsAction::Add { municipality, count, label, out } => {
+        TerminalsAction::Add { municipality, count, label, union, out } => {
             let code = IstatCode::parse(&municipality)
                 .with_context(|| format!("--municipality {municipality:?} is not an ISTAT code (six digits, e.g. 001003)"))?;
-            let credentials = registry::add_terminals(data_dir, code, count, &label)?;
+            let credentials = match &union {
+                Some(union) => registry::add_union_terminals(data_dir, union, code, count, &label)?,
+                None => registry::add_terminals(data_dir, code, count, &label)?,
+            };
             let name = registry::Catalog::builtin().municipality(code).map(|m| m.name.as_str()).unwrap_or("?");
-            eprintln!("added {} terminal(s) for {code} {name}; the secrets are shown only now", credentials.len());
+            let of = union.map(|u| format!(" of union {u}")).unwrap_or_default();
+            eprintln!("added {} terminal(s){of} for {code} {name}; the secrets are shown only now", credentials.len());
             registry::write_credentials_csv(std::io::stdout().lock(), &credentials)?;
             if let Some(path) = out {
                 let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;

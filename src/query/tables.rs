@@ -102,6 +102,10 @@ pub(crate) fn register(ctx: &SessionContext, data_dir: PathBuf) -> DfResult<()> 
     )?;
     let dir = data_dir.clone();
     ctx.register_table("terminals", Arc::new(ScanTimeTable::new(move || terminals(&dir))?))?;
+    let dir = data_dir.clone();
+    ctx.register_table("unions", Arc::new(ScanTimeTable::new(move || unions(&dir))?))?;
+    let dir = data_dir.clone();
+    ctx.register_table("union_members", Arc::new(ScanTimeTable::new(move || union_members(&dir))?))?;
     ctx.register_table("administrations", Arc::new(ScanTimeTable::new(move || administrations(&data_dir))?))?;
     Ok(())
 }
@@ -126,6 +130,45 @@ fn terminals(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
         ("revoked", time(list.iter().map(|t| t.revoked_ms).collect()), true),
         ("active", Arc::new(list.iter().map(|t| Some(t.revoked_ms.is_none())).collect::<BooleanArray>()), false),
         ("label", strings(&list, |t| t.label.clone()), false),
+        ("union_code", Arc::new(list.iter().map(|t| t.union_code.clone()).collect::<StringArray>()), true),
+    ])
+}
+
+/// `unions`: the unions of comuni (`unions.json`) with the 50 % rule and the bonus; a union's
+/// region is its first member's (unions do not cross regions).
+fn unions(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
+    let list = registry::list_unions(data_dir).map_err(registry_error)?;
+    let catalog = Catalog::builtin();
+    let rules: Vec<_> = list.iter().map(|u| registry::union_eligibility(catalog, &u.members)).collect();
+    let first = |u: &registry::UnionRecord| u.members.first().and_then(|c| IstatCode::parse(c)).and_then(|c| catalog.municipality(c));
+    batch(vec![
+        ("union_code", strings(&list, |u| u.code.clone()), false),
+        ("name", strings(&list, |u| u.name.clone()), false),
+        ("region_code", Arc::new(list.iter().map(|u| first(u).map(|m| m.region_code)).collect::<UInt8Array>()), true),
+        ("region", Arc::new(list.iter().map(|u| first(u).map(|m| m.region.clone())).collect::<StringArray>()), true),
+        ("members", Arc::new(rules.iter().map(|r| Some(r.members as u32)).collect::<UInt32Array>()), false),
+        ("small_members", Arc::new(rules.iter().map(|r| Some(r.small_members as u32)).collect::<UInt32Array>()), false),
+        ("eligible", Arc::new(rules.iter().map(|r| Some(r.eligible)).collect::<BooleanArray>()), false),
+        ("digital_signature", Arc::new(list.iter().map(|u| u.digital_signature).collect::<BooleanArray>()), true),
+        ("pec", Arc::new(list.iter().map(|u| u.pec).collect::<BooleanArray>()), true),
+        (
+            "bonus_eur",
+            Arc::new(
+                list.iter().zip(&rules).map(|(u, r)| registry::bonus_eur(r.eligible, u.digital_signature, u.pec)).collect::<UInt32Array>(),
+            ),
+            true,
+        ),
+    ])
+}
+
+/// `union_members`: one row per union and member comune.
+fn union_members(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
+    let list = registry::list_unions(data_dir).map_err(registry_error)?;
+    let rows: Vec<(&str, &str)> = list.iter().flat_map(|u| u.members.iter().map(move |m| (u.code.as_str(), m.as_str()))).collect();
+    batch(vec![
+        ("union_code", strings(&rows, |(u, _)| u.to_string()), false),
+        ("municipality", Arc::new(rows.iter().map(|(_, m)| IstatCode::parse(m).map(|c| c.0)).collect::<UInt32Array>()), true),
+        ("istat_code", strings(&rows, |(_, m)| m.to_string()), false),
     ])
 }
 

@@ -337,3 +337,34 @@ async fn a_flush_in_progress_is_counted_once() {
     // A generation at or below the watermark is in the table already.
     assert_eq!(count(4, 3, vec![(4, vec![rows(20)]), (6, vec![rows(5)])]).await, 75);
 }
+
+#[tokio::test]
+async fn a_union_is_one_administration_with_its_own_terminals_index_and_bonus() {
+    // Proves: terminals registered to a union count for the union (its coverage, its bonus,
+    // once, its index), not for the member comune they stand in; the 50 % rule at exactly half.
+    let (dir, ctx) = library_context().await;
+    let ivrea = IstatCode(1125); // 23,592 inhabitants: the union is exactly half small
+    registry::add_union(dir.path(), "UM-1", "Unione di prova", &[IstatCode(AGLIE), ivrea], Some(false), None).unwrap();
+    registry::add_union_terminals(dir.path(), "UM-1", IstatCode(AGLIE), 1, "sportello unico").unwrap(); // terminal 1: every test vote
+    registry::add_terminals(dir.path(), IstatCode(AGLIE), 1, "anagrafe").unwrap(); // terminal 2: Agliè's own
+    let error = registry::add_union_terminals(dir.path(), "UM-1", IstatCode(ALA_DI_STURA), 1, "").unwrap_err().to_string();
+    assert!(error.contains("comune 001003 is not a member of union UM-1"), "{error}");
+
+    let row = |sql: &'static str| {
+        let ctx = ctx.clone();
+        async move { arrow::util::pretty::pretty_format_batches(&run(&ctx, sql).await.unwrap()).unwrap().to_string() }
+    };
+    let coverage = row("SELECT members, small_members, eligible, bonus_eur, terminals_active, votes FROM union_coverage").await;
+    assert!(coverage.contains("| 2       | 1             | true     | 450       | 1                | 303   |"), "{coverage}");
+    // Agliè keeps its own terminal only: one bonus per administration.
+    let aglie = row("SELECT terminals_active FROM administration_coverage WHERE municipality = 1001").await;
+    assert!(aglie.contains("| 1                |"), "{aglie}");
+    // A second terminal of the union earns nothing more.
+    registry::add_union_terminals(dir.path(), "UM-1", ivrea, 1, "").unwrap();
+    let coverage = row("SELECT bonus_eur, terminals_active FROM union_coverage").await;
+    assert!(coverage.contains("| 450       | 2                |"), "{coverage}");
+    let index = row("SELECT service, votes, positive, csat_pct FROM union_index WHERE union_code = 'UM-1' ORDER BY service").await;
+    assert!(index.contains("| 1       | 200   | 105      | 52.5     |"), "{index}");
+    let members = row("SELECT count(*) AS n FROM union_members m JOIN municipalities USING (municipality) WHERE union_code = 'UM-1'").await;
+    assert!(members.contains("| 2 |"), "{members}");
+}

@@ -214,7 +214,7 @@ fn coverage_views() -> Vec<String> {
                 a.digital_signature, a.pec, a.bonus_eur,
                 coalesce(t.active, 0) AS terminals_active, coalesce(v.votes, 0) AS votes, v.first_day, v.last_day
          FROM municipalities m JOIN administrations a ON a.municipality = m.municipality
-         LEFT JOIN (SELECT municipality, count(*) FILTER (WHERE active) AS active FROM terminals GROUP BY municipality) t
+         LEFT JOIN (SELECT municipality, count(*) FILTER (WHERE active) AS active FROM terminals WHERE union_code IS NULL GROUP BY municipality) t
                 ON t.municipality = m.municipality
          LEFT JOIN (SELECT municipality, CAST(sum(votes) AS BIGINT) AS votes, min(date) AS first_day, max(date) AS last_day
                     FROM municipality_service_counts WHERE misuse = 0 GROUP BY municipality) v ON v.municipality = m.municipality"
@@ -228,6 +228,27 @@ fn coverage_views() -> Vec<String> {
                 CAST(coalesce(sum(bonus_eur) FILTER (WHERE eligible AND terminals_active > 0), 0) AS BIGINT) AS bonus_eur
          FROM administration_coverage GROUP BY region_code, region"
             .to_string(),
+        // A union is one administration: its own terminals (registered to it, standing in a
+        // member comune), its own bonus; the member comuni keep theirs.
+        "CREATE VIEW union_coverage AS
+         SELECT u.union_code, u.name, u.region_code, u.region, u.members, u.small_members, u.eligible, u.digital_signature, u.pec,
+                u.bonus_eur, coalesce(t.active, 0) AS terminals_active, coalesce(v.votes, 0) AS votes, v.first_day, v.last_day
+         FROM unions u
+         LEFT JOIN (SELECT union_code, count(*) FILTER (WHERE active) AS active FROM terminals WHERE union_code IS NOT NULL GROUP BY union_code) t
+                ON t.union_code = u.union_code
+         LEFT JOIN (SELECT t.union_code, count(*) AS votes, min(c.date) AS first_day, max(c.date) AS last_day
+                    FROM counted_votes c JOIN terminals t ON t.terminal = c.terminal WHERE t.union_code IS NOT NULL GROUP BY t.union_code) v
+                ON v.union_code = u.union_code"
+            .to_string(),
+        format!(
+            "CREATE VIEW union_index AS
+             SELECT union_code, name, service, {INDICES}
+             FROM (SELECT t.union_code, u.name, c.service, {SUMMED}
+                   FROM (SELECT terminal, service, {UNPACKED}
+                         FROM (SELECT terminal, service, {COUNTS} FROM votes WHERE misuse = 0 GROUP BY terminal, service)) c
+                   JOIN terminals t ON t.terminal = c.terminal JOIN unions u ON u.union_code = t.union_code
+                   GROUP BY t.union_code, u.name, c.service)"
+        ),
         "CREATE VIEW coverage_by_region_month AS
          SELECT e.region_code, e.region, v.month, e.eligible, count(v.municipality) AS with_votes,
                 round(share_pct(count(v.municipality), e.eligible), 1) AS coverage_pct

@@ -75,6 +75,10 @@ pub(crate) struct TerminalRecord {
     pub(crate) revoked_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub(crate) label: String,
+    /// The union of comuni the terminal is registered to (`unions.json`), standing in
+    /// `municipality`, one of its members; `None`: the comune's own terminal.
+    #[serde(default, rename = "union", skip_serializing_if = "Option::is_none")]
+    pub(crate) union_code: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -271,6 +275,42 @@ pub fn add_terminals(data_dir: &Path, municipality: IstatCode, count: u32, label
 /// # Errors
 /// Unknown municipality, or the directory file cannot be read or written.
 pub(crate) fn add_terminals_bulk(data_dir: &Path, municipalities: &[IstatCode], label: &str) -> Result<Vec<Credential>, RegistryError> {
+    add_terminals_of(data_dir, municipalities, label, None)
+}
+
+/// Registers `count` terminals of the union of comuni `union`, standing in `municipality`, one
+/// of its member comuni: the union is the administration they belong to (its bonus, its
+/// coverage, `union_index`); their votes keep the comune where they stand.
+///
+/// # Errors
+/// `InvalidUnion` for a union not registered or a comune not among its members; as
+/// `add_terminals`.
+pub(crate) fn add_union_terminals(
+    data_dir: &Path,
+    union: &str,
+    municipality: IstatCode,
+    count: u32,
+    label: &str,
+) -> Result<Vec<Credential>, RegistryError> {
+    let Some(record) = super::unions::find_union(data_dir, union)? else {
+        return Err(RegistryError::InvalidUnion(format!("union {union} is not registered (faccia unions add)")));
+    };
+    if !record.members.contains(&municipality.to_string()) {
+        return Err(RegistryError::InvalidUnion(format!(
+            "comune {municipality} is not a member of union {union} ({}): its members are {}",
+            record.name,
+            record.members.join(", ")
+        )));
+    }
+    add_terminals_of(data_dir, &vec![municipality; count as usize], label, Some(union))
+}
+
+fn add_terminals_of(
+    data_dir: &Path,
+    municipalities: &[IstatCode],
+    label: &str,
+    union: Option<&str>,
+) -> Result<Vec<Credential>, RegistryError> {
     let catalog = Catalog::builtin();
     if let Some(unknown) = municipalities.iter().find(|m| catalog.municipality(**m).is_none()) {
         return Err(RegistryError::UnknownMunicipality(unknown.to_string()));
@@ -290,6 +330,7 @@ pub(crate) fn add_terminals_bulk(data_dir: &Path, municipalities: &[IstatCode], 
                     added_ms: now,
                     revoked_ms: None,
                     label: label.to_string(),
+                    union_code: union.map(str::to_string),
                 });
                 Credential { id, municipality, secret }
             })

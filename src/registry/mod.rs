@@ -9,7 +9,8 @@
 //!
 //! One file per job: `catalog` (municipalities and services, compiled in), `directory`
 //! (terminals, secrets, credentials, `terminals.json`), `administrations` (what the
-//! programme's bonus rule needs, `administrations.json`). The names are re-exported here.
+//! programme's bonus rule needs, `administrations.json`), `unions` (unions of comuni, one
+//! administration each, `unions.json`). The names are re-exported here.
 //!
 //! Architecture invariant: the registry never sees the network. It answers "who is terminal 42
 //! and is this its secret", and the municipality of a vote always comes from here.
@@ -21,11 +22,13 @@ use crate::model::TerminalId;
 mod administrations;
 mod catalog;
 mod directory;
+mod unions;
 
 pub(crate) use administrations::{AdministrationRecord, bonus_eur, list_administrations, set_administration};
 pub(crate) use catalog::{Catalog, Municipality};
-pub(crate) use directory::{AuthError, add_terminals_bulk, list_terminals, write_credentials_csv};
+pub(crate) use directory::{AuthError, add_terminals_bulk, add_union_terminals, list_terminals, write_credentials_csv};
 pub use directory::{Credential, Secret, TerminalDirectory, add_terminals, revoke_terminal};
+pub(crate) use unions::{UnionRecord, add_union, eligibility as union_eligibility, list_unions};
 
 /// What can go wrong reading or changing the registry's files (`terminals.json`, `administrations.json`) or parsing a secret.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,10 @@ pub enum RegistryError {
     /// An ISTAT code that names no municipality of the built-in registry (`data/comuni.csv`).
     #[error("municipality {0} is not in the registry (data/comuni.csv)")]
     UnknownMunicipality(String),
+    /// A union of comuni that cannot be registered as given, or a terminal that cannot be
+    /// registered to a union: the message names the code, member or rule.
+    #[error("{0}")]
+    InvalidUnion(String),
     /// No registered terminal has this id.
     #[error("terminal {0} is not registered")]
     UnknownTerminal(TerminalId),
