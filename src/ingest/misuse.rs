@@ -7,6 +7,11 @@
 //! They are decided once, in the order batches arrive; replay reads them from the log, so a
 //! restart never changes a stored flag. `schemas/storage.md` lists the rules for analysts.
 //!
+//! Id 4, `clock`, is not a rule about presses: the vote's own time was implausible (a clock
+//! fault, `wire::BatchRules::clock_fault`), so it is stored at the server's receive time with
+//! the terminal's time beside it, and it takes no part in the rules below (its time says nothing
+//! about when the press happened). `flags_with_clock` decides it.
+//!
 //! Rules, checked in this order (the ids are stored data: never renumber them):
 //! 1. `debounce`: another press of the terminal lies within `debounce_ms` of this one;
 //! 2. `repeat`: the nearest press before or after this one, within `repeat_window_ms`, has the
@@ -99,13 +104,15 @@ pub enum Rule {
     Repeat = 2,
     /// The vote's `burst_window_ms` window has already counted max(`burst_votes_min`, `burst_factor` × normal) votes.
     Burst = 3,
+    /// Not a press rule: the vote's time was a clock fault; it is stored at the receive time.
+    Clock = 4,
 }
 
 impl Rule {
-    /// Every rule, in the order they are checked.
-    pub(crate) const ALL: [Rule; 3] = [Rule::Debounce, Rule::Repeat, Rule::Burst];
+    /// Every flag, in the order they are checked (`Clock` first: a faulted vote meets no other rule).
+    pub(crate) const ALL: [Rule; 4] = [Rule::Clock, Rule::Debounce, Rule::Repeat, Rule::Burst];
 
-    /// The id stored in the `misuse` column (1–3; 0 there means counted).
+    /// The id stored in the `misuse` column (1–4; 0 there means counted).
     pub(crate) fn id(self) -> u8 {
         self as u8
     }
@@ -116,6 +123,7 @@ impl Rule {
             Rule::Debounce => "debounce",
             Rule::Repeat => "repeat",
             Rule::Burst => "burst",
+            Rule::Clock => "clock",
         }
     }
 }
@@ -271,6 +279,25 @@ impl MisuseDetector {
         }
         history.remember(presses.iter().map(|(p, _)| *p));
         if flags.iter().all(|&f| f == 0) { Vec::new() } else { flags }
+    }
+
+    /// As `flags`, with the votes whose time is a clock fault (`faulted(at_ms)`) flagged `clock`
+    /// and left out of the press rules and the history. Same convention: empty when none is flagged.
+    pub fn flags_with_clock(
+        &self,
+        terminal: TerminalId,
+        seq: u64,
+        votes: impl IntoIterator<Item = Vote>,
+        faulted: impl Fn(i64) -> bool,
+    ) -> Vec<u8> {
+        let votes: Vec<Vote> = votes.into_iter().collect();
+        let clock: Vec<bool> = votes.iter().map(|v| faulted(v.at_ms)).collect();
+        if !clock.contains(&true) {
+            return self.flags(terminal, seq, votes);
+        }
+        let judged = self.flags(terminal, seq, votes.iter().zip(&clock).filter(|(_, f)| !**f).map(|(v, _)| *v));
+        let mut judged = judged.into_iter();
+        clock.iter().map(|&f| if f { Rule::Clock.id() } else { judged.next().unwrap_or(0) }).collect()
     }
 }
 
