@@ -23,6 +23,7 @@ fn plan(dir: &std::path::Path) -> Plan {
         plot: None,
         seed: 7,
         progress: false,
+        clock: Default::default(),
     }
 }
 
