@@ -7,6 +7,10 @@
 //! Simulated terminals send far faster than people vote, so a fleet compresses time: each
 //! terminal's votes are spaced like citizens at a counter (6 to 30 s apart, so that no misuse
 //! rule flags them), on a clock that starts two days back and runs ahead of the real one.
+//!
+//! `ClockFaults` gives simulated terminals wrong clocks (a skew, a reset to 2000-01-01 mid-run,
+//! a backlog older than the server's window, no correction by the server's clock), so that load
+//! testers can show what the server makes of them (`faccia terminal`, `faccia bench`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
