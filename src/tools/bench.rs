@@ -191,7 +191,7 @@ pub struct Report {
     /// Acknowledgement latency of the batches in the measured window.
     pub latency: Latency,
     /// Errors the terminals met (rejections, lost connections, failed handshakes…), counted by kind.
-    pub(crate) errors: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
     /// Spawned server's resident memory in bytes before the terminals connected; `None` if not ours or unreadable.
     pub(crate) server_rss_idle_bytes: Option<u64>,
     /// Spawned server's resident memory in bytes with the fleet connected; `None` if not ours or unreadable.
