@@ -339,6 +339,21 @@ mod tests {
     }
 
     #[test]
+    fn clock_faults_are_flagged_clock_and_judge_no_press() {
+        // Proves: a vote whose time is a clock fault gets id 4 whatever its neighbours, and takes
+        // no part in the press rules: a fault 300 ms before a press does not make it `debounce`.
+        assert_eq!(Rule::Clock.id(), crate::storage::buffer::CLOCK_FAULT, "the id the store writes at the receive time");
+        let detector = MisuseDetector::default_rules();
+        let faulted = |at_ms: i64| at_ms < T0 - 86_400_000;
+        let batch =
+            [vote(T0, 1, Face::Positive), vote(0, 2, Face::Negative), vote(T0 + 5_000, 3, Face::Neutral), vote(300, 4, Face::Positive)];
+        assert_eq!(detector.flags_with_clock(1, 1, batch, faulted), vec![0, 4, 0, 4]);
+        let near = [vote(T0 - 300, 5, Face::Positive)];
+        assert_eq!(detector.flags_with_clock(1, 2, near, faulted), vec![1], "the remembered presses are the plausible ones");
+        assert!(detector.flags_with_clock(2, 1, [vote(T0, 1, Face::Positive)], faulted).is_empty(), "nothing flagged: empty");
+    }
+
+    #[test]
     fn identical_presses_in_a_row_are_flagged_repeat() {
         let detector = MisuseDetector::default_rules();
         let same = |at_ms| vote(at_ms, 3, Face::Positive);

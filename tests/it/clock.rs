@@ -272,3 +272,32 @@ async fn a_votes_table_written_before_clock_faults_is_read_appended_to_and_compa
     assert!(compact.status.success(), "{}", String::from_utf8_lossy(&compact.stderr));
     check("after compacting").await;
 }
+
+#[tokio::test]
+async fn clock_faults_are_read_from_the_log_and_replayed_at_their_receive_time() {
+    // Proves: the clock-fault decision and the receive time travel in the log record: a server
+    // killed before any flush leaves them for `faccia sql`'s log-tail read, and its replay after
+    // a restart stores them at the same receive time, not at the replay's.
+    let dir = tempfile::tempdir().unwrap();
+    let terminal = add(dir.path(), AGLIE, 1).remove(0);
+    let process = crate::crash::start_process(dir.path(), crate::crash::free_port());
+    let endpoint = faccia::terminal::client::client_endpoint(process.addr).unwrap();
+    let session = Session::connect(&endpoint, &process.target().unwrap(), &terminal).await.unwrap();
+    let before = faccia::clock::now_ms();
+    let reply = session.send_frame(&batch_frame(1, AGLIE, &human_votes(CLOCK_RESET_MS, 4))).await.unwrap();
+    assert_eq!(reply.status, Status::Stored as u8, "{}", reply.message_text());
+    let after = faccia::clock::now_ms();
+    process.kill();
+    assert!(parquet_files(dir.path()).is_empty(), "nothing was flushed before the kill");
+    let received = format!(
+        "SELECT count(*) FROM votes WHERE misuse = 4 AND CAST(ts AS BIGINT) BETWEEN {before} AND {after} AND CAST(terminal_ts AS BIGINT) < {}",
+        CLOCK_RESET_MS + DAY_MS
+    );
+    assert_eq!(count(dir.path(), &received).await, 4, "read from the log tail");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let server = start(dir.path()).await;
+    server.stop().await;
+    assert!(!parquet_files(dir.path()).is_empty(), "replayed and flushed");
+    assert_eq!(count(dir.path(), &received).await, 4, "replayed at the receive time");
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM votes").await, 4);
+}
