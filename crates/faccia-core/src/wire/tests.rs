@@ -155,6 +155,12 @@ fn hello_reply_v2_is_the_v1_reply_after_the_server_clock() {
     assert_eq!(u32::from_le_bytes(root[36..40].try_into().unwrap()), 2, "message length at +36");
     assert_eq!(read_hello_reply_v2(&aligned).unwrap(), reply);
     assert_eq!(read_hello_reply(&aligned).unwrap(), v1, "a protocol 1 terminal reads the same reply");
+    // An accepted reply with an empty message is exactly the 40-byte root, its empty vector
+    // pointing back at the payload's start (−32), as protocol.md and the fuzz seed give it.
+    let accepted = HelloReplyV1 { status: 0, code: 0, message: Vec::new(), ..v1 };
+    let framed = encode_hello_reply_v2(&HelloReplyV2 { server_time_ms: 1_790_000_000_000, reply: accepted });
+    assert_eq!(framed.len(), 8 + 40);
+    assert_eq!(i32::from_le_bytes(framed[8 + 32..8 + 36].try_into().unwrap()), -32);
 }
 
 #[test]
