@@ -108,7 +108,7 @@ fn buffer(c: &mut Criterion) {
             |mut buffer| {
                 let view = BatchView::access(&bytes).unwrap();
                 for _ in 0..1024 {
-                    buffer.append(&view, MUNICIPALITY, 9, &[]);
+                    buffer.append(&view, MUNICIPALITY, 9, &[], 0);
                 }
                 buffer
             },
@@ -118,7 +118,7 @@ fn buffer(c: &mut Criterion) {
     let mut buffer = VoteBuffer::default();
     for seed in 0..2048u64 {
         let bytes = archive(64, seed);
-        buffer.append(&BatchView::access(&bytes).unwrap(), IstatCode(1000 + (seed % 300) as u32), seed as u32, &[]);
+        buffer.append(&BatchView::access(&bytes).unwrap(), IstatCode(1000 + (seed % 300) as u32), seed as u32, &[], 0);
     }
     let rows = buffer.finish();
     group.throughput(Throughput::Elements(rows.num_rows() as u64));

@@ -192,6 +192,9 @@ pub enum Command {
         /// How long a silent connection lives (keep-alives every 5 s or half of it), in milliseconds.
         #[arg(long, default_value_t = 30_000)]
         idle_timeout_ms: u64,
+        /// Simulated clock faults.
+        #[command(flatten)]
+        clock: ClockFaultArgs,
     },
     /// Load-test a server with simulated terminals: throughput, acknowledgement latency,
     /// handshakes, memory per terminal, reconnect storm; cross-checked with SQL.
@@ -309,6 +312,38 @@ pub enum Command {
     },
 }
 
+/// Clock faults of the simulated terminals (`faccia terminal`, `faccia bench`): what the server
+/// does with the votes of a terminal whose clock is wrong.
+#[derive(Debug, Clone, Args)]
+pub struct ClockFaultArgs {
+    /// Run each terminal's clock this many seconds ahead of the real one (negative: behind).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub clock_skew_s: i64,
+    /// This many seconds after it starts, each terminal's clock jumps to 2000-01-01 00:00 UTC
+    /// (a dead clock battery after a power cut) and runs on from there.
+    #[arg(long)]
+    pub clock_reset_at: Option<u64>,
+    /// Each terminal starts with a backlog of one batch of votes cast this many days ago (35: a
+    /// terminal offline for five weeks; past the server's 31-day window they are clock faults).
+    #[arg(long)]
+    pub backlog_days: Option<u32>,
+    /// Send the votes with the device's clock as it is: no correction by the server's clock (the
+    /// terminal library corrects by default), to show what an uncorrected terminal's faults become.
+    #[arg(long)]
+    pub no_clock_correction: bool,
+}
+
+impl ClockFaultArgs {
+    fn faults(&self) -> crate::terminal::simulate::ClockFaults {
+        crate::terminal::simulate::ClockFaults {
+            skew_ms: self.clock_skew_s.saturating_mul(1000),
+            reset_after: self.clock_reset_at.map(Duration::from_secs),
+            backlog_age_ms: self.backlog_days.map(|d| i64::from(d) * 86_400_000),
+            correction: !self.no_clock_correction,
+        }
+    }
+}
+
 /// The flags of `faccia bench` (also built by the tests and the crash test's load).
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -375,6 +410,9 @@ pub struct BenchArgs {
     /// Seed of the simulated votes and the fleet.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Simulated clock faults.
+    #[command(flatten)]
+    pub clock: ClockFaultArgs,
 }
 
 /// `faccia administrations` subcommands.
@@ -515,7 +553,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Terminals { data, action } => terminals(&data.data_dir, action),
         Command::Administrations { data, action } => administrations(&data.data_dir, action),
         Command::Unions { data, action } => unions(&data.data_dir, action),
-        Command::Terminal { server, server_name, ca, credentials, seconds, batch_votes, think_ms, reply_timeout_ms, idle_timeout_ms } => {
+        Command::Terminal {
+            server,
+            server_name,
+            ca,
+            credentials,
+            seconds,
+            batch_votes,
+            think_ms,
+            reply_timeout_ms,
+            idle_timeout_ms,
+            clock,
+        } => {
             let credentials = Credential::read_csv(&credentials)?;
             let (first, others) = server.split_first().expect("clap gives at least one address");
             let mut target = ServerTarget::new(*first, &server_name, &ca)?.with_other_addresses(others.iter().copied());
@@ -525,6 +574,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 reply_timeout: Duration::from_millis(reply_timeout_ms.max(1)),
                 batch_votes_max: batch_votes,
                 think_time: Duration::from_millis(think_ms),
+                clock: clock.faults(),
                 ..FleetPlan::default()
             };
             let report = run_fleet(credentials, target, plan).await?;
@@ -1023,6 +1073,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         json: args.json.clone(),
         plot: Some(args.plot.clone()),
         seed: args.seed,
+        clock: args.clock.faults(),
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let report = crate::tools::bench::run(&plan).await?;

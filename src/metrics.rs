@@ -56,6 +56,9 @@ pub struct Metrics {
     pub connections_revoked: Counter,
     /// Votes stored with a misuse flag, by rule.
     pub(crate) votes_flagged: Family<RuleLabel, Counter>,
+    /// Votes stored as clock faults: their terminal's time was implausible (more than
+    /// `future_skew_ms` ahead or `past_age_ms` behind the server), so they carry the receive time.
+    pub votes_clock_faulted: Counter,
     pub(crate) wal_fsyncs: Counter,
     pub(crate) wal_fsync_seconds: Histogram,
     pub(crate) wal_group_batches: Histogram,
@@ -102,6 +105,7 @@ impl Metrics {
             tls_sessions_resumed: Counter::default(),
             connections_revoked: Counter::default(),
             votes_flagged: Family::default(),
+            votes_clock_faulted: Counter::default(),
             wal_fsyncs: Counter::default(),
             wal_fsync_seconds: seconds(),
             wal_group_batches: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -146,6 +150,11 @@ impl Metrics {
             metrics.connections_revoked.clone(),
         );
         r.register("votes_flagged", "Votes stored with a misuse flag, by rule", metrics.votes_flagged.clone());
+        r.register(
+            "votes_clock_faulted",
+            "Votes stored as clock faults (terminal time implausible; stored at the receive time)",
+            metrics.votes_clock_faulted.clone(),
+        );
         r.register("wal_fsyncs", "Log fsyncs (group commits)", metrics.wal_fsyncs.clone());
         r.register("wal_fsync_seconds", "Duration of a log write and fsync", metrics.wal_fsync_seconds.clone());
         r.register("wal_group_batches", "Batches made durable by one fsync", metrics.wal_group_batches.clone());

@@ -50,6 +50,8 @@ fn main() -> std::io::Result<()> {
     let reply =
         HelloReplyV1 { last_seq: 9, municipality: 1003, batch_votes_max: 4096, streams_max: 64, status: 0, code: 0, message: vec![] };
     std::fs::write(root.join("frame/hello-reply"), wire::encode_hello_reply(&reply))?;
+    let v2 = wire::HelloReplyV2 { server_time_ms: 1_790_000_000_000, reply: reply.clone() };
+    std::fs::write(root.join("frame/hello-reply-v2"), wire::encode_hello_reply_v2(&v2))?;
     let refused = HelloReplyV1 { status: 2, code: 7, message: b"terminal 9 has been revoked".to_vec(), ..reply };
     std::fs::write(root.join("frame/hello-reply-refused"), wire::encode_hello_reply(&refused))?;
     let stored = BatchReplyV1 { seq: 5, status: 0, code: 0, message: vec![] };

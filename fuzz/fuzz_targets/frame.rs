@@ -11,6 +11,12 @@ fuzz_target!(|data: &[u8]| {
     assert!(payload.len() == header.payload_bytes as usize);
     let payload = aligned(payload);
     let rules = rules();
+    if header.kind == wire::FrameKind::HelloReply {
+        // A protocol 2 terminal reads the same kind with the server's clock before the v1 root.
+        if let Ok(reply) = wire::read_hello_reply_v2(&payload) {
+            let _ = (reply.server_time_ms, reply.reply.message_text());
+        }
+    }
     match wire::read_message(header.kind, &payload, &rules) {
         Ok(wire::Message::Batch(view)) => check_accepted_batch(&view, &rules),
         Ok(wire::Message::Hello(hello)) => {

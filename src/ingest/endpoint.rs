@@ -1,14 +1,15 @@
 //! The QUIC ingest server: accept loop → `handle_connection` → `handle_stream`.
 //!
 //! A connection attempt is admitted first (`admission`: connections server-wide and per address,
-//! the handshake budget); then the terminal connects (TLS 1.3, ALPN `faccia/1`), presents its
+//! the handshake budget); then the terminal connects (TLS 1.3, ALPN `faccia/2` or `faccia/1`), presents its
 //! credential once on the first stream (hello), and opens one bidirectional stream per batch:
 //! frame in, reply out. Every frame is checked before it costs anything: the header against
 //! `frame_bytes_max` before the payload is read, the payload against the byte budgets (the
 //! connection's share, then the server's `buffered_bytes_max`) before it is buffered, the
 //! archive with bytecheck and then value by value. A valid new batch is charged to the
-//! terminal's vote budget, its misuse flags are decided (`misuse`), and only then is it
-//! appended to the log. The municipality of every vote is the terminal's registered one. A
+//! terminal's vote budget, its flags are decided (a vote whose time is implausible is a clock
+//! fault, stored at the receive time — never a reason to refuse the batch — then `misuse`), and
+//! only then is it appended to the log. The municipality of every vote is the terminal's registered one. A
 //! terminal revoked while connected is disconnected once the directory reload notices it.
 //!
 //! Architecture invariant: only `ingest` and `terminal` know QUIC. This never touches the disk: a batch goes
@@ -36,7 +37,8 @@ use crate::storage::dedup::{Begin, PendingOutcome};
 use crate::storage::engine::{Engine, Placement};
 use crate::storage::wal::{AppendRequest, WalUnavailable};
 use crate::wire::{
-    self, ArchiveBuf, BatchReplyV1, BatchRules, BatchView, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES, HelloReplyV1, Rejection, Status,
+    self, ArchiveBuf, BatchReplyV1, BatchRules, BatchView, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES, HelloReplyV1, HelloReplyV2,
+    Rejection, Status,
 };
 
 /// Largest hello frame: a terminal id, a 32-byte secret and a short client name.
@@ -290,7 +292,13 @@ fn auth_rejection(terminal: TerminalId, error: AuthError) -> Rejection {
     }
 }
 
-/// Reads and checks the hello on the connection's first stream, and answers it.
+/// The application protocol TLS negotiated (`wire::ALPN` or `wire::ALPN_V2`).
+fn negotiated_protocol(connection: &Connection) -> Option<Vec<u8>> {
+    connection.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
+}
+
+/// Reads and checks the hello on the connection's first stream, and answers it (protocol 2's
+/// reply, with the server's clock, on a `faccia/2` connection).
 async fn hello(connection: &Connection, shared: &Shared, connection_budget: &Semaphore) -> Result<(TerminalId, IstatCode), Rejection> {
     let timeout = Duration::from_millis(shared.limits.hello_timeout_ms);
     let (mut send, mut recv) = tokio::time::timeout(timeout, connection.accept_bi())
@@ -341,7 +349,13 @@ async fn hello(connection: &Connection, shared: &Shared, connection_budget: &Sem
             message: rejection.message.clone().into_bytes(),
         },
     };
-    let sent = send.write_all(&wire::encode_hello_reply(&reply)).await.is_ok() && send.finish().is_ok();
+    // Protocol 2 (ALPN `faccia/2`) puts the server's clock before the same reply.
+    let framed = if negotiated_protocol(connection).as_deref() == Some(wire::ALPN_V2) {
+        wire::encode_hello_reply_v2(&HelloReplyV2 { server_time_ms: shared.clock.now_ms(), reply })
+    } else {
+        wire::encode_hello_reply(&reply)
+    };
+    let sent = send.write_all(&framed).await.is_ok() && send.finish().is_ok();
     if checked.is_err() && sent {
         let _ = tokio::time::timeout(REFUSAL_LINGER, send.stopped()).await;
     }
@@ -499,7 +513,7 @@ async fn store_batch(
             return retry(ErrorCode::StorageUnavailable, &message);
         }
     };
-    let misuse = match admit_votes(shared, terminal, municipality, &view) {
+    let misuse = match admit_votes(shared, terminal, municipality, &view, &rules) {
         Ok(misuse) => misuse,
         Err(rejection) => {
             shared.engine.sequences.abort(&mut guard);
@@ -519,6 +533,9 @@ async fn store_batch(
             shared.metrics.batches_stored.inc();
             shared.metrics.votes_stored.inc_by(votes);
             for (rule, count) in flagged {
+                if rule == Rule::Clock {
+                    shared.metrics.votes_clock_faulted.inc_by(count);
+                }
                 shared.metrics.votes_flagged.get_or_create(&RuleLabel { rule: rule.name() }).inc_by(count);
             }
             (seq, Status::Stored, None)
@@ -530,12 +547,20 @@ async fn store_batch(
     }
 }
 
-/// Charges a new batch to its terminal's vote budget and decides its misuse flags — before the
-/// log append, so that the flags are written in the record and replay never decides again.
+/// Charges a new batch to its terminal's vote budget and decides its flags — clock faults
+/// against `rules` (the server's clock at receipt), then misuse — before the log append, so
+/// that the flags are written in the record (beside the receive time a faulted vote is stored
+/// at) and replay never decides again.
 ///
 /// # Errors
 /// `rate_limited` (retry later) past `votes_per_terminal_per_minute_max`.
-fn admit_votes(shared: &Shared, terminal: TerminalId, municipality: IstatCode, view: &BatchView<'_>) -> Result<Vec<u8>, Rejection> {
+fn admit_votes(
+    shared: &Shared,
+    terminal: TerminalId,
+    municipality: IstatCode,
+    view: &BatchView<'_>,
+    rules: &BatchRules,
+) -> Result<Vec<u8>, Rejection> {
     let votes = view.len() as u32;
     shared.vote_rates.try_take(terminal, votes, shared.monotonic_ms()).map_err(|wait_ms| {
         let limit = shared.limits.votes_per_terminal_per_minute_max;
@@ -544,7 +569,7 @@ fn admit_votes(shared: &Shared, terminal: TerminalId, municipality: IstatCode, v
         );
         Rejection::new(ErrorCode::RateLimited, message)
     })?;
-    Ok(shared.misuse.flags(terminal, view.seq(), view.votes(municipality, terminal)))
+    Ok(shared.misuse.flags_with_clock(terminal, view.seq(), view.votes(municipality, terminal), |at_ms| rules.clock_fault(at_ms)))
 }
 
 /// How many votes each rule flagged.

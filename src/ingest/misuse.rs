@@ -7,6 +7,11 @@
 //! They are decided once, in the order batches arrive; replay reads them from the log, so a
 //! restart never changes a stored flag. `schemas/storage.md` lists the rules for analysts.
 //!
+//! Id 4, `clock`, is not a rule about presses: the vote's own time was implausible (a clock
+//! fault, `wire::BatchRules::clock_fault`), so it is stored at the server's receive time with
+//! the terminal's time beside it, and it takes no part in the rules below (its time says nothing
+//! about when the press happened). `flags_with_clock` decides it.
+//!
 //! Rules, checked in this order (the ids are stored data: never renumber them):
 //! 1. `debounce`: another press of the terminal lies within `debounce_ms` of this one;
 //! 2. `repeat`: the nearest press before or after this one, within `repeat_window_ms`, has the
@@ -99,13 +104,15 @@ pub enum Rule {
     Repeat = 2,
     /// The vote's `burst_window_ms` window has already counted max(`burst_votes_min`, `burst_factor` × normal) votes.
     Burst = 3,
+    /// Not a press rule: the vote's time was a clock fault; it is stored at the receive time.
+    Clock = 4,
 }
 
 impl Rule {
-    /// Every rule, in the order they are checked.
-    pub(crate) const ALL: [Rule; 3] = [Rule::Debounce, Rule::Repeat, Rule::Burst];
+    /// Every flag, in the order they are checked (`Clock` first: a faulted vote meets no other rule).
+    pub(crate) const ALL: [Rule; 4] = [Rule::Clock, Rule::Debounce, Rule::Repeat, Rule::Burst];
 
-    /// The id stored in the `misuse` column (1–3; 0 there means counted).
+    /// The id stored in the `misuse` column (1–4; 0 there means counted).
     pub(crate) fn id(self) -> u8 {
         self as u8
     }
@@ -116,6 +123,7 @@ impl Rule {
             Rule::Debounce => "debounce",
             Rule::Repeat => "repeat",
             Rule::Burst => "burst",
+            Rule::Clock => "clock",
         }
     }
 }
@@ -272,6 +280,25 @@ impl MisuseDetector {
         history.remember(presses.iter().map(|(p, _)| *p));
         if flags.iter().all(|&f| f == 0) { Vec::new() } else { flags }
     }
+
+    /// As `flags`, with the votes whose time is a clock fault (`faulted(at_ms)`) flagged `clock`
+    /// and left out of the press rules and the history. Same convention: empty when none is flagged.
+    pub fn flags_with_clock(
+        &self,
+        terminal: TerminalId,
+        seq: u64,
+        votes: impl IntoIterator<Item = Vote>,
+        faulted: impl Fn(i64) -> bool,
+    ) -> Vec<u8> {
+        let votes: Vec<Vote> = votes.into_iter().collect();
+        let clock: Vec<bool> = votes.iter().map(|v| faulted(v.at_ms)).collect();
+        if !clock.contains(&true) {
+            return self.flags(terminal, seq, votes);
+        }
+        let judged = self.flags(terminal, seq, votes.iter().zip(&clock).filter(|(_, f)| !**f).map(|(v, _)| *v));
+        let mut judged = judged.into_iter();
+        clock.iter().map(|&f| if f { Rule::Clock.id() } else { judged.next().unwrap_or(0) }).collect()
+    }
 }
 
 #[cfg(test)]
@@ -309,6 +336,21 @@ mod tests {
         assert_eq!(detector.flags(1, 2, [vote(T0 + 19_800, 5, Face::Positive), vote(T0 + 12_000, 6, Face::Positive)]), vec![1, 0]);
         // Another terminal has its own history.
         assert!(detector.flags(2, 1, [vote(T0 + 100, 1, Face::Positive)]).is_empty());
+    }
+
+    #[test]
+    fn clock_faults_are_flagged_clock_and_judge_no_press() {
+        // Proves: a vote whose time is a clock fault gets id 4 whatever its neighbours, and takes
+        // no part in the press rules: a fault 300 ms before a press does not make it `debounce`.
+        assert_eq!(Rule::Clock.id(), crate::storage::buffer::CLOCK_FAULT, "the id the store writes at the receive time");
+        let detector = MisuseDetector::default_rules();
+        let faulted = |at_ms: i64| at_ms < T0 - 86_400_000;
+        let batch =
+            [vote(T0, 1, Face::Positive), vote(0, 2, Face::Negative), vote(T0 + 5_000, 3, Face::Neutral), vote(300, 4, Face::Positive)];
+        assert_eq!(detector.flags_with_clock(1, 1, batch, faulted), vec![0, 4, 0, 4]);
+        let near = [vote(T0 - 300, 5, Face::Positive)];
+        assert_eq!(detector.flags_with_clock(1, 2, near, faulted), vec![1], "the remembered presses are the plausible ones");
+        assert!(detector.flags_with_clock(2, 1, [vote(T0, 1, Face::Positive)], faulted).is_empty(), "nothing flagged: empty");
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub(crate) fn votes(
 
 /// The library's test dataset (every count is used by a hand-computed expectation below):
 /// - Agliè, anagrafe (1), Monday 2026-11-16 10:30: 60 positive, 25 neutral, 15 negative (reasons:
-///   6 waiting time, 4 service, 3 had to come back, 2 none), plus 5 positive flagged as misuse;
+///   6 waiting time, 4 service, 3 had to come back, 2 none), plus 5 positive flagged as misuse
+///   and 4 positive clock faults (terminal 2, its clock at 2000-01-01 00:00, one second apart);
 /// - Agliè, anagrafe, Monday 2026-11-09 10:30 (the week before): 45 positive, 55 neutral;
 /// - Ala di Stura, tributi (3), 2026-11-16 10:30: 3 positive;
 /// - Agliè, tributi, 2026-11-16 10:30: 10 positive, 40 neutral, 50 negative (reason other).
@@ -64,6 +65,19 @@ fn library_rows() -> RecordBatch {
         votes(&mut rows, AGLIE, 1, Face::Negative, reason, now, count, 0);
     }
     votes(&mut rows, AGLIE, 1, Face::Positive, None, now, 5, 7);
+    let y2k = rome(2000, 1, 1, 1, 0);
+    for i in 0..4 {
+        let vote = Vote {
+            municipality: IstatCode(AGLIE),
+            terminal: 2,
+            service: 1,
+            face: Face::Positive,
+            channel: Channel::Counter,
+            reason: None,
+            at_ms: y2k + i * 1000,
+        };
+        rows.push_at(&vote, crate::storage::buffer::CLOCK_FAULT, now, Some(vote.at_ms));
+    }
     votes(&mut rows, AGLIE, 1, Face::Positive, None, before, 45, 0);
     votes(&mut rows, AGLIE, 1, Face::Neutral, None, before, 55, 0);
     votes(&mut rows, ALA_DI_STURA, 3, Face::Positive, None, now, 3, 0);
@@ -202,8 +216,29 @@ async fn rankings_and_reasons_match_hand_computed_values() {
     assert_eq!(shares, vec![Some(40.0), Some(26.7), Some(20.0), Some(13.3)]);
     assert_eq!(b[0].column_by_name("reason_name").unwrap().as_string::<i32>().value(0), "waiting_time");
     // Flagged votes are countable on request.
-    let b = one(&ctx, "SELECT flagged_votes, rule FROM misuse_summary").await;
+    let b = one(&ctx, "SELECT flagged_votes, rule FROM misuse_summary WHERE rule = 7").await;
     assert_eq!((f64_at(&b, "flagged_votes", 0), f64_at(&b, "rule", 0)), (Some(5.0), Some(7.0)));
+}
+
+#[tokio::test]
+async fn clock_faults_stay_out_of_every_index_and_clock_summary_counts_them() {
+    // Proves: votes stored as clock faults (misuse 4, at the receive time, the terminal's time
+    // in terminal_ts) are in `votes`, not in `counted_votes` nor any index, and `clock_summary`
+    // gives per terminal how many, when they arrived, and the typical offset of its clock.
+    let (_dir, ctx) = library_context().await;
+    let b = one(&ctx, "SELECT count(*) AS n FROM votes WHERE misuse = 4 AND terminal_ts IS NOT NULL").await;
+    assert_eq!(f64_at(&b, "n", 0), Some(4.0));
+    let b = one(&ctx, "SELECT count(*) AS n FROM counted_votes WHERE terminal = 2").await;
+    assert_eq!(f64_at(&b, "n", 0), Some(0.0));
+    // Anagrafe's index is the 100 counted votes of the week, as without the faults.
+    let b = one(&ctx, "SELECT votes FROM service_index_daily WHERE service = 1 AND day = DATE '2026-11-16'").await;
+    assert_eq!(f64_at(&b, "votes", 0), Some(100.0));
+    let b = one(&ctx, "SELECT * FROM clock_summary").await;
+    assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    assert_eq!((f64_at(&b, "terminal", 0), f64_at(&b, "faulted_votes", 0)), (Some(2.0), Some(4.0)));
+    let offset = rome(2000, 1, 1, 1, 0) + 1_500 - rome(2026, 11, 16, 10, 30);
+    assert_eq!(f64_at(&b, "typical_offset_ms", 0), Some(offset as f64));
+    assert!(f64_at(&b, "typical_offset_days", 0).unwrap() < -9_800.0);
 }
 
 #[tokio::test]
@@ -241,6 +276,7 @@ async fn every_view_with_municipalities_offers_the_six_digit_istat_code_beside_t
     // `istat_code` right after it.
     let (dir, ctx) = library_context().await;
     registry::add_terminals(dir.path(), IstatCode(AGLIE), 1, "").unwrap();
+    registry::add_union(dir.path(), "U", "Unione", &[IstatCode(AGLIE), IstatCode(ALA_DI_STURA)], None, None).unwrap();
     let b = one(&ctx, "SELECT istat_code(1001) AS a, istat_code(CAST(58091 AS INT UNSIGNED)) AS r, istat_code(1234567) AS big, istat_code(0) AS zero, istat_code(NULL) AS n").await;
     let text = |i: usize| b[0].column(i).as_string::<i32>().is_valid(0).then(|| b[0].column(i).as_string::<i32>().value(0).to_string());
     assert_eq!((0..5).map(text).collect::<Vec<_>>(), vec![Some("001001".into()), Some("058091".into()), None, None, None]);

@@ -1,7 +1,8 @@
 //! The index library as SQL views (`schemas/sql.md` documents each, with its formula).
 //!
-//! Every index view counts only votes not flagged as misuse (`misuse = 0`); `misuse_summary`
-//! counts the flagged ones. Views carry no order: rank with `ORDER BY`.
+//! Every index view counts only votes not flagged as misuse (`misuse = 0`, which also leaves
+//! out clock faults, `misuse = 4`); `misuse_summary` counts the flagged ones, `clock_summary`
+//! the clock faults per terminal. Views carry no order: rank with `ORDER BY`.
 
 use datafusion::error::Result as DfResult;
 use datafusion::prelude::SessionContext;
@@ -203,6 +204,16 @@ pub(crate) fn definitions() -> Vec<String> {
          FROM votes WHERE misuse <> 0 GROUP BY municipality, terminal, misuse"
             .to_string(),
     );
+    views.push(format!(
+        "CREATE VIEW clock_summary AS
+         SELECT municipality, istat_code(municipality) AS istat_code, terminal, count(*) AS faulted_votes,
+                min(ts) AS first_received, max(ts) AS last_received,
+                min(terminal_ts) AS earliest_terminal_ts, max(terminal_ts) AS latest_terminal_ts,
+                CAST(median(CAST(terminal_ts AS BIGINT) - CAST(ts AS BIGINT)) AS BIGINT) AS typical_offset_ms,
+                round(median(CAST(terminal_ts AS BIGINT) - CAST(ts AS BIGINT)) / 86400000.0, 2) AS typical_offset_days
+         FROM votes WHERE misuse = {clock} GROUP BY municipality, terminal",
+        clock = crate::storage::buffer::CLOCK_FAULT
+    ));
     views.extend(coverage_views());
     views
 }

@@ -149,7 +149,7 @@ impl Fresh for LogTail {
             let read = crate::storage::wal::read_tail(&self.data_dir.join("wal"), watermark, |record| {
                 // A record whose archive does not validate is left out, as at replay.
                 if let Ok(view) = BatchView::access(&record.archive) {
-                    buffer.append(&view, record.municipality, record.terminal, &record.misuse);
+                    buffer.append(&view, record.municipality, record.terminal, &record.misuse, record.received_ms);
                 }
             });
             let again = self.applied(handle).await?;

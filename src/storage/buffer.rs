@@ -26,7 +26,8 @@ pub mod col {
     pub const MUNICIPALITY: usize = 0;
     /// `service` (UInt16): id of the service voted on, from the catalog (`schemas/services.csv`).
     pub const SERVICE: usize = 1;
-    /// `ts` (timestamp, ms since the Unix epoch, shown in Europe/Rome): when the vote was cast, by the terminal's clock.
+    /// `ts` (timestamp, ms since the Unix epoch, shown in Europe/Rome): when the vote was cast,
+    /// by the terminal's clock; for a clock fault (`misuse` = `CLOCK_FAULT`), when the server received it.
     pub const TS: usize = 2;
     /// `face` (Int8): the face tapped, stored as −1, 0 or +1.
     pub const FACE: usize = 3;
@@ -36,10 +37,19 @@ pub mod col {
     pub const REASON: usize = 5;
     /// `terminal` (UInt32): id of the terminal that sent the vote.
     pub const TERMINAL: usize = 6;
-    /// 0: a counted vote; otherwise the id of the misuse rule that flagged it. Flagged votes
-    /// are kept and left out of every index by default.
+    /// 0: a counted vote; otherwise the id of the misuse rule that flagged it, or
+    /// `CLOCK_FAULT`. Flagged votes are kept and left out of every index by default.
     pub const MISUSE: usize = 7;
+    /// `terminal_ts` (timestamp, nullable): the terminal's own time of a clock fault, whose `ts`
+    /// is the receive time; null for every other vote. Added after the first release: files
+    /// written before lack it and read as null (`conform`).
+    pub const TERMINAL_TS: usize = 8;
 }
+
+/// The `misuse` value of a clock fault: the terminal's time was implausible (more than
+/// `future_skew_ms` ahead of the server or `past_age_ms` old), so `ts` holds the server's
+/// receive time and `terminal_ts` the terminal's time (`ingest::misuse::Rule::Clock`).
+pub const CLOCK_FAULT: u8 = 4;
 
 /// The storage sort order of the votes within a day, ascending: every vote file (flushed or
 /// compacted) is sorted by these columns and declares it (Parquet `sorting_columns`).
@@ -58,6 +68,7 @@ pub(crate) fn schema() -> SchemaRef {
             Field::new("reason", DataType::UInt8, true),
             Field::new("terminal", DataType::UInt32, false),
             Field::new("misuse", DataType::UInt8, false),
+            Field::new("terminal_ts", DataType::Timestamp(TimeUnit::Millisecond, Some(TIME_ZONE.into())), true),
         ]))
     }))
 }
@@ -73,6 +84,7 @@ pub struct VoteBuffer {
     reason: UInt8Builder,
     terminal: UInt32Builder,
     misuse: UInt8Builder,
+    terminal_ts: TimestampMillisecondBuilder,
 }
 
 impl Default for VoteBuffer {
@@ -93,6 +105,7 @@ impl VoteBuffer {
             reason: UInt8Builder::with_capacity(rows),
             terminal: UInt32Builder::with_capacity(rows),
             misuse: UInt8Builder::with_capacity(rows),
+            terminal_ts: TimestampMillisecondBuilder::with_capacity(rows).with_timezone(TIME_ZONE),
         }
     }
 
@@ -107,24 +120,35 @@ impl VoteBuffer {
     }
 
     /// Appends every vote of a validated batch with its misuse flags (`misuse` holds one flag
-    /// per vote, or is empty when none is flagged).
-    pub fn append(&mut self, batch: &BatchView<'_>, municipality: IstatCode, terminal: TerminalId, misuse: &[u8]) {
+    /// per vote, or is empty when none is flagged). A clock fault (`CLOCK_FAULT`) is stored at
+    /// `received_ms` (ms since the Unix epoch, the server's clock when the batch arrived, as the
+    /// log record holds it), its own time in `terminal_ts`.
+    pub fn append(&mut self, batch: &BatchView<'_>, municipality: IstatCode, terminal: TerminalId, misuse: &[u8], received_ms: i64) {
         debug_assert!(misuse.is_empty() || misuse.len() == batch.len(), "one misuse flag per vote");
         for (i, vote) in batch.votes(municipality, terminal).enumerate() {
-            self.push(&vote, misuse.get(i).copied().unwrap_or(0));
+            match misuse.get(i).copied().unwrap_or(0) {
+                CLOCK_FAULT => self.push_at(&vote, CLOCK_FAULT, received_ms, Some(vote.at_ms)),
+                flag => self.push(&vote, flag),
+            }
         }
     }
 
-    /// Appends one vote with its misuse flag (0: counted).
+    /// Appends one vote with its misuse flag (0: counted), at its own time.
     pub(crate) fn push(&mut self, vote: &Vote, misuse: u8) {
+        self.push_at(vote, misuse, vote.at_ms, None);
+    }
+
+    /// Appends one vote stored at `ts_ms`, with the terminal's time when that is not `ts_ms`.
+    pub(crate) fn push_at(&mut self, vote: &Vote, misuse: u8, ts_ms: i64, terminal_ts_ms: Option<i64>) {
         self.municipality.append_value(vote.municipality.0);
         self.service.append_value(vote.service);
-        self.ts.append_value(vote.at_ms);
+        self.ts.append_value(ts_ms);
         self.face.append_value(vote.face.score());
         self.channel.append_value(vote.channel.code());
         self.reason.append_option(vote.reason.map(|r| r.code()));
         self.terminal.append_value(vote.terminal);
         self.misuse.append_value(misuse);
+        self.terminal_ts.append_option(terminal_ts_ms);
     }
 
     /// Takes the buffered rows as a record batch and leaves the buffer empty.
@@ -138,9 +162,33 @@ impl VoteBuffer {
             Arc::new(self.reason.finish()),
             Arc::new(self.terminal.finish()),
             Arc::new(self.misuse.finish()),
+            Arc::new(self.terminal_ts.finish()),
         ];
         RecordBatch::try_new(schema(), columns).expect("buffer columns match the schema")
     }
+}
+
+/// Rows of a vote file in the stored schema: a file written before a column was added (the
+/// nullable `terminal_ts`) gets that column as nulls. Rows already in the schema are returned
+/// as they are.
+///
+/// # Errors
+/// When a column of the file is not the stored one (not a faccia vote file).
+pub(crate) fn conform(rows: &RecordBatch) -> Result<RecordBatch, StoreError> {
+    let schema = schema();
+    if rows.schema().fields() == schema.fields() {
+        return Ok(rows.clone());
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match rows.column_by_name(field.name()) {
+            Some(column) => Ok(Arc::clone(column)),
+            None if field.is_nullable() => Ok(arrow::array::new_null_array(field.data_type(), rows.num_rows())),
+            None => Err(arrow::error::ArrowError::SchemaError(format!("a vote file without the column {}", field.name()))),
+        })
+        .collect::<Result<Vec<ArrayRef>, _>>()?;
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 /// Italian local time of UTC timestamps, fast: the offset (which changes twice a year) is
@@ -297,7 +345,7 @@ pub(crate) mod testing {
                 votes: vec![VoteV1 { offset_ms: 0, service, face: 0, channel: 1, reason: 2 }],
             };
             let bytes = encode_batch(&batch);
-            buffer.append(&BatchView::access(&bytes).unwrap(), IstatCode(municipality), 5, &[]);
+            buffer.append(&BatchView::access(&bytes).unwrap(), IstatCode(municipality), 5, &[], 0);
         }
         buffer.finish()
     }

@@ -431,6 +431,52 @@ mod tests {
         (dataset, tables)
     }
 
+    #[tokio::test]
+    async fn a_file_without_terminal_ts_merges_with_one_that_has_it_in_either_order() {
+        // Proves: compaction of a day holding a file from before `terminal_ts` (no such column)
+        // and a file with a clock fault keeps the fault's terminal_ts, whichever file comes first.
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::local(dir.path()).unwrap();
+        let fault = crate::model::Vote {
+            municipality: crate::model::IstatCode(1001),
+            terminal: 5,
+            service: 1,
+            face: crate::model::Face::Positive,
+            channel: crate::model::Channel::Counter,
+            reason: None,
+            at_ms: 946_684_800_000,
+        };
+        let mut new = crate::storage::buffer::VoteBuffer::default();
+        new.push_at(&fault, crate::storage::buffer::CLOCK_FAULT, MONDAY + 5, Some(fault.at_ms));
+        let new = new.finish();
+        let old = buffer_with(&[(1001, 2, MONDAY), (1003, 2, MONDAY + 9)]);
+        let old = old.project(&(0..crate::storage::buffer::col::TERMINAL_TS).collect::<Vec<_>>()).unwrap();
+        let mut paths = Vec::new();
+        for (name, rows) in [("old.parquet", &old), ("new.parquet", &new)] {
+            let bytes = crate::storage::parquet::encode_parquet(rows, crate::storage::parquet::writer_properties("t", 1, 1)).unwrap().0;
+            std::fs::create_dir_all(dir.path().join("votes")).unwrap();
+            std::fs::write(dir.path().join("votes").join(name), &bytes).unwrap();
+            paths.push((location.scan_path("votes", name), bytes.len() as u64));
+        }
+        for order in [paths.clone(), paths.iter().rev().cloned().collect()] {
+            let (bytes, _) = merge_votes(&location, &order, 2).await.unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).unwrap().build().unwrap();
+            let rows: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
+            let rows = arrow::compute::concat_batches(&rows[0].schema(), &rows).unwrap();
+            assert_eq!(rows.num_rows(), 3);
+            let kept = arrow::array::AsArray::as_primitive::<arrow::datatypes::TimestampMillisecondType>(
+                rows.column(crate::storage::buffer::col::TERMINAL_TS),
+            );
+            assert_eq!(
+                kept.iter().flatten().collect::<Vec<_>>(),
+                vec![fault.at_ms],
+                "order {:?}",
+                order.iter().map(|p| &p.0).collect::<Vec<_>>()
+            );
+        }
+    }
+
     async fn sql_count(dir: &Path, sql: &str) -> i64 {
         let ctx = crate::query::context(dir).await.unwrap();
         let batches = crate::query::run(&ctx, sql).await.unwrap();

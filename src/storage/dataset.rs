@@ -310,7 +310,8 @@ impl Dataset {
             }
             let bytes = self.store.get(&part.path).await?.bytes().await?;
             let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-            let rows = concat_batches(&schema(), &reader.collect::<Result<Vec<_>, _>>()?)?;
+            let files = reader.map(|b| crate::storage::buffer::conform(&b?)).collect::<Result<Vec<_>, StoreError>>()?;
+            let rows = concat_batches(&schema(), &files)?;
             for rollup in missing {
                 self.write_rollup(&part, rollup, &rows).await?;
                 written += 1;

@@ -450,7 +450,7 @@ fn buffer_of(records: &[WalRecord], recovery: &mut RecoveryReport) -> RecordBatc
     let mut buffer = VoteBuffer::default();
     for record in records {
         let view = BatchView::access(&record.archive).expect("the replay kept valid batches only");
-        buffer.append(&view, record.municipality, record.terminal, &record.misuse);
+        buffer.append(&view, record.municipality, record.terminal, &record.misuse, record.received_ms);
     }
     recovery.votes_replayed = buffer.len() as u64;
     buffer.finish()
@@ -545,7 +545,7 @@ impl StoreThread {
             // The archive was validated at ingest and the record never left memory.
             let view = BatchView::access(&record.archive).expect("a durable record holds a validated batch");
             if !elsewhere.contains(&(record.terminal, view.seq())) {
-                buffer.append(&view, record.municipality, record.terminal, &record.misuse);
+                buffer.append(&view, record.municipality, record.terminal, &record.misuse, record.received_ms);
             }
             if filling.lsn_first == 0 {
                 filling.lsn_first = record.lsn;
@@ -840,7 +840,7 @@ async fn catch_up(
         let mut buffer = VoteBuffer::default();
         for record in &records {
             let view = BatchView::access(&record.archive).expect("checked above");
-            buffer.append(&view, record.municipality, record.terminal, &record.misuse);
+            buffer.append(&view, record.municipality, record.terminal, &record.misuse, record.received_ms);
         }
         let files = dataset.write_flush(&[buffer.finish()], from + 1, watermark, &[table]).await?;
         table::commit_flush(tables, table, watermark, files.adds[table.index()].clone()).await?;

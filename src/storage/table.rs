@@ -166,7 +166,7 @@ pub(crate) async fn open_or_create(
     // Probed with `exists` (a listing of `_delta_log/`): delta-rs's own probe logs an error
     // for a table that does not exist yet.
     if exists(location, table).await? {
-        return open(location, table).await;
+        return add_missing_columns(location, table, open(location, table).await?).await;
     }
     if let Some(dir) = location.local_dir() {
         let dir = dir.join(table.dir());
@@ -201,6 +201,46 @@ pub(crate) async fn open_or_create(
         tracing::info!(table = table.dir(), files = adopted, "took over the files of the directory into the Delta table");
     }
     Ok(created)
+}
+
+/// Adds to a table created by an earlier release the nullable columns faccia's files have
+/// gained since (the votes' `terminal_ts`), in one Delta `ADD COLUMNS` commit (a metadata
+/// action; no file is rewritten, and files without the column read it as null). Delta readers
+/// (Spark, DuckDB, delta-rs) then see the column; faccia's own scans read files by its schema.
+/// Another node adding the same columns at once wins or loses the commit; the loser reloads.
+///
+/// # Errors
+/// Log errors.
+async fn add_missing_columns(location: &Location, table: Table, delta: DeltaTable) -> Result<DeltaTable, StoreError> {
+    let missing = |delta: &DeltaTable| -> Result<Vec<StructField>, StoreError> {
+        let schema = delta.snapshot()?.schema();
+        let present: std::collections::HashSet<&str> = schema.fields().map(|f| f.name().as_str()).collect();
+        Ok(table
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| !present.contains(f.name().as_str()))
+            .map(|f| {
+                assert!(f.is_nullable(), "a column added after a table was created must be nullable: {}", f.name());
+                StructField::new(f.name(), delta_type(f.data_type()), true)
+            })
+            .collect())
+    };
+    let fields = missing(&delta)?;
+    if fields.is_empty() {
+        return Ok(delta);
+    }
+    let names: Vec<String> = fields.iter().map(|f| f.name().clone()).collect();
+    match delta.add_columns().with_fields(fields).with_commit_properties(commit_properties(Map::new())).await {
+        Ok(evolved) => {
+            tracing::info!(table = table.dir(), columns = ?names, "added the columns of this release to the table's schema");
+            Ok(evolved)
+        }
+        Err(error) => {
+            let reloaded = open(location, table).await?;
+            if missing(&reloaded)?.is_empty() { Ok(reloaded) } else { Err(error.into()) }
+        }
+    }
 }
 
 /// The highest log sequence number of `node` the table holds (0 when none).

@@ -85,7 +85,7 @@ pub(crate) struct WalRecord {
     pub(crate) terminal: TerminalId,
     pub(crate) municipality: IstatCode,
     pub(crate) seq: u64,
-    #[allow(dead_code, reason = "kept in every record for forensics (when the server took the batch); no reader needs it yet")]
+    /// When the server took the batch (its clock, ms since the Unix epoch): the time a clock fault is stored at.
     pub(crate) received_ms: i64,
     pub(crate) archive: ArchiveBuf,
     /// Misuse flag of each vote (0: counted; see `storage::buffer::col::MISUSE`); empty when none is flagged.
@@ -396,6 +396,8 @@ pub struct DurableRecord {
     pub(crate) archive: ArchiveBuf,
     /// Misuse flag of each vote, or empty when no vote is flagged.
     pub(crate) misuse: Vec<u8>,
+    /// When the server took the batch (ms since the Unix epoch): the time a clock fault is stored at.
+    pub(crate) received_ms: i64,
 }
 
 /// The open log, owned by its writer thread.
@@ -545,6 +547,7 @@ impl Writer {
                 municipality: request.municipality,
                 archive: request.archive,
                 misuse: request.misuse,
+                received_ms: request.received_ms,
             });
         }
         if self.store.send(durable).is_err() {

@@ -6,6 +6,12 @@
 //! batch is answered `stored` or `duplicate` — or `rejected`, which is final. A batch is never
 //! renumbered, so a retransmission is recognised by the server and never counted twice.
 //!
+//! Clocks: on a protocol 2 connection the hello reply carries the server's clock, anchored to
+//! this process's monotonic clock (`ServerClock`). From then on the votes of each batch enqueued
+//! are shifted by how far the device's clock is from it (`Terminal::enqueue`), and so are the
+//! votes of batches enqueued before it and never sent (the rule in `Terminal::restamp`); a batch
+//! that may have been sent keeps its votes, so that a retransmission is the same batch.
+//!
 //! The driver calls `next_event`, which is cancel-safe: in-flight sends and a connection being
 //! set up live in the `Terminal`, not in the future, so it can sit in a `select!` beside a timer.
 
@@ -23,7 +29,8 @@ use rand::Rng;
 use crate::model::{Channel, Face, IstatCode, Reason};
 use crate::registry::Credential;
 use crate::wire::{
-    self, ArchiveBuf, BatchReplyV1, BatchV1, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES, HelloV1, Rejection, Status, VoteV1,
+    self, ArchiveBuf, BatchReplyV1, BatchV1, ErrorCode, FrameHeader, FrameKind, HEADER_BYTES, HelloReplyV1, HelloV1, Rejection, Status,
+    VoteV1,
 };
 
 /// How long a QUIC handshake may take before the terminal tries its next address: a dead
@@ -44,6 +51,10 @@ pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 /// once, so a whole fleet is back within seconds rather than when each next has a vote to send.
 /// A ping and its acknowledgement are about 100 bytes: 12 a minute, about 2 MB a day.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// The smallest gap between the device's clock and the server's that the terminal corrects: far
+/// above a hello's round trip on any working link (which bounds the error of the server's time
+/// as the terminal reads it), far below the server's `future_skew_ms` (5 min).
+pub(crate) const CLOCK_STEP_MIN: Duration = Duration::from_secs(2);
 /// The client software name sent in the hello.
 pub(crate) const CLIENT_NAME: &str = concat!("faccia-terminal/", env!("CARGO_PKG_VERSION"));
 
@@ -221,6 +232,32 @@ pub(crate) fn client_endpoint_with_buffers(server: SocketAddr) -> std::io::Resul
     quinn::Endpoint::new(quinn::EndpointConfig::default(), None, crate::transport::udp::udp_socket(bind)?, runtime)
 }
 
+/// The terminal device's own wall clock: milliseconds since the Unix epoch (UTC) as the device
+/// reads them, however wrong (a dead clock battery reads 2000-01-01). Simulators inject faults here.
+pub type DeviceClock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The server's clock as a protocol 2 hello reply gave it, anchored to this process's monotonic
+/// clock: `server_ms` was the server's time at `at` (the middle of the hello's round trip).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerClock {
+    /// The server's time, milliseconds since the Unix epoch (UTC).
+    pub server_ms: i64,
+    /// The monotonic instant `server_ms` is taken to be at.
+    pub at: Instant,
+    /// Half the hello's round trip, in ms: how far off `server_ms` can be at `at`.
+    pub uncertainty_ms: i64,
+}
+
+impl ServerClock {
+    /// The server's time at the monotonic instant `at` (before or after the anchor), in ms since the Unix epoch.
+    pub fn time_at_ms(&self, at: Instant) -> i64 {
+        match at.checked_duration_since(self.at) {
+            Some(after) => self.server_ms.saturating_add(after.as_millis() as i64),
+            None => self.server_ms.saturating_sub(self.at.duration_since(at).as_millis() as i64),
+        }
+    }
+}
+
 /// An authenticated connection.
 #[derive(Clone)]
 pub struct Session {
@@ -232,6 +269,8 @@ pub struct Session {
     pub last_seq: u64,
     /// Most votes the server accepts in one batch (its `batch_votes_max` limit).
     pub batch_votes_max: u32,
+    /// The server's clock, when the connection speaks protocol 2 (`None` on `faccia/1`).
+    pub server_clock: Option<ServerClock>,
 }
 
 impl Session {
@@ -260,8 +299,19 @@ impl Session {
             .await
             .map_err(|_| ClientError::Stream(format!("no QUIC handshake with {addr} within {} s", HANDSHAKE_TIMEOUT.as_secs())))??;
         let hello = HelloV1 { terminal: credential.id, secret: credential.secret.0, client: CLIENT_NAME.as_bytes().to_vec() };
+        let sent_at = Instant::now();
         let payload = exchange(&connection, &wire::encode_hello(&hello), FrameKind::HelloReply).await?;
-        let reply = wire::read_hello_reply(&payload).map_err(ClientError::Protocol)?;
+        let half_trip = sent_at.elapsed() / 2;
+        let protocol =
+            connection.handshake_data().and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok()).and_then(|d| d.protocol);
+        let (reply, server_clock): (HelloReplyV1, _) = if protocol.as_deref() == Some(wire::ALPN_V2) {
+            let reply = wire::read_hello_reply_v2(&payload).map_err(ClientError::Protocol)?;
+            let clock =
+                ServerClock { server_ms: reply.server_time_ms, at: sent_at + half_trip, uncertainty_ms: half_trip.as_millis() as i64 };
+            (reply.reply, Some(clock))
+        } else {
+            (wire::read_hello_reply(&payload).map_err(ClientError::Protocol)?, None)
+        };
         if reply.status != Status::Stored as u8 {
             let code = ErrorCode::from_u16(reply.code).unwrap_or(ErrorCode::Internal);
             return Err(ClientError::Refused(Rejection::new(code, reply.message_text())));
@@ -271,6 +321,7 @@ impl Session {
             municipality: IstatCode(reply.municipality),
             last_seq: reply.last_seq,
             batch_votes_max: reply.batch_votes_max,
+            server_clock,
         })
     }
 
@@ -357,6 +408,12 @@ struct Pending {
     frame: Arc<Vec<u8>>,
     enqueued: Instant,
     in_flight: bool,
+    /// Whether the frame may have reached the server (it was handed to a stream, or it was
+    /// loaded from disk): then its votes never change.
+    sent: bool,
+    /// The device's clock when the batch was enqueued by this process, while no server clock was
+    /// known: what `Terminal::restamp` corrects it by. `None` once corrected, or when unknown.
+    stamped: Option<i64>,
 }
 
 /// Unacknowledged batches, oldest first; optionally mirrored on disk, one file per batch (the
@@ -396,7 +453,9 @@ impl Outbox {
                 tracing::error!(file = %path.display(), "outbox file is not a batch frame; left in place");
                 continue;
             };
-            batches.insert(id, Pending { seq, votes, frame: Arc::new(frame), enqueued: Instant::now(), in_flight: false });
+            let pending =
+                Pending { seq, votes, frame: Arc::new(frame), enqueued: Instant::now(), in_flight: false, sent: true, stamped: None };
+            batches.insert(id, pending);
         }
         let recorded: Option<u64> = std::fs::read_to_string(dir.join("seq")).ok().and_then(|t| t.trim().parse().ok());
         let highest = batches.values().map(|p| p.seq).max().filter(|s| *s > 0);
@@ -414,12 +473,36 @@ impl Outbox {
         Ok(())
     }
 
-    fn push(&mut self, seq: u64, votes: usize, frame: Vec<u8>) -> Result<BatchId, ClientError> {
+    fn push(&mut self, seq: u64, votes: usize, frame: Vec<u8>, stamped: Option<i64>) -> Result<BatchId, ClientError> {
         let id = self.next_id;
         self.persist(id, seq, &frame)?;
         self.next_id += 1;
-        self.batches.insert(id, Pending { seq, votes, frame: Arc::new(frame), enqueued: Instant::now(), in_flight: false });
+        let pending = Pending { seq, votes, frame: Arc::new(frame), enqueued: Instant::now(), in_flight: false, sent: false, stamped };
+        self.batches.insert(id, pending);
         Ok(id)
+    }
+
+    /// Moves every vote of a never-sent batch by `shift_ms` (the same frame otherwise), on disk first.
+    fn restamp(
+        &mut self,
+        id: BatchId,
+        shift_ms: i64,
+        municipality: IstatCode,
+        terminal: crate::model::TerminalId,
+    ) -> Result<(), ClientError> {
+        let pending = self.batches.get(&id).expect("restamping a batch of the outbox");
+        assert!(!pending.sent, "a batch that may have been sent keeps its votes");
+        let votes: Vec<TerminalVote> = frame_votes(&pending.frame, municipality, terminal)
+            .into_iter()
+            .map(|v| TerminalVote { at_ms: v.at_ms.saturating_add(shift_ms), ..v })
+            .collect();
+        let seq = pending.seq;
+        let frame = batch_frame(seq, municipality, &votes);
+        self.persist(id, seq, &frame)?;
+        let pending = self.batches.get_mut(&id).expect("restamping a batch of the outbox");
+        pending.frame = Arc::new(frame);
+        pending.stamped = None;
+        Ok(())
     }
 
     /// Gives a batch that was enqueued before the numbering was known its sequence number.
@@ -541,6 +624,13 @@ pub struct Terminal {
     retry_at: Option<tokio::time::Instant>,
     /// Which of the target's addresses the next connection goes to.
     address: usize,
+    /// The device's wall clock (the system clock unless a simulator injects a fault).
+    device_clock: DeviceClock,
+    /// The server's clock from the latest protocol 2 hello; `None` before one.
+    server_clock: Option<ServerClock>,
+    /// Whether votes are corrected by the server's clock (on by default; simulators turn it off
+    /// to show what an uncorrected terminal's faults look like on the server).
+    clock_correction: bool,
 }
 
 impl Terminal {
@@ -562,7 +652,76 @@ impl Terminal {
             failures: 0,
             retry_at: None,
             address: 0,
+            device_clock: Arc::new(crate::clock::now_ms),
+            server_clock: None,
+            clock_correction: true,
         }
+    }
+
+    /// Replaces the device's wall clock (simulated clock faults: a skew, a reset to 2000-01-01).
+    pub fn set_device_clock(&mut self, clock: DeviceClock) {
+        self.device_clock = clock;
+    }
+
+    /// Turns the correction of votes by the server's clock on or off (on by default).
+    pub fn set_clock_correction(&mut self, on: bool) {
+        self.clock_correction = on;
+    }
+
+    /// The device's wall clock now, in ms since the Unix epoch: what votes are stamped with.
+    pub fn device_now_ms(&self) -> i64 {
+        (self.device_clock)()
+    }
+
+    /// The server's clock as the latest protocol 2 hello gave it; `None` before one.
+    pub fn server_clock(&self) -> Option<ServerClock> {
+        self.server_clock
+    }
+
+    /// How far to move votes stamped `device_ms` by the device at the monotonic instant `at`: the
+    /// server's time then minus the device's, or 0 when no server clock is known, correction is
+    /// off, or the gap is within `CLOCK_STEP_MIN` (or the server clock's uncertainty).
+    fn clock_shift_ms(&self, device_ms: i64, at: Instant) -> i64 {
+        let Some(server) = self.server_clock.filter(|_| self.clock_correction) else { return 0 };
+        let shift = server.time_at_ms(at).saturating_sub(device_ms);
+        let threshold = (CLOCK_STEP_MIN.as_millis() as i64).max(server.uncertainty_ms);
+        if shift.abs() <= threshold { 0 } else { shift }
+    }
+
+    /// Corrects the batches enqueued before the server's clock was known, by the server's clock
+    /// at the moment each was enqueued. The rule, and why it is right:
+    /// - only a batch this process enqueued and never handed to a stream: the server has never
+    ///   seen it, so changing its votes cannot make a retransmission differ from a stored copy;
+    /// - by the device's clock and this process's monotonic clock read together at enqueue, so
+    ///   the server's time at that moment is known whatever the device's clock did since (a
+    ///   reset to 2000-01-01 after the enqueue does not matter);
+    /// - it assumes that the device's clock did not jump between a vote and its enqueue (the
+    ///   terminal enqueues as it stamps; the simulators do).
+    ///
+    /// Batches loaded from disk, or sent once, are never changed: the server stores their
+    /// implausible votes as clock faults.
+    fn restamp(&mut self) -> Result<(), ClientError> {
+        let stamped: Vec<(BatchId, i64, Instant)> = self
+            .outbox
+            .batches
+            .iter()
+            .filter(|(_, p)| !p.sent)
+            .filter_map(|(id, p)| p.stamped.map(|device_ms| (*id, device_ms, p.enqueued)))
+            .collect();
+        for (id, device_ms, enqueued) in stamped {
+            let shift = self.clock_shift_ms(device_ms, enqueued);
+            if shift != 0 {
+                tracing::info!(
+                    terminal = self.credential.id,
+                    shift_ms = shift,
+                    "votes enqueued before the server's clock was known corrected by it"
+                );
+                self.outbox.restamp(id, shift, self.credential.municipality, self.credential.id)?;
+            } else if let Some(pending) = self.outbox.batches.get_mut(&id) {
+                pending.stamped = None;
+            }
+        }
+        Ok(())
     }
 
     /// A terminal whose outbox lives in `dir`: batches survive a restart of the terminal.
@@ -589,14 +748,24 @@ impl Terminal {
     }
 
     /// Puts a batch of votes in the outbox (numbered now if the numbering is known, else at the
-    /// first connection). Returns the id its answer will carry.
+    /// first connection). Returns the id its answer will carry. The votes' times are the
+    /// device's clock's (`device_now_ms`); once a server clock is known, they are moved by the
+    /// gap between the two when it exceeds `CLOCK_STEP_MIN`.
     ///
     /// # Errors
     /// When the outbox is on disk and cannot be written.
     pub fn enqueue(&mut self, votes: &[TerminalVote]) -> Result<BatchId, ClientError> {
         let seq = self.next_seq.unwrap_or(0);
-        let frame = batch_frame(seq, self.credential.municipality, votes);
-        let id = self.outbox.push(seq, votes.len(), frame)?;
+        let device_ms = self.device_now_ms();
+        let shift = self.clock_shift_ms(device_ms, Instant::now());
+        let frame = if shift == 0 {
+            batch_frame(seq, self.credential.municipality, votes)
+        } else {
+            let shifted: Vec<TerminalVote> = votes.iter().map(|v| TerminalVote { at_ms: v.at_ms.saturating_add(shift), ..*v }).collect();
+            batch_frame(seq, self.credential.municipality, &shifted)
+        };
+        let stamped = self.server_clock.is_none().then_some(device_ms);
+        let id = self.outbox.push(seq, votes.len(), frame, stamped)?;
         if let Some(next) = &mut self.next_seq {
             *next += 1;
         }
@@ -684,6 +853,12 @@ impl Terminal {
             Ok(session) => {
                 self.failures = 0;
                 let last_seq = session.last_seq;
+                if let Some(clock) = session.server_clock {
+                    self.server_clock = Some(clock);
+                    if let Err(error) = self.restamp() {
+                        return Some(Event::Fatal(error));
+                    }
+                }
                 if let Err(error) = self.learn_numbering(last_seq) {
                     return Some(Event::Fatal(error));
                 }
@@ -749,6 +924,7 @@ impl Terminal {
         let ready = self.outbox.batches.iter_mut().filter(|(_, p)| !p.in_flight && p.seq > 0).take(free);
         for (&id, pending) in ready {
             pending.in_flight = true;
+            pending.sent = true;
             let session = session.clone();
             let frame = Arc::clone(&pending.frame);
             self.in_flight.push(Box::pin(async move {

@@ -7,6 +7,10 @@
 //! Simulated terminals send far faster than people vote, so a fleet compresses time: each
 //! terminal's votes are spaced like citizens at a counter (6 to 30 s apart, so that no misuse
 //! rule flags them), on a clock that starts two days back and runs ahead of the real one.
+//!
+//! `ClockFaults` gives simulated terminals wrong clocks (a skew, a reset to 2000-01-01 mid-run,
+//! a backlog older than the server's window, no correction by the server's clock), so that load
+//! testers can show what the server makes of them (`faccia terminal`, `faccia bench`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +21,66 @@ use rand::{Rng, SeedableRng};
 
 use crate::model::{Channel, Face, IstatCode, Reason};
 use crate::registry::{Catalog, Credential};
-use crate::terminal::client::{Event, ServerTarget, Terminal, TerminalVote};
+use crate::terminal::client::{DeviceClock, Event, ServerTarget, Terminal, TerminalVote};
+
+/// 2000-01-01 00:00 UTC in ms since the Unix epoch: where a clock whose battery died restarts.
+pub const CLOCK_RESET_MS: i64 = 946_684_800_000;
+
+/// Clock faults of simulated terminals, so that load testers can show what happens to the votes
+/// of a terminal with a wrong clock (`faccia terminal`, `faccia bench`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockFaults {
+    /// The device clock runs this many ms ahead of the real one (negative: behind).
+    pub skew_ms: i64,
+    /// This long after the terminal starts, its clock jumps to 2000-01-01 00:00 UTC (a dead
+    /// clock battery after a power cut) and runs on from there.
+    pub reset_after: Option<Duration>,
+    /// Before it first connects, the terminal holds a backlog of one batch of votes cast this
+    /// many ms before its start (35 days: a terminal offline for five weeks, past `past_age_ms`).
+    pub backlog_age_ms: Option<i64>,
+    /// Whether the terminal corrects its votes by the server's clock (`Terminal::set_clock_correction`).
+    pub correction: bool,
+}
+
+impl Default for ClockFaults {
+    fn default() -> Self {
+        ClockFaults { skew_ms: 0, reset_after: None, backlog_age_ms: None, correction: true }
+    }
+}
+
+impl ClockFaults {
+    /// A device clock with these faults, starting now.
+    pub fn device_clock(&self) -> DeviceClock {
+        let (start, skew_ms, reset_after) = (std::time::Instant::now(), self.skew_ms, self.reset_after);
+        Arc::new(move || {
+            let elapsed = start.elapsed();
+            match reset_after {
+                Some(after) if elapsed >= after => CLOCK_RESET_MS + (elapsed - after).as_millis() as i64,
+                _ => crate::clock::now_ms().saturating_add(skew_ms),
+            }
+        })
+    }
+
+    /// Gives `terminal` these faults: its device clock, its correction, and its backlog
+    /// (`backlog_votes` votes over the hour `backlog_age_ms` ago, from `citizens`).
+    ///
+    /// # Errors
+    /// When the terminal's outbox cannot take the backlog.
+    pub fn apply(
+        &self,
+        terminal: &mut Terminal,
+        citizens: &mut VoteSimulator,
+        backlog_votes: usize,
+    ) -> Result<(), crate::terminal::client::ClientError> {
+        terminal.set_device_clock(self.device_clock());
+        terminal.set_clock_correction(self.correction);
+        if let Some(age_ms) = self.backlog_age_ms {
+            let votes = citizens.votes(terminal.device_now_ms().saturating_sub(age_ms), 3_600_000, backlog_votes.max(1));
+            terminal.enqueue(&votes)?;
+        }
+        Ok(())
+    }
+}
 
 /// Share of each channel: counter, phone, web.
 const CHANNEL_SHARES: [f64; 3] = [0.82, 0.10, 0.08];
@@ -156,6 +219,8 @@ pub(crate) struct FleetPlan {
     /// How long a batch's reply may take before the terminal drops the connection and moves on.
     pub(crate) reply_timeout: Duration,
     pub(crate) seed: u64,
+    /// The terminals' clock faults.
+    pub(crate) clock: ClockFaults,
 }
 
 impl Default for FleetPlan {
@@ -169,6 +234,7 @@ impl Default for FleetPlan {
             drain_timeout: Duration::from_secs(30),
             reply_timeout: crate::terminal::client::ACK_TIMEOUT,
             seed: 1,
+            clock: ClockFaults::default(),
         }
     }
 }
@@ -223,13 +289,17 @@ pub(crate) async fn run_fleet(credentials: Vec<Credential>, target: ServerTarget
 
 async fn run_terminal(mut terminal: Terminal, plan: FleetPlan, deadline: tokio::time::Instant, report: Arc<FleetReport>, index: u64) {
     let mut citizens = VoteSimulator::new(plan.seed.wrapping_add(index), terminal.credential.municipality);
+    if let Err(error) = plan.clock.apply(&mut terminal, &mut citizens, plan.batch_votes_max) {
+        tracing::error!(error = %crate::error_chain(&error), "terminal outbox");
+        return;
+    }
     // Stagger the start so that the fleet does not connect in one burst.
     let stagger = citizens.rng().random_range(0..plan.think_time.as_millis().max(1) as u64 * 4);
     tokio::time::sleep(Duration::from_millis(stagger)).await;
     while tokio::time::Instant::now() < deadline {
         if terminal.unacknowledged() < plan.in_flight_max {
             let count = citizens.rng().random_range(1..=plan.batch_votes_max.max(1));
-            let votes = citizens.next_votes(crate::clock::now_ms(), count);
+            let votes = citizens.next_votes(terminal.device_now_ms(), count);
             if terminal.enqueue(&votes).is_err() {
                 break;
             }

@@ -31,7 +31,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::model::IstatCode;
 use crate::registry::{self, Catalog, Credential};
 use crate::terminal::client::{BatchId, ClientEndpoint, Event, ServerTarget, Terminal, close_endpoint};
-use crate::terminal::simulate::VoteSimulator;
+use crate::terminal::simulate::{ClockFaults, VoteSimulator};
 use crate::tools::process::{ServerProcess, free_udp_port, log_field};
 
 /// Latency histograms are sharded so that thousands of terminals do not contend on one lock.
@@ -106,6 +106,8 @@ pub struct Plan {
     pub plot: Option<PathBuf>,
     /// Seed of the number of terminals per municipality and of the simulated votes (terminal i uses seed + i).
     pub seed: u64,
+    /// The terminals' clock faults (none by default).
+    pub clock: ClockFaults,
     /// Whether to show the live progress line (connected terminals, votes per second, errors).
     pub progress: bool,
 }
@@ -189,7 +191,7 @@ pub struct Report {
     /// Acknowledgement latency of the batches in the measured window.
     pub latency: Latency,
     /// Errors the terminals met (rejections, lost connections, failed handshakes…), counted by kind.
-    pub(crate) errors: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
     /// Spawned server's resident memory in bytes before the terminals connected; `None` if not ours or unreadable.
     pub(crate) server_rss_idle_bytes: Option<u64>,
     /// Spawned server's resident memory in bytes with the fleet connected; `None` if not ours or unreadable.
@@ -202,6 +204,9 @@ pub struct Report {
     pub server_votes_stored: Option<u64>,
     /// Votes SQL counts in the dataset afterwards (`SELECT count(*) FROM votes`); `None` when the server is not ours.
     pub sql_votes: Option<u64>,
+    /// Of those, the votes stored as clock faults (`misuse = 4`: the terminal's time was
+    /// implausible, they carry the receive time); `None` when the server is not ours.
+    pub sql_votes_clock_faulted: Option<u64>,
     /// Warnings and errors in the spawned server's log (the first ones).
     pub(crate) server_log_problems: Vec<String>,
     /// Outcome of comparing the acknowledged votes with the server's counters and SQL: "ok: …", "not checked: …" or "MISMATCH: …".
@@ -323,6 +328,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
             shared: Arc::clone(&shared),
             gate: Arc::clone(&gate),
             seed: plan.seed.wrapping_add(i as u64),
+            clock: plan.clock,
         };
         tasks.spawn(task.run(terminal, phase_rx.clone()));
     }
@@ -469,6 +475,10 @@ async fn cross_check(report: &mut Report, server: Option<ServerProcess>, restart
         let batches = crate::query::run(&ctx, "SELECT count(*) FROM votes").await?;
         let sql = batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map_or(0, |a| a.value(0)) as u64;
         report.sql_votes = Some(sql);
+        let batches =
+            crate::query::run(&ctx, &format!("SELECT count(*) FROM votes WHERE misuse = {}", crate::storage::buffer::CLOCK_FAULT)).await?;
+        let faulted = batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map_or(0, |a| a.value(0)) as u64;
+        report.sql_votes_clock_faulted = Some(faulted);
         if sql != report.votes_acknowledged {
             problems.push(format!("SQL counts {sql} votes, the terminals {} acknowledged", report.votes_acknowledged));
         }
@@ -524,11 +534,15 @@ struct TerminalTask {
     shared: Arc<Shared>,
     gate: Arc<ConnectGate>,
     seed: u64,
+    clock: ClockFaults,
 }
 
 impl TerminalTask {
     async fn run(self, mut terminal: Terminal, mut phase: watch::Receiver<Phase>) {
         let mut citizens = VoteSimulator::new(self.seed, terminal.credential.municipality);
+        if let Err(error) = self.clock.apply(&mut terminal, &mut citizens, self.batch_votes) {
+            self.shared.error(format!("outbox: {error}"));
+        }
         loop {
             let permit = self.gate.admit().await;
             let connected = terminal.connect().await;
@@ -606,7 +620,7 @@ impl TerminalTask {
     fn enqueue_due(&self, terminal: &mut Terminal, citizens: &mut VoteSimulator, due: &mut HashMap<BatchId, Instant>, next: &mut Instant) {
         let now = Instant::now();
         let enqueue = |terminal: &mut Terminal, citizens: &mut VoteSimulator, due: &mut HashMap<BatchId, Instant>, at: Instant| {
-            let votes = citizens.votes(crate::clock::now_ms(), 1_000, self.batch_votes);
+            let votes = citizens.votes(terminal.device_now_ms(), 1_000, self.batch_votes);
             match terminal.enqueue(&votes) {
                 Ok(batch) => {
                     due.insert(batch, at);
@@ -797,6 +811,9 @@ pub fn render(report: &Report) -> String {
     }
     for line in &report.server_log_problems {
         rows.push(("server log".into(), line.clone()));
+    }
+    if let Some(faulted) = report.sql_votes_clock_faulted {
+        rows.push(("votes stored as clock faults (SQL, misuse = 4)".into(), faulted.to_string()));
     }
     rows.push(("cross-check".into(), report.cross_check.clone()));
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

@@ -5,7 +5,7 @@
 //! (`ca.pem`; its key is discarded once it has signed) and a server certificate for
 //! `localhost`, `127.0.0.1` and `::1` signed by it. Terminals verify the server against a CA
 //! they are given — the development `ca.pem` or a production CA — never "accept anything".
-//! Only TLS 1.3 is offered, with ALPN `faccia/1`.
+//! Only TLS 1.3 is offered, with ALPN `faccia/2` or `faccia/1`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::wire::ALPN;
+use crate::wire::{ALPN, ALPN_V2};
 
 /// Why TLS material (a certificate, a key, a secret in `DATA_DIR/tls`) could not be read, made or used.
 #[derive(Debug, thiserror::Error)]
@@ -233,7 +233,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The server's TLS 1.3 configuration with ALPN `faccia/1`, issuing session tickets sealed by
+/// The server's TLS 1.3 configuration with ALPN `faccia/2` or `faccia/1` (2 preferred), issuing session tickets sealed by
 /// `tickets` (resumption across restarts) when given.
 ///
 /// # Errors
@@ -243,7 +243,8 @@ pub(crate) fn server_config(identity: Identity, tickets: Option<SessionTickets>)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(identity.chain, identity.key)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    // rustls picks the first of the server's protocols the client offers.
+    config.alpn_protocols = vec![ALPN_V2.to_vec(), ALPN.to_vec()];
     config.max_early_data_size = 0;
     if let Some(tickets) = tickets {
         config.ticketer = Arc::new(tickets);
@@ -251,12 +252,15 @@ pub(crate) fn server_config(identity: Identity, tickets: Option<SessionTickets>)
     Ok(config)
 }
 
-/// A terminal's TLS 1.3 configuration trusting the CA certificates in `ca_path`.
+/// A terminal's TLS 1.3 configuration trusting the CA certificates in `ca_path`, offering
+/// protocol 2 and then 1 (a server that speaks only 1 picks it).
 ///
 /// # Errors
 /// When the file holds no certificate.
 pub(crate) fn client_config(ca_path: &Path) -> Result<rustls::ClientConfig, TlsError> {
-    client_config_with_alpn(ca_path, ALPN)
+    let mut config = client_config_with_alpn(ca_path, ALPN_V2)?;
+    config.alpn_protocols.push(ALPN.to_vec());
+    Ok(config)
 }
 
 /// As `client_config`, offering another application protocol (tests of ALPN refusal).

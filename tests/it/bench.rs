@@ -23,6 +23,7 @@ fn plan(dir: &std::path::Path) -> Plan {
         plot: None,
         seed: 7,
         progress: false,
+        clock: Default::default(),
     }
 }
 
@@ -60,4 +61,24 @@ async fn open_loop_with_a_restart_loses_nothing() {
     assert_eq!(report.sql_votes, Some(report.votes_acknowledged));
     let storm = report.storm.expect("the server was restarted");
     assert_eq!(storm.terminals_caught_up, 30, "{storm:?}");
+}
+
+#[tokio::test]
+async fn clock_faults_are_stored_and_counted_in_the_report() {
+    // Proves: terminals holding a backlog 35 days old, whose clocks run an hour ahead and then
+    // jump to 2000-01-01 mid-run, lose nothing: no rejection, the cross-check passes, and the
+    // report counts exactly the backlog as clock faults (the rest is corrected by the terminal
+    // library from the server's clock).
+    let dir = tempfile::tempdir().unwrap();
+    let clock = faccia::terminal::simulate::ClockFaults {
+        skew_ms: 3_600_000,
+        reset_after: Some(Duration::from_millis(1500)),
+        backlog_age_ms: Some(35 * 86_400_000),
+        correction: true,
+    };
+    let report = bench::run(&Plan { clock, ..plan(dir.path()) }).await.unwrap();
+    assert!(report.cross_check.starts_with("ok"), "{}", report.cross_check);
+    assert!(!report.errors.keys().any(|k| k.contains("rejected")), "{:?}", report.errors);
+    assert_eq!(report.sql_votes_clock_faulted, Some(30 * 16), "one backlog batch of 16 votes per terminal");
+    assert!(bench::render(&report).contains("clock faults"));
 }

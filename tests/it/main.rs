@@ -3,6 +3,7 @@
 
 mod architecture;
 mod bench;
+mod clock;
 mod cluster;
 mod commands;
 mod common;

@@ -46,7 +46,7 @@ proptest! {
         prop_assert_eq!(view.seq(), seq);
         let misuse = if flagged { flags[..sent.len()].to_vec() } else { Vec::new() };
         let mut buffer = VoteBuffer::default();
-        buffer.append(&view, AGLIE, 42, &misuse);
+        buffer.append(&view, AGLIE, 42, &misuse, NOW_MS);
         let rows = buffer.finish();
         let bytes = faccia::storage::parquet::encode_parquet(&rows, faccia::storage::parquet::writer_properties("proptest", 1, 1)).unwrap().0;
         let read: Vec<_> = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).unwrap().build().unwrap().collect::<Result<_, _>>().unwrap();

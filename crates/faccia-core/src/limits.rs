@@ -54,10 +54,12 @@ pub struct Limits {
     /// keep-alives well inside it.
     pub idle_timeout_ms: u64,
     /// How far ahead of the server clock a vote's timestamp may be: terminal clocks drift, but a
-    /// vote from tomorrow is a broken clock.
+    /// vote from tomorrow is a broken clock. Beyond it the vote is stored as a clock fault (at
+    /// the server's receive time, the terminal's time kept), never refused.
     pub future_skew_ms: i64,
     /// How old a vote may be when it arrives: a terminal offline for weeks still delivers its
-    /// backlog, a vote from last year is a broken clock.
+    /// backlog, a vote from last year is a broken clock. Beyond it the vote is stored as a clock
+    /// fault (at the server's receive time, the terminal's time kept), never refused.
     pub past_age_ms: i64,
 }
 

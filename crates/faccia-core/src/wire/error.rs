@@ -29,9 +29,11 @@ pub enum ErrorCode {
     EmptyBatch = 11,
     /// An enum or id field holds a value outside its range (the message names the field).
     FieldOutOfRange = 12,
-    /// A vote's time is more than `future_skew_ms` (default 5 min) ahead of the server clock.
+    /// Retired: servers sent it for a vote more than `future_skew_ms` ahead of their clock; they
+    /// now store such a vote as a clock fault. The number stays reserved.
     TimestampInFuture = 13,
-    /// A vote's time is more than `past_age_ms` (default 31 days) behind the server clock.
+    /// Retired: servers sent it for a vote more than `past_age_ms` old; they now store such a
+    /// vote as a clock fault. The number stays reserved.
     TimestampTooOld = 14,
     /// Sequence number 0, which is reserved.
     BadSequence = 15,

@@ -6,11 +6,17 @@
 
 use super::error::{ErrorCode, Rejection};
 
-/// QUIC application protocol name; a connection offering anything else fails the handshake.
+/// QUIC application protocol name of protocol 1; a connection offering neither this nor
+/// `ALPN_V2` fails the handshake.
 pub const ALPN: &[u8] = b"faccia/1";
+/// QUIC application protocol name of protocol 2: protocol 1 whose hello reply also carries the
+/// server's clock (`HelloReplyV2`). A server offers both, preferring 2; a terminal that offers
+/// both learns from the negotiated name which hello reply it reads.
+pub const ALPN_V2: &[u8] = b"faccia/2";
 /// First two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"FC";
-/// The protocol version this build speaks.
+/// The frame format version in every header. Protocols 1 and 2 share the frame format (2 only
+/// adds a field to the hello reply's archive), so both write 1; the ALPN names the protocol.
 pub const VERSION: u8 = 1;
 /// Bytes in a frame header.
 pub const HEADER_BYTES: usize = 8;

@@ -52,6 +52,19 @@ pub struct HelloReplyV1 {
     pub message: Vec<u8>,
 }
 
+/// The server's answer to a hello in protocol 2 (ALPN `faccia/2`): the server's clock, then the
+/// protocol 1 reply. The root's last 32 bytes are a `HelloReplyV1` as protocol 1 lays it out
+/// (its vector offset counts from its own position), so a protocol 1 parser reading the root at
+/// the end of the payload reads this reply too.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct HelloReplyV2 {
+    /// The server's wall clock when it wrote the reply, milliseconds since the Unix epoch (UTC).
+    /// A terminal corrects its own clock by it (`schemas/protocol.md`, "Clocks").
+    pub server_time_ms: i64,
+    /// Everything protocol 1's hello reply says.
+    pub reply: HelloReplyV1,
+}
+
 /// One vote inside a batch: 9 bytes of fields, 12 with padding.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VoteV1 {
@@ -146,6 +159,11 @@ pub fn encode_hello_reply(reply: &HelloReplyV1) -> Vec<u8> {
     frame(FrameKind::HelloReply, &archive(reply))
 }
 
+/// Encodes a protocol 2 hello reply (with the server's clock) as a whole frame.
+pub fn encode_hello_reply_v2(reply: &HelloReplyV2) -> Vec<u8> {
+    frame(FrameKind::HelloReply, &archive(reply))
+}
+
 /// Encodes a batch archive (without header); `frame(FrameKind::Batch, …)` makes it a frame.
 pub fn encode_batch(batch: &BatchV1) -> ArchiveBuf {
     archive(batch)
@@ -197,6 +215,15 @@ impl ArchivedHelloV1 {
 pub fn read_hello_reply(bytes: &[u8]) -> Result<HelloReplyV1, Rejection> {
     let archived: &ArchivedHelloReplyV1 = access(bytes, "hello reply")?;
     Ok(rkyv::deserialize::<HelloReplyV1, rancor::Error>(archived).expect("validated archive deserialises"))
+}
+
+/// Decodes a protocol 2 hello reply (terminal side, on a `faccia/2` connection).
+///
+/// # Errors
+/// `MalformedArchive` when bytecheck fails.
+pub fn read_hello_reply_v2(bytes: &[u8]) -> Result<HelloReplyV2, Rejection> {
+    let archived: &ArchivedHelloReplyV2 = access(bytes, "hello reply")?;
+    Ok(rkyv::deserialize::<HelloReplyV2, rancor::Error>(archived).expect("validated archive deserialises"))
 }
 
 /// Decodes a batch reply (terminal side).

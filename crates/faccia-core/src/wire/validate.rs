@@ -46,9 +46,9 @@ pub struct BatchRules {
     pub now_ms: i64,
     /// Most votes in one batch (`Limits::batch_votes_max`).
     pub batch_votes_max: u32,
-    /// How far ahead of `now_ms` a vote's time may be, in ms (`Limits::future_skew_ms`).
+    /// How far ahead of `now_ms` a vote's time may be before it is a clock fault, in ms (`Limits::future_skew_ms`).
     pub future_skew_ms: i64,
-    /// How far behind `now_ms` a vote's time may be, in ms (`Limits::past_age_ms`).
+    /// How far behind `now_ms` a vote's time may be before it is a clock fault, in ms (`Limits::past_age_ms`).
     pub past_age_ms: i64,
     /// Highest service id in the catalog; a vote's service must be in `1..=service_id_max`.
     pub service_id_max: u16,
@@ -65,6 +65,16 @@ impl BatchRules {
             past_age_ms: limits.past_age_ms,
             service_id_max,
         }
+    }
+}
+
+impl BatchRules {
+    /// Whether a vote's time is a clock fault: more than `future_skew_ms` ahead of `now_ms` or
+    /// more than `past_age_ms` behind it. A batch is never refused for it (protocol § "Clocks"):
+    /// the server stores such a vote flagged, at its receive time, with the terminal's time kept.
+    pub fn clock_fault(&self, at_ms: i64) -> bool {
+        // Saturating: the time comes from the network and the windows from the configuration.
+        at_ms > self.now_ms.saturating_add(self.future_skew_ms) || at_ms < self.now_ms.saturating_sub(self.past_age_ms)
     }
 }
 
@@ -116,28 +126,8 @@ impl<'a> BatchView<'a> {
                 format!("batch.municipality {} is not this terminal's municipality {}", IstatCode(declared), rules.municipality),
             ));
         }
-        // Saturating: base_ms comes from the network and the windows from the configuration.
-        let earliest_ms = rules.now_ms.saturating_sub(rules.past_age_ms);
-        let latest_ms = rules.now_ms.saturating_add(rules.future_skew_ms);
         for (index, vote) in batch.votes.iter().enumerate() {
             check_vote(index, vote, rules.service_id_max)?;
-            let at_ms = self.base_ms().saturating_add(i64::from(vote.offset_ms.to_native()));
-            if at_ms > latest_ms {
-                return Err(Rejection::new(
-                    ErrorCode::TimestampInFuture,
-                    format!(
-                        "votes[{index}] is {} ms ahead of the server clock; future_skew_ms = {}",
-                        at_ms.saturating_sub(rules.now_ms),
-                        rules.future_skew_ms
-                    ),
-                ));
-            }
-            if at_ms < earliest_ms {
-                return Err(Rejection::new(
-                    ErrorCode::TimestampTooOld,
-                    format!("votes[{index}] is {} ms old; past_age_ms = {}", rules.now_ms.saturating_sub(at_ms), rules.past_age_ms),
-                ));
-            }
         }
         Ok(())
     }
