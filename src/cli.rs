@@ -123,6 +123,9 @@ pub enum Command {
         /// cluster's slots).
         #[arg(long, default_value_t = crate::cluster::ClusterConfig::default().partitions, requires = "cluster")]
         partitions: usize,
+        /// With --cluster: give up a query the cluster has not finished after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::cluster::ClusterConfig::default().query_timeout_s, requires = "cluster")]
+        cluster_timeout_s: u64,
         /// The query, e.g. "SELECT * FROM service_index".
         query: Option<String>,
     },
@@ -545,8 +548,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.analyst_tokens.extend(analyst_token);
             serve(&data.data_dir, config).await
         }
-        Command::Sql { data, output, repeat, cluster, partitions, query } => {
-            let cluster = crate::cluster::ClusterConfig { scheduler: cluster, partitions, ..Default::default() };
+        Command::Sql { data, output, repeat, cluster, partitions, cluster_timeout_s, query } => {
+            let cluster =
+                crate::cluster::ClusterConfig { scheduler: cluster, partitions, query_timeout_s: cluster_timeout_s, ..Default::default() };
             sql(&data.data_dir, &output, repeat, &cluster, query.as_deref()).await
         }
         Command::Cluster { role } => cluster(role).await,

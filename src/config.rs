@@ -25,6 +25,7 @@
 //! [cluster]                          # src/cluster: analysts' queries on a Ballista cluster
 //! scheduler = "10.0.0.5:50050"       # omit to run them in the server
 //! partitions = 8                     # scan tasks and shuffle partitions per query
+//! query_timeout_s = 3600             # a query the cluster has not finished by then fails
 //! ```
 
 use std::net::SocketAddr;

@@ -66,6 +66,8 @@ pub(crate) async fn run(options: ExecutorOptions) -> anyhow::Result<()> {
         override_physical_codec: Some(Arc::new(FacciaCodec::default())),
         ..ExecutorProcessConfig::default()
     };
-    start_executor_process(Arc::new(config)).await.with_context(|| format!("the executor (scheduler {})", options.scheduler))?;
+    start_executor_process(Arc::new(config))
+        .await
+        .with_context(|| format!("the executor stopped (scheduler {}: is `faccia cluster scheduler` running there?)", options.scheduler))?;
     Ok(())
 }

@@ -43,7 +43,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion_proto::physical_plan::AsExecutionPlan as _;
 use datafusion_proto::protobuf::PhysicalPlanNode;
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
@@ -62,11 +62,14 @@ pub struct ClusterConfig {
     /// The largest plan sent, in bytes (default 16 MiB, the gRPC limit Ballista's scheduler
     /// and executors accept). Plans carry the fresh rows and registry tables they scan.
     pub max_plan_bytes: usize,
+    /// Seconds after which a query still running on the cluster is given up, with an error
+    /// (default 3,600): a job the cluster never finishes must not hold an analyst's session.
+    pub query_timeout_s: u64,
 }
 
 impl Default for ClusterConfig {
     fn default() -> ClusterConfig {
-        ClusterConfig { scheduler: None, partitions: 8, max_plan_bytes: DEFAULT_MAX_PLAN_BYTES }
+        ClusterConfig { scheduler: None, partitions: 8, max_plan_bytes: DEFAULT_MAX_PLAN_BYTES, query_timeout_s: 3_600 }
     }
 }
 
@@ -113,6 +116,12 @@ pub enum ClusterError {
         /// `max_plan_bytes`, in bytes.
         limit: usize,
     },
+    /// The cluster did not finish the query within `query_timeout_s`.
+    #[error("the cluster did not finish the query within {seconds} s (query_timeout_s); the scheduler's log says why")]
+    TimedOut {
+        /// `query_timeout_s`.
+        seconds: u64,
+    },
     /// A query mixing `information_schema` with other tables.
     #[error("the cluster cannot run a query that reads information_schema together with other tables: query information_schema on its own")]
     MixedCatalog,
@@ -126,12 +135,17 @@ pub enum ClusterError {
 pub struct Cluster {
     scheduler: String,
     max_plan_bytes: usize,
+    timeout: Duration,
 }
 
 impl Cluster {
     /// The client of the scheduler in `config` (`None` when none is configured).
     pub fn from_config(config: &ClusterConfig) -> Option<Cluster> {
-        config.scheduler.as_ref().map(|scheduler| Cluster { scheduler: scheduler.clone(), max_plan_bytes: config.max_plan_bytes })
+        config.scheduler.as_ref().map(|scheduler| Cluster {
+            scheduler: scheduler.clone(),
+            max_plan_bytes: config.max_plan_bytes,
+            timeout: Duration::from_secs(config.query_timeout_s.max(1)),
+        })
     }
 
     /// Runs a planned statement of `ctx` (a context built with `Runs::OnCluster`) on the
@@ -159,20 +173,37 @@ impl Cluster {
         }
         self.reachable().await?;
         let config = ctx.copied_config();
-        let stream = execute_physical_plan::<PhysicalPlanNode>(
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = ClusterError::TimedOut { seconds: self.timeout.as_secs() };
+        let ballista = config.ballista_config();
+        let submitted = execute_physical_plan::<PhysicalPlanNode>(
             format!("http://{}", self.scheduler),
-            &config.ballista_config(),
+            &ballista,
             plan,
             &codec,
             ctx.session_id(),
             config,
-        )
-        .await
-        .map_err(|e| ClusterError::Query(message(&e)))?;
-        Ok(Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-            stream.schema(),
-            stream.map_err(|e| DataFusionError::Execution(message(&e))),
-        )))
+        );
+        let stream = tokio::time::timeout_at(deadline, submitted)
+            .await
+            .map_err(|_| ClusterError::TimedOut { seconds: self.timeout.as_secs() })?
+            .map_err(|e| ClusterError::Query(message(&e)))?;
+        let schema = stream.schema();
+        // Every batch within the deadline too: the job's stages run while the result streams.
+        let timed_out = timed_out.to_string();
+        let batches = futures::stream::unfold(Some(stream), move |state| {
+            let timed_out = timed_out.clone();
+            async move {
+                let mut stream = state?;
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(Some(Ok(batch))) => Some((Ok(batch), Some(stream))),
+                    Ok(Some(Err(e))) => Some((Err(DataFusionError::Execution(message(&e))), None)),
+                    Ok(None) => None,
+                    Err(_) => Some((Err(DataFusionError::Execution(timed_out)), None)),
+                }
+            }
+        });
+        Ok(Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, batches)))
     }
 
     /// Plans `sql` in `ctx`, runs it as `stream` does and collects the result with its schema.

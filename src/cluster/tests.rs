@@ -155,7 +155,7 @@ async fn an_operator_that_cannot_travel_is_named_before_anything_is_sent() {
     let table = StreamingTable::try_new(Arc::clone(&schema), vec![Arc::new(OneBatch(schema))]).unwrap();
     there.register_table("sensor", Arc::new(table)).unwrap();
     // No scheduler listens here: the operator is refused before the connection is tried.
-    let cluster = Cluster { scheduler: "127.0.0.1:9".into(), max_plan_bytes: DEFAULT_MAX_PLAN_BYTES };
+    let cluster = Cluster { scheduler: "127.0.0.1:9".into(), max_plan_bytes: DEFAULT_MAX_PLAN_BYTES, timeout: Duration::from_secs(60) };
     let error = cluster.run_with_schema(&there, "SELECT sum(x) FROM sensor").await.unwrap_err();
     assert!(matches!(&error, ClusterError::Unshippable { operator } if operator == "StreamingTableExec"), "{error}");
     assert!(error.to_string().contains("the plan operator StreamingTableExec cannot be sent to executors"), "{error}");

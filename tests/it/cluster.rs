@@ -234,6 +234,9 @@ async fn every_view_and_analyst_query_answers_the_same_on_a_two_executor_cluster
     // node's memory holds a key's fresh counts as several rows until they are flushed).
     queries.push(("all votes".into(), "SELECT count(*), sum(face), sum(municipality) FROM votes".into()));
     queries.push(("one day".into(), format!("SELECT count(*), sum(face) FROM votes WHERE date = DATE '{END}'")));
+    // Every file pruned away: the scan is the fresh rows alone, or nothing at all.
+    queries.push(("a day without votes".into(), "SELECT count(*), sum(face) FROM votes WHERE date = DATE '1999-01-01'".into()));
+    queries.push(("a rollup day without votes".into(), "SELECT count(*) FROM vote_counts WHERE date = DATE '1999-01-01'".into()));
     queries.push((
         "vote_counts by key".into(),
         "SELECT date, region_code, service, hour, channel, face, reason, misuse, CAST(sum(votes) AS BIGINT) FROM vote_counts GROUP BY ALL"
@@ -250,8 +253,24 @@ async fn every_view_and_analyst_query_answers_the_same_on_a_two_executor_cluster
     for (name, sql) in &queries {
         let here =
             faccia(&["sql", "--data-dir", data_arg, "--format", "csv", sql], &s3).unwrap_or_else(|e| panic!("{name} single-node: {e}"));
-        let there = faccia(&["sql", "--data-dir", data_arg, "--cluster", &cluster_arg, "--partitions", "4", "--format", "csv", sql], &s3)
-            .unwrap_or_else(|e| panic!("{name} on the cluster: {e}\nscheduler:\n{}", scheduler.log()));
+        let there = faccia(
+            &[
+                "sql",
+                "--data-dir",
+                data_arg,
+                "--cluster",
+                &cluster_arg,
+                "--partitions",
+                "4",
+                "--cluster-timeout-s",
+                "120",
+                "--format",
+                "csv",
+                sql,
+            ],
+            &s3,
+        )
+        .unwrap_or_else(|e| panic!("{name} on the cluster: {e}\nscheduler:\n{}", scheduler.log()));
         same(&format!("{name} (faccia sql --cluster)"), &here, &there);
         let (status, served) = http(http_addr, "POST", "/query?format=csv", Some(TOKEN), sql).unwrap();
         assert_eq!(status, 200, "{name} through the node's HTTP endpoint: {served}");
