@@ -399,6 +399,11 @@ async fn a_union_is_one_administration_with_its_own_terminals_index_and_bonus() 
     registry::add_union_terminals(dir.path(), "UM-1", ivrea, 1, "").unwrap();
     let coverage = row("SELECT bonus_eur, terminals_active FROM union_coverage").await;
     assert!(coverage.contains("| 450       | 2                |"), "{coverage}");
+    // Piemonte: Agliè's own terminal (400 €, attributes not recorded) and the union (450 €, no
+    // digital signature), once each.
+    let region =
+        row("SELECT with_terminals, unions_eligible, unions_with_terminals, bonus_eur FROM coverage_by_region WHERE region_code = 1").await;
+    assert!(region.contains("| 1              | 1               | 1                     | 850       |"), "{region}");
     let index = row("SELECT service, votes, positive, csat_pct FROM union_index WHERE union_code = 'UM-1' ORDER BY service").await;
     assert!(index.contains("| 1       | 200   | 105      | 52.5     |"), "{index}");
     let members = row("SELECT count(*) AS n FROM union_members m JOIN municipalities USING (municipality) WHERE union_code = 'UM-1'").await;

@@ -230,15 +230,6 @@ fn coverage_views() -> Vec<String> {
          LEFT JOIN (SELECT municipality, CAST(sum(votes) AS BIGINT) AS votes, min(date) AS first_day, max(date) AS last_day
                     FROM municipality_service_counts WHERE misuse = 0 GROUP BY municipality) v ON v.municipality = m.municipality"
             .to_string(),
-        "CREATE VIEW coverage_by_region AS
-         SELECT region_code, region,
-                count(*) FILTER (WHERE eligible) AS eligible,
-                count(*) FILTER (WHERE eligible AND terminals_active > 0) AS with_terminals,
-                count(*) FILTER (WHERE eligible AND votes > 0) AS with_votes,
-                round(share_pct(count(*) FILTER (WHERE eligible AND terminals_active > 0), count(*) FILTER (WHERE eligible)), 1) AS coverage_pct,
-                CAST(coalesce(sum(bonus_eur) FILTER (WHERE eligible AND terminals_active > 0), 0) AS BIGINT) AS bonus_eur
-         FROM administration_coverage GROUP BY region_code, region"
-            .to_string(),
         // A union is one administration: its own terminals (registered to it, standing in a
         // member comune), its own bonus; the member comuni keep theirs.
         "CREATE VIEW union_coverage AS
@@ -250,6 +241,22 @@ fn coverage_views() -> Vec<String> {
          LEFT JOIN (SELECT t.union_code, count(*) AS votes, min(c.date) AS first_day, max(c.date) AS last_day
                     FROM counted_votes c JOIN terminals t ON t.terminal = c.terminal WHERE t.union_code IS NOT NULL GROUP BY t.union_code) v
                 ON v.union_code = u.union_code"
+            .to_string(),
+        "CREATE VIEW coverage_by_region AS
+         SELECT c.region_code, c.region, c.eligible, c.with_terminals, c.with_votes, c.coverage_pct,
+                coalesce(u.eligible, 0) AS unions_eligible, coalesce(u.with_terminals, 0) AS unions_with_terminals,
+                CAST(c.bonus_eur + coalesce(u.bonus_eur, 0) AS BIGINT) AS bonus_eur
+         FROM (SELECT region_code, region,
+                      count(*) FILTER (WHERE eligible) AS eligible,
+                      count(*) FILTER (WHERE eligible AND terminals_active > 0) AS with_terminals,
+                      count(*) FILTER (WHERE eligible AND votes > 0) AS with_votes,
+                      round(share_pct(count(*) FILTER (WHERE eligible AND terminals_active > 0), count(*) FILTER (WHERE eligible)), 1) AS coverage_pct,
+                      CAST(coalesce(sum(bonus_eur) FILTER (WHERE eligible AND terminals_active > 0), 0) AS BIGINT) AS bonus_eur
+               FROM administration_coverage GROUP BY region_code, region) c
+         LEFT JOIN (SELECT region_code, count(*) FILTER (WHERE eligible) AS eligible,
+                           count(*) FILTER (WHERE eligible AND terminals_active > 0) AS with_terminals,
+                           CAST(sum(bonus_eur) FILTER (WHERE eligible AND terminals_active > 0) AS BIGINT) AS bonus_eur
+                    FROM union_coverage GROUP BY region_code) u ON u.region_code = c.region_code"
             .to_string(),
         format!(
             "CREATE VIEW union_index AS
