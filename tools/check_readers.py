@@ -211,17 +211,17 @@ READERS = {
 
 # The column types storage.md promises each reader (what it reads without a cast).
 TYPES = {
-    "pyarrow": {"municipality": "int64", "service": "int32", "ts": "timestamp[us, tz=UTC]", "face": "int8", "channel": "int16",
+    "pyarrow": {"municipality": "int64", "service": "int32", "ts": "timestamp[us, tz=UTC]", "terminal_ts": "timestamp[us, tz=UTC]", "face": "int8", "channel": "int16",
                 "reason": "int16", "terminal": "int64", "misuse": "int16", "date": "date32[day]"},
-    "pandas": {"municipality": "int64", "service": "int32", "ts": "datetime64[us, UTC]", "face": "int8", "channel": "int16",
+    "pandas": {"municipality": "int64", "service": "int32", "ts": "datetime64[us, UTC]", "terminal_ts": "datetime64[us, UTC]", "face": "int8", "channel": "int16",
                "reason": "float64", "terminal": "int64", "misuse": "int16", "date": "object"},
-    "polars": {"municipality": "Int64", "service": "Int32", "ts": "Datetime(time_unit='us', time_zone='UTC')", "face": "Int8",
+    "polars": {"municipality": "Int64", "service": "Int32", "ts": "Datetime(time_unit='us', time_zone='UTC')", "terminal_ts": "Datetime(time_unit='us', time_zone='UTC')", "face": "Int8",
                "channel": "Int16", "reason": "Int16", "terminal": "Int64", "misuse": "Int16", "date": "Date"},
-    "duckdb-lts": {"municipality": "BIGINT", "service": "INTEGER", "ts": "TIMESTAMP WITH TIME ZONE", "face": "TINYINT",
+    "duckdb-lts": {"municipality": "BIGINT", "service": "INTEGER", "ts": "TIMESTAMP WITH TIME ZONE", "terminal_ts": "TIMESTAMP WITH TIME ZONE", "face": "TINYINT",
                    "channel": "SMALLINT", "reason": "SMALLINT", "terminal": "BIGINT", "misuse": "SMALLINT", "date": "DATE"},
-    "duckdb-current": {"municipality": "UINTEGER", "service": "USMALLINT", "ts": "TIMESTAMP WITH TIME ZONE", "face": "TINYINT",
+    "duckdb-current": {"municipality": "UINTEGER", "service": "USMALLINT", "ts": "TIMESTAMP WITH TIME ZONE", "terminal_ts": "TIMESTAMP WITH TIME ZONE", "face": "TINYINT",
                        "channel": "UTINYINT", "reason": "UTINYINT", "terminal": "UINTEGER", "misuse": "UTINYINT", "date": "DATE"},
-    "spark": {"municipality": "bigint", "service": "int", "ts": "timestamp", "face": "tinyint", "channel": "smallint",
+    "spark": {"municipality": "bigint", "service": "int", "ts": "timestamp", "terminal_ts": "timestamp", "face": "tinyint", "channel": "smallint",
               "reason": "smallint", "terminal": "bigint", "misuse": "smallint", "date": "date"},
 }
 
