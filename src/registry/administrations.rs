@@ -1,7 +1,6 @@
 //! Administrations: what the programme's bonus rule needs beyond the ISTAT list
 //! (`DATA_DIR/administrations.json`), and the bonus itself.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -62,17 +61,8 @@ fn administrations_path(data_dir: &Path) -> PathBuf {
 /// # Errors
 /// When the file exists but cannot be read or parsed.
 pub(crate) fn list_administrations(data_dir: &Path) -> Result<Vec<AdministrationRecord>, RegistryError> {
-    let path = administrations_path(data_dir);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(source) => return Err(RegistryError::Io { path, source }),
-    };
-    let file: AdministrationsFile = serde_json::from_str(&text).map_err(|source| RegistryError::Parse { path: path.clone(), source })?;
-    if file.version != ADMINISTRATIONS_FORMAT_VERSION {
-        return Err(RegistryError::Version { path, found: file.version, expected: ADMINISTRATIONS_FORMAT_VERSION });
-    }
-    Ok(file.administrations)
+    let file = super::read_versioned(&administrations_path(data_dir), ADMINISTRATIONS_FORMAT_VERSION, |f: &AdministrationsFile| f.version)?;
+    Ok(file.map(|f| f.administrations).unwrap_or_default())
 }
 
 /// Records whether an administration has a digital signature and a PEC box (`None` leaves an
@@ -104,9 +94,7 @@ pub(crate) fn set_administration(
     let record = record.clone();
     administrations.sort_by(|a, b| a.municipality.cmp(&b.municipality));
     let file = AdministrationsFile { version: ADMINISTRATIONS_FORMAT_VERSION, administrations };
-    let path = administrations_path(data_dir);
-    let text = serde_json::to_string_pretty(&file).expect("the administrations file serialises");
-    crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| RegistryError::Io { path, source })?;
+    super::write_json(&administrations_path(data_dir), &file)?;
     Ok(record)
 }
 

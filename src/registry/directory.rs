@@ -369,18 +369,8 @@ fn terminals_path(data_dir: &Path) -> PathBuf {
 }
 
 fn read_terminals(path: &Path) -> Result<TerminalsFile, RegistryError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(TerminalsFile { version: TERMINALS_FORMAT_VERSION, next_id: 1, terminals: vec![] });
-        }
-        Err(source) => return Err(RegistryError::Io { path: path.to_path_buf(), source }),
-    };
-    let file: TerminalsFile = serde_json::from_str(&text).map_err(|source| RegistryError::Parse { path: path.to_path_buf(), source })?;
-    if file.version != TERMINALS_FORMAT_VERSION {
-        return Err(RegistryError::Version { path: path.to_path_buf(), found: file.version, expected: TERMINALS_FORMAT_VERSION });
-    }
-    Ok(file)
+    let file = super::read_versioned(path, TERMINALS_FORMAT_VERSION, |f: &TerminalsFile| f.version)?;
+    Ok(file.unwrap_or(TerminalsFile { version: TERMINALS_FORMAT_VERSION, next_id: 1, terminals: vec![] }))
 }
 
 /// Read-modify-write of `terminals.json` under an exclusive lock, replaced atomically.
@@ -392,8 +382,7 @@ fn update_terminals<T>(data_dir: &Path, change: impl FnOnce(&mut TerminalsFile) 
     lock.lock().map_err(io)?;
     let mut file = read_terminals(&path)?;
     let result = change(&mut file);
-    let text = serde_json::to_string_pretty(&file).expect("the terminal directory serialises");
-    crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(io)?;
+    super::write_json(&path, &file)?;
     Ok(result)
 }
 

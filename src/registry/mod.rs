@@ -15,7 +15,7 @@
 //! Architecture invariant: the registry never sees the network. It answers "who is terminal 42
 //! and is this its secret", and the municipality of a vote always comes from here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::model::TerminalId;
 
@@ -77,4 +77,33 @@ pub enum RegistryError {
         /// Length of the text given, in bytes, after trimming surrounding whitespace.
         found: usize,
     },
+}
+
+/// Reads a registry file whose JSON carries a `version` (read by `version`): `None` when the
+/// file does not exist.
+///
+/// # Errors
+/// `Io` when it cannot be read, `Parse` when it is not that JSON, `Version` when it declares a
+/// version other than `expected`.
+fn read_versioned<T: serde::de::DeserializeOwned>(path: &Path, expected: u32, version: fn(&T) -> u32) -> Result<Option<T>, RegistryError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(RegistryError::Io { path: path.to_path_buf(), source }),
+    };
+    let file: T = serde_json::from_str(&text).map_err(|source| RegistryError::Parse { path: path.to_path_buf(), source })?;
+    let found = version(&file);
+    if found != expected {
+        return Err(RegistryError::Version { path: path.to_path_buf(), found, expected });
+    }
+    Ok(Some(file))
+}
+
+/// Replaces a registry file with `file` as pretty JSON, atomically.
+///
+/// # Errors
+/// `Io` when it cannot be written.
+fn write_json<T: serde::Serialize>(path: &Path, file: &T) -> Result<(), RegistryError> {
+    let text = serde_json::to_string_pretty(file).expect("a registry file serialises");
+    crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|source| RegistryError::Io { path: path.to_path_buf(), source })
 }

@@ -71,17 +71,8 @@ fn unions_path(data_dir: &Path) -> PathBuf {
 /// # Errors
 /// When the file exists but cannot be read or parsed.
 pub(crate) fn list_unions(data_dir: &Path) -> Result<Vec<UnionRecord>, RegistryError> {
-    let path = unions_path(data_dir);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(source) => return Err(RegistryError::Io { path, source }),
-    };
-    let file: UnionsFile = serde_json::from_str(&text).map_err(|source| RegistryError::Parse { path: path.clone(), source })?;
-    if file.version != UNIONS_FORMAT_VERSION {
-        return Err(RegistryError::Version { path, found: file.version, expected: UNIONS_FORMAT_VERSION });
-    }
-    Ok(file.unions)
+    let file = super::read_versioned(&unions_path(data_dir), UNIONS_FORMAT_VERSION, |f: &UnionsFile| f.version)?;
+    Ok(file.map(|f| f.unions).unwrap_or_default())
 }
 
 /// The union `code`, if registered.
@@ -153,9 +144,7 @@ pub(crate) fn add_union(
     unions.sort_by(|a, b| a.code.cmp(&b.code));
     let path = unions_path(data_dir);
     fs::create_dir_all(data_dir).map_err(|source| RegistryError::Io { path: path.clone(), source })?;
-    let file = UnionsFile { version: UNIONS_FORMAT_VERSION, unions };
-    let text = serde_json::to_string_pretty(&file).expect("the unions file serialises");
-    crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| RegistryError::Io { path, source })?;
+    super::write_json(&path, &UnionsFile { version: UNIONS_FORMAT_VERSION, unions })?;
     Ok(record)
 }
 
