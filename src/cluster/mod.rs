@@ -249,9 +249,9 @@ fn stays_here(plan: &LogicalPlan) -> Result<bool, ClusterError> {
     Ok(!reads_a_table)
 }
 
-/// The innermost useful message of a DataFusion or Ballista error: without the
-/// "External error: … Task failed due to runtime execution error: DataFusionError(…)" wrappers
-/// that a job's failure collects on its way back.
+/// The message of a DataFusion or Ballista error. For a function or operator the cluster lacks
+/// (`codec`'s messages), only the sentence naming it: a job's failure brings it back wrapped
+/// in Ballista's error texts and a debug dump of the plan.
 pub(crate) fn message(error: &DataFusionError) -> String {
     let text = error.to_string();
     for marker in ["is not available on the cluster", "cannot be sent to the cluster"] {
