@@ -50,7 +50,8 @@ pub struct Config {
     /// QUIC ingest address terminals connect to (UDP); `127.0.0.1:4747` by default, so that a first start exposes nothing.
     pub listen: SocketAddr,
     /// UDP sockets sharing the ingest address (`SO_REUSEPORT`), each with its own endpoint
-    /// driver; one per core by default.
+    /// driver; one per core by default, at most 256. Packets are steered to the socket owning
+    /// their connection ID, so connections survive address changes (`ingest::endpoint::bind`).
     pub ingest_sockets: usize,
     /// Flight SQL address; `None` serves no Flight SQL (the demo, some tests).
     pub flight_listen: Option<SocketAddr>,

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
+use quinn_proto::ConnectionIdGenerator;
 use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -582,11 +583,15 @@ fn flag_counts(flags: &[u8]) -> Vec<(Rule, u64)> {
 }
 
 /// Binds the ingest server's QUIC endpoints: `sockets` UDP sockets sharing `listen` with
-/// `SO_REUSEPORT`, so that the kernel spreads connections over them (by address hash, so a
-/// connection's packets always reach the same socket) and one endpoint driver per socket runs
-/// on its own worker thread. `reset_key` signs stateless resets: kept across restarts (see
-/// `transport::tls::reset_key`), it lets a restarted server tell the terminals of the previous process at
-/// once that their connections are gone, instead of leaving them to time out.
+/// `SO_REUSEPORT`, one endpoint driver per socket on its own worker thread. Endpoint `i` issues
+/// only connection IDs whose first byte is `i` modulo `sockets` (`SteeredConnectionIds`), and
+/// the kernel delivers each packet to the socket its connection ID names
+/// (`transport::udp::steer_by_connection_id`), so a connection keeps its endpoint when a NAT
+/// rebinding changes the terminal's address or port. Where the kernel refuses the steering
+/// program, one socket is used (a warning says so): more sockets would break rebound
+/// connections. `reset_key` signs stateless resets: kept across restarts (see
+/// `transport::tls::reset_key`), it lets a restarted server tell the terminals of the previous
+/// process at once that their connections are gone, instead of leaving them to time out.
 ///
 /// # Errors
 /// When the address cannot be bound.
@@ -605,18 +610,73 @@ pub(crate) fn bind(listen: SocketAddr, config: quinn::ServerConfig, reset_key: &
     // for their reply timeout); keyed from the same persistent secret, the restarted server
     // recognises them and answers with a stateless reset at once.
     let cid_key = u64::from_le_bytes(ring::hmac::sign(&key, b"faccia connection id key").as_ref()[..8].try_into().expect("8 bytes"));
-    endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("the ingest endpoint needs a tokio runtime"))?;
     // SO_REUSEPORT would let a second server on the same port silently take half the traffic:
     // make sure nobody holds the address first (this also picks the port when asked for 0).
     let addr = bind_unshared(listen)?.local_addr()?;
-    let mut endpoints = Vec::with_capacity(sockets.max(1));
-    for _ in 0..sockets.max(1) {
-        let socket = crate::transport::udp::udp_socket_shared(addr)?;
-        let endpoint = quinn::Endpoint::new(endpoint_config.clone(), Some(config.clone()), socket, Arc::clone(&runtime))?;
-        endpoints.push(endpoint);
+    let mut group = Vec::with_capacity(sockets.clamp(1, STEERED_SOCKETS_MAX));
+    for _ in 0..sockets.clamp(1, STEERED_SOCKETS_MAX) {
+        group.push(crate::transport::udp::udp_socket_shared(addr)?);
+    }
+    if group.len() > 1
+        && let Err(error) = crate::transport::udp::steer_by_connection_id(&group)
+    {
+        tracing::warn!(%error, sockets = group.len(), "the kernel refused to steer packets by connection ID: serving on one socket");
+        group.truncate(1);
+    }
+    let count = group.len();
+    let mut endpoints = Vec::with_capacity(count);
+    for (index, socket) in group.into_iter().enumerate() {
+        let mut endpoint_config = endpoint_config.clone();
+        endpoint_config.cid_generator(move || Box::new(SteeredConnectionIds::new(cid_key, index, count)));
+        endpoints.push(quinn::Endpoint::new(endpoint_config, Some(config.clone()), socket, Arc::clone(&runtime))?);
     }
     Ok(Listeners { endpoints, addr })
+}
+
+/// At most this many ingest sockets: the steering program names a socket by one byte of the
+/// connection ID.
+const STEERED_SOCKETS_MAX: usize = 256;
+
+/// The connection IDs of ingest endpoint `socket` of `sockets`: quinn's keyed-hash IDs (8
+/// bytes: a 3-byte random nonce, then a 5-byte keyed hash of it, so packets for IDs never issued
+/// are recognised without state) drawn until the first byte modulo `sockets` is `socket` — the
+/// byte `transport::udp::steer_by_connection_id` steers by. Drawing keeps every endpoint's IDs
+/// valid for every other (one key), costs `sockets` draws on average, and leaves
+/// 2^24 / `sockets` nonces per endpoint (65,536 with 256 sockets) for the IDs in use at once.
+struct SteeredConnectionIds {
+    inner: quinn_proto::HashedConnectionIdGenerator,
+    socket: usize,
+    sockets: usize,
+}
+
+impl SteeredConnectionIds {
+    fn new(key: u64, socket: usize, sockets: usize) -> SteeredConnectionIds {
+        SteeredConnectionIds { inner: quinn_proto::HashedConnectionIdGenerator::from_key(key), socket, sockets: sockets.max(1) }
+    }
+}
+
+impl ConnectionIdGenerator for SteeredConnectionIds {
+    fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
+        loop {
+            let id = self.inner.generate_cid();
+            if usize::from(id[0]) % self.sockets == self.socket {
+                return id;
+            }
+        }
+    }
+
+    fn validate(&self, id: &quinn_proto::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
+        self.inner.validate(id)
+    }
+
+    fn cid_len(&self) -> usize {
+        self.inner.cid_len()
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        self.inner.cid_lifetime()
+    }
 }
 
 /// The ingest server's bound QUIC sockets: `sockets` endpoints sharing one address
@@ -672,6 +732,25 @@ fn bind_unshared(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_endpoint_issues_connection_ids_that_name_its_socket_and_validate_everywhere() {
+        // Proves: endpoint i of n issues IDs whose first byte is i mod n (what the kernel steers
+        // by), and an ID of one endpoint validates at every other (one key, across restarts).
+        for sockets in [1, 2, 3, 16] {
+            for socket in 0..sockets {
+                let mut ids = SteeredConnectionIds::new(42, socket, sockets);
+                let other = SteeredConnectionIds::new(42, (socket + 1) % sockets, sockets);
+                for _ in 0..50 {
+                    let id = ids.generate_cid();
+                    assert_eq!(usize::from(id[0]) % sockets, socket);
+                    assert!(other.validate(&id).is_ok());
+                }
+            }
+        }
+        let stranger = SteeredConnectionIds::new(7, 0, 2);
+        assert!(stranger.validate(&SteeredConnectionIds::new(42, 0, 2).generate_cid()).is_err());
+    }
 
     #[test]
     fn binding_waits_for_an_address_being_released_and_no_longer() {

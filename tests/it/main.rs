@@ -15,6 +15,7 @@ mod identity;
 mod jdbc;
 mod limits;
 mod misuse;
+mod nat;
 mod objectstore;
 mod properties;
 mod proxy;

@@ -57,3 +57,62 @@ impl Drop for LossyProxy {
         self.task.abort();
     }
 }
+
+/// A UDP relay on loopback that behaves like a NAT whose mapping expires: every `interval` it
+/// sends the client's packets from a new source port (a new upstream socket) and forgets the
+/// old one, so the server sees the client's address change mid-connection.
+pub(crate) struct RebindingRelay {
+    pub addr: SocketAddr,
+    /// How many times the upstream port changed.
+    pub rebinds: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RebindingRelay {
+    pub(crate) async fn start(server: SocketAddr, interval: std::time::Duration) -> RebindingRelay {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = front.local_addr().unwrap();
+        let rebinds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&rebinds);
+        let task = tokio::spawn(async move {
+            let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+            let mut upstream: Option<(Arc<UdpSocket>, tokio::task::JoinHandle<()>)> = None;
+            let mut next_rebind = tokio::time::Instant::now() + interval;
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let Ok((len, from)) = front.recv_from(&mut buf).await else { return };
+                *client.lock().unwrap() = Some(from);
+                if upstream.is_some() && tokio::time::Instant::now() >= next_rebind {
+                    // The mapping expired: the old port is gone, replies sent to it are lost.
+                    let (_, relay) = upstream.take().unwrap();
+                    relay.abort();
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    next_rebind = tokio::time::Instant::now() + interval;
+                }
+                if upstream.is_none() {
+                    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                    socket.connect(server).await.unwrap();
+                    let (front, replies, client) = (Arc::clone(&front), Arc::clone(&socket), Arc::clone(&client));
+                    let relay = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65_536];
+                        while let Ok(len) = replies.recv(&mut buf).await {
+                            let to = *client.lock().unwrap();
+                            if let Some(to) = to {
+                                let _ = front.send_to(&buf[..len], to).await;
+                            }
+                        }
+                    });
+                    upstream = Some((socket, relay));
+                }
+                let _ = upstream.as_ref().unwrap().0.send(&buf[..len]).await;
+            }
+        });
+        RebindingRelay { addr, rebinds, task }
+    }
+}
+
+impl Drop for RebindingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
