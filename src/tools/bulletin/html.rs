@@ -9,6 +9,7 @@ use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 
 use super::{Bulletin, Lang, integer, month_name, number, text};
+use crate::charts::{self, Bar, IndexBar, Numbers, Period};
 
 /// The page's words in both languages.
 struct Words {
@@ -152,69 +153,18 @@ section{break-inside:auto}
 }
 "#;
 
-/// Horizontal bars, one per item (label, value, the value as shown), scaled to `max`.
-fn bars(items: &[(String, f64, String)], max: f64, colour: &str, title: &str) -> String {
-    let (label_w, bar_w, row_h) = (250.0, 480.0, 22.0);
-    let height = row_h * items.len() as f64 + 8.0;
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" viewBox="0 0 {w} {height}" role="img" aria-label="{t}"><title>{t}</title>"#,
-        w = label_w + bar_w + 110.0,
-        t = escape(title)
-    );
-    for (i, (label, value, shown)) in items.iter().enumerate() {
-        let y = 4.0 + i as f64 * row_h;
-        let width = if max > 0.0 { (value / max).clamp(0.0, 1.0) * bar_w } else { 0.0 };
-        let _ = write!(
-            svg,
-            r#"<text x="{lx}" y="{ty}" font-size="12" text-anchor="end">{label}</text><rect x="{label_w}" y="{y}" width="{width:.1}" height="{h}" fill="{colour}"/><text x="{vx:.1}" y="{ty}" font-size="12">{shown}</text>"#,
-            lx = label_w - 6.0,
-            ty = y + 14.0,
-            label = escape(label),
-            h = row_h - 6.0,
-            vx = label_w + width + 4.0,
-            shown = escape(shown),
-        );
+/// The charts' number style for the page's language.
+fn numbers(lang: Lang) -> &'static Numbers {
+    match lang {
+        Lang::It => &Numbers::ITALIAN,
+        Lang::En => &Numbers::ENGLISH,
     }
-    svg.push_str("</svg>");
-    svg
 }
 
-/// The share of positive faces of each item with its Wilson 95 % interval, on a 0–100 axis.
-fn intervals(items: &[(String, f64, f64, f64)], lang: Lang, title: &str) -> String {
-    let (label_w, axis_w, row_h) = (250.0, 480.0, 22.0);
-    let top = 18.0;
-    let height = top + row_h * items.len() as f64 + 6.0;
-    let x = |pct: f64| label_w + pct.clamp(0.0, 100.0) / 100.0 * axis_w;
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" viewBox="0 0 {w} {height}" role="img" aria-label="{t}"><title>{t}</title>"#,
-        w = label_w + axis_w + 30.0,
-        t = escape(title)
-    );
-    for tick in (0..=100).step_by(20) {
-        let _ = write!(
-            svg,
-            r##"<line x1="{tx}" y1="{top}" x2="{tx}" y2="{height}" stroke="#ccd"/><text x="{tx}" y="12" font-size="11" text-anchor="middle">{tick}{pct}</text>"##,
-            tx = x(tick as f64),
-            pct = if lang == Lang::It { " %" } else { "%" },
-        );
-    }
-    for (i, (label, low, point, high)) in items.iter().enumerate() {
-        let y = top + i as f64 * row_h + row_h / 2.0;
-        let _ = write!(
-            svg,
-            r##"<text x="{lx}" y="{ty}" font-size="12" text-anchor="end">{label}</text><line x1="{a:.1}" y1="{y}" x2="{b:.1}" y2="{y}" stroke="#0b5394" stroke-width="3"/><line x1="{a:.1}" y1="{y0}" x2="{a:.1}" y2="{y1}" stroke="#0b5394"/><line x1="{b:.1}" y1="{y0}" x2="{b:.1}" y2="{y1}" stroke="#0b5394"/><circle cx="{p:.1}" cy="{y}" r="4" fill="#fff" stroke="#1d1d1b" stroke-width="2"/>"##,
-            lx = label_w - 6.0,
-            ty = y + 4.0,
-            label = escape(label),
-            a = x(*low),
-            b = x(*high),
-            p = x(*point),
-            y0 = y - 5.0,
-            y1 = y + 5.0,
-        );
-    }
-    svg.push_str("</svg>");
-    svg
+/// Labelled bars (`charts::bars`): one per item (label, value, the value as shown).
+fn bars(items: &[(String, f64, String)], max: f64, lang: Lang, title: &str) -> String {
+    let rows: Vec<Bar> = items.iter().map(|(label, value, note)| Bar { label: label.clone(), value: *value, note: note.clone() }).collect();
+    charts::bars(title, &rows, max, numbers(lang))
 }
 
 /// A table: header cells (text, numeric) and rows of cells; `total`: the last row is a total.
@@ -384,11 +334,26 @@ fn channels_section(bulletin: &Bulletin, b: &RecordBatch, w: &Words) -> String {
         }
     }
     let max = items.iter().map(|i| i.1).fold(0.0, f64::max);
+    // The month against the previous one, all channels together (the total row).
+    let total = b.num_rows().saturating_sub(1);
+    let month = bulletin.plan.month;
+    let period = |label: NaiveDate, pct: &str, votes: &str| Period {
+        label: month_name(label, lang),
+        value_pct: number(b, pct, total),
+        votes: integer(b, votes, total).unwrap_or(0).max(0) as u64,
+    };
+    let trend = charts::week_over_week(
+        w.t("Quota di positivi: questo mese e il precedente", "Positive share: this month and the previous one"),
+        &period(month, "positive_pct", "votes"),
+        &period(month - chrono::Months::new(1), "previous_positive_pct", "previous_votes"),
+        number(b, "z", total),
+        numbers(lang),
+    );
     format!(
-        "<section><h2>1. {}</h2>{}{}{}</section>",
+        "<section><h2>1. {}</h2>{}{}{trend}{}</section>",
         w.t("Voti per canale", "Votes by channel"),
         table(&head, &rows, true),
-        bars(&items, max, "#0b5394", w.t("Voti per canale, con la quota di positivi", "Votes by channel, with the positive share")),
+        bars(&items, max, lang, w.t("Voti per canale, con la quota di positivi", "Votes by channel, with the positive share")),
         sql_of(bulletin, "channels", w)
     )
 }
@@ -425,7 +390,7 @@ fn coverage_section(bulletin: &Bulletin, b: &RecordBatch, w: &Words) -> String {
         "<section><h2>2. {}</h2>{}{}{}</section>",
         w.t("Partecipazione e copertura delle amministrazioni ammissibili", "Participation and coverage of the eligible administrations"),
         table(&head, &rows, true),
-        bars(&items, 100.0, "#38761d", w.t("Copertura delle ammissibili per regione", "Coverage of the eligible by region")),
+        bars(&items, 100.0, lang, w.t("Copertura delle ammissibili per regione", "Coverage of the eligible by region")),
         sql_of(bulletin, "coverage", w)
     )
 }
@@ -457,8 +422,9 @@ fn services_section(bulletin: &Bulletin, b: &RecordBatch, w: &Words) -> String {
             pts,
             verdict,
         ]);
-        if let (Some(low), Some(point), Some(high)) = (low, number(b, "csat_pct", r), high) {
-            items.push((name, low, point, high));
+        if let (Some(low_pct), Some(value_pct), Some(high_pct)) = (low, number(b, "csat_pct", r), high) {
+            let votes = integer(b, "votes", r).unwrap_or(0).max(0) as u64;
+            items.push(IndexBar { label: name, value_pct, low_pct, high_pct, votes });
         }
     }
     format!(
@@ -466,13 +432,13 @@ fn services_section(bulletin: &Bulletin, b: &RecordBatch, w: &Words) -> String {
         w.t("Servizi, ordinati per il limite inferiore di Wilson", "Services, ranked by the Wilson lower bound"),
         table(&head, &rows, false),
         escape(w.t(
-            "Il cerchio è la quota di positivi, la barra il suo intervallo di confidenza al 95 %: più è stretta, più voti la sostengono.",
-            "The circle is the positive share, the bar its 95 % confidence interval: the narrower, the more votes behind it."
+            "La barra è la quota di positivi, il segmento nero il suo intervallo di confidenza al 95 %: più è stretto, più voti la sostengono.",
+            "The bar is the positive share, the black whisker its 95 % confidence interval: the narrower, the more votes behind it."
         )),
-        intervals(
+        charts::index_bars(
+            w.t("Quota di positivi per servizio con l'intervallo di Wilson", "Positive share by service with the Wilson interval"),
             &items,
-            lang,
-            w.t("Quota di positivi per servizio con l'intervallo di Wilson", "Positive share by service with the Wilson interval")
+            numbers(lang)
         ),
         sql_of(bulletin, "services", w)
     )
@@ -493,7 +459,7 @@ fn reasons_section(bulletin: &Bulletin, b: &RecordBatch, w: &Words) -> String {
         "<section><h2>4. {}</h2>{}{}{}</section>",
         w.t("Motivi dei voti rossi", "Reasons for red faces"),
         table(&head, &rows, false),
-        bars(&items, 100.0, "#990000", w.t("Quota di ciascun motivo tra i voti rossi", "Share of each reason among red faces")),
+        bars(&items, 100.0, lang, w.t("Quota di ciascun motivo tra i voti rossi", "Share of each reason among red faces")),
         sql_of(bulletin, "reasons", w)
     )
 }
@@ -602,9 +568,7 @@ mod tests {
 
     #[test]
     fn charts_are_svg_without_any_external_reference() {
-        let svg = bars(&[("sportello".into(), 10.0, "10".into())], 10.0, "#000", "t");
+        let svg = bars(&[("sportello".into(), 10.0, "10".into())], 10.0, Lang::It, "t");
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>") && !svg.contains("href"));
-        let svg = intervals(&[("Anagrafe".into(), 60.0, 70.0, 80.0)], Lang::It, "t");
-        assert!(svg.contains("<circle") && svg.contains("20 %"));
     }
 }
