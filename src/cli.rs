@@ -300,6 +300,28 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write the monthly bulletin of a month: an HTML page (printable, charts inline), its tables
+    /// as CSV for Excel and as one XLSX workbook, and the bonus settlement per supplier.
+    Bulletin {
+        /// The data directory.
+        #[command(flatten)]
+        data: DataDir,
+        /// The month, YYYY-MM.
+        #[arg(long, value_name = "YYYY-MM")]
+        month: String,
+        /// Only this region (its name as in data/comuni.csv, e.g. Piemonte).
+        #[arg(long, value_name = "NAME", conflicts_with = "municipality")]
+        region: Option<String>,
+        /// Only this municipality (six-digit ISTAT code) and the unions it belongs to.
+        #[arg(long, value_name = "CODE")]
+        municipality: Option<String>,
+        /// The page's language.
+        #[arg(long, value_enum, default_value_t = crate::tools::bulletin::Lang::It)]
+        lang: crate::tools::bulletin::Lang,
+        /// The directory the files are written to (created if absent).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Start a server on a temporary directory, run simulated terminals across small
     /// municipalities, stop the server and print the per-service satisfaction index.
     Demo {
@@ -462,6 +484,31 @@ pub enum UnionsAction {
     List,
 }
 
+/// How a terminal was bought on the public e-marketplace (MePA), for the bonus settlement.
+#[derive(Debug, Args)]
+pub struct PurchaseArgs {
+    /// The supplier that sold the terminal or kit, as on its invoice.
+    #[arg(long, value_name = "NAME")]
+    pub supplier: Option<String>,
+    /// The marketplace order: ODA:NUMBER (direct order) or RdO:NUMBER (request for quotation).
+    #[arg(long, value_name = "KIND:NUMBER")]
+    pub order: Option<String>,
+    /// The purchase date, YYYY-MM-DD.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub bought: Option<String>,
+}
+
+impl PurchaseArgs {
+    fn purchase(&self) -> anyhow::Result<registry::Purchase> {
+        let today = crate::storage::buffer::partition_date(crate::clock::now_ms());
+        Ok(registry::Purchase::parse(self.supplier.as_deref(), self.order.as_deref(), self.bought.as_deref(), today)?)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.supplier.is_none() && self.order.is_none() && self.bought.is_none()
+    }
+}
+
 /// `faccia terminals` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TerminalsAction {
@@ -483,6 +530,18 @@ pub enum TerminalsAction {
         /// Also write the credentials to this CSV file (for `faccia terminal --credentials`).
         #[arg(long, short = 'o')]
         out: Option<PathBuf>,
+        /// How the terminals were bought (the bonus settlement of `faccia bulletin`).
+        #[command(flatten)]
+        purchase: PurchaseArgs,
+    },
+    /// Record how a terminal was bought: supplier, order, date (the flags given replace the
+    /// recorded ones).
+    Set {
+        /// Terminal id.
+        id: u32,
+        /// The purchase's fields to record.
+        #[command(flatten)]
+        purchase: PurchaseArgs,
     },
     /// List registered terminals.
     List,
@@ -592,6 +651,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 report.batches_undelivered.load(std::sync::atomic::Ordering::Relaxed),
             );
             Ok(())
+        }
+        Command::Bulletin { data, month, region, municipality, lang, out } => {
+            bulletin(&data.data_dir, &month, region.as_deref(), municipality.as_deref(), lang, out).await
         }
         Command::Demo { data_dir, seconds, terminals } => crate::tools::demo::run(data_dir, seconds, terminals).await,
         Command::Bench(args) => bench(args).await,
@@ -990,13 +1052,11 @@ fn unions(data_dir: &Path, action: UnionsAction) -> anyhow::Result<()> {
 
 fn terminals(data_dir: &Path, action: TerminalsAction) -> anyhow::Result<()> {
     match action {
-        TerminalsAction::Add { municipality, count, label, union, out } => {
+        TerminalsAction::Add { municipality, count, label, union, out, purchase } => {
             let code = IstatCode::parse(&municipality)
                 .with_context(|| format!("--municipality {municipality:?} is not an ISTAT code (six digits, e.g. 001003)"))?;
-            let credentials = match &union {
-                Some(union) => registry::add_union_terminals(data_dir, union, code, count, &label)?,
-                None => registry::add_terminals(data_dir, code, count, &label)?,
-            };
+            let purchase = purchase.purchase()?;
+            let credentials = registry::add_bought_terminals(data_dir, code, union.as_deref(), count, &label, &purchase)?;
             let name = registry::Catalog::builtin().municipality(code).map(|m| m.name.as_str()).unwrap_or("?");
             let of = union.map(|u| format!(" of union {u}")).unwrap_or_default();
             eprintln!("added {} terminal(s){of} for {code} {name}; the secrets are shown only now", credentials.len());
@@ -1009,12 +1069,40 @@ fn terminals(data_dir: &Path, action: TerminalsAction) -> anyhow::Result<()> {
         }
         TerminalsAction::List => {
             let catalog = registry::Catalog::builtin();
-            println!("{:>8}  {:<6}  {:<28}  {:<8}  label", "terminal", "istat", "municipality", "status");
+            println!(
+                "{:>8}  {:<6}  {:<28}  {:<8}  {:<24}  {:<14}  {:<10}  label",
+                "terminal", "istat", "municipality", "status", "supplier", "order", "bought"
+            );
             for t in registry::list_terminals(data_dir)? {
                 let name = IstatCode::parse(&t.municipality).and_then(|c| catalog.municipality(c)).map_or("?", |m| m.name.as_str());
                 let status = if t.revoked_ms.is_some() { "revoked" } else { "active" };
-                println!("{:>8}  {:<6}  {:<28}  {:<8}  {}", t.id, t.municipality, name, status, t.label);
+                let p = &t.purchase;
+                println!(
+                    "{:>8}  {:<6}  {:<28}  {:<8}  {:<24}  {:<14}  {:<10}  {}",
+                    t.id,
+                    t.municipality,
+                    name,
+                    status,
+                    p.supplier.as_deref().unwrap_or("-"),
+                    p.order().unwrap_or_else(|| "-".into()),
+                    p.bought.map_or_else(|| "-".into(), |d| d.to_string()),
+                    t.label
+                );
             }
+            Ok(())
+        }
+        TerminalsAction::Set { id, purchase } => {
+            if purchase.is_empty() {
+                bail!("give what to record: --supplier NAME, --order ODA:NUMBER or RdO:NUMBER, --bought YYYY-MM-DD");
+            }
+            let record = registry::set_purchase(data_dir, id, &purchase.purchase()?)?;
+            let p = &record.purchase;
+            eprintln!(
+                "terminal {id}: supplier {}, order {}, bought {}",
+                p.supplier.as_deref().unwrap_or("-"),
+                p.order().unwrap_or_else(|| "-".into()),
+                p.bought.map_or_else(|| "-".into(), |d| d.to_string())
+            );
             Ok(())
         }
         TerminalsAction::Revoke { id } => {
@@ -1023,6 +1111,48 @@ fn terminals(data_dir: &Path, action: TerminalsAction) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn bulletin(
+    data_dir: &Path,
+    month: &str,
+    region: Option<&str>,
+    municipality: Option<&str>,
+    lang: crate::tools::bulletin::Lang,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    use crate::tools::bulletin;
+    let month = bulletin::parse_month(month)?;
+    let scope = bulletin::Scope::parse(region, municipality)?;
+    if !data_dir.is_dir() {
+        bail!("data directory {} does not exist (give one with --data-dir)", data_dir.display());
+    }
+    let plan = bulletin::BulletinPlan { month, scope, lang, out };
+    let bar = indicatif::ProgressBar::new(bulletin::STEPS)
+        .with_style(indicatif::ProgressStyle::with_template("bulletin {msg} [{bar:30}] {pos}/{len}, {elapsed}").expect("a valid template"));
+    let computed = bulletin::compute(data_dir, &plan, |step| {
+        bar.set_message(step.to_string());
+        bar.inc(1);
+    })
+    .await?;
+    bar.set_message("writing");
+    // When, in Italy's time (the offices'), as the page writes dates.
+    let now = chrono::DateTime::from_timestamp_millis(crate::clock::now_ms()).expect("a time").with_timezone(&chrono_tz::Europe::Rome);
+    let generated = match lang {
+        bulletin::Lang::It => now.format("%d/%m/%Y %H:%M").to_string(),
+        bulletin::Lang::En => now.format("%Y-%m-%d %H:%M").to_string(),
+    };
+    let page = bulletin::html::render(&computed, &generated)?;
+    let written = bulletin::write(&computed, &page)?;
+    bar.inc(1);
+    bar.finish_and_clear();
+    for (path, rows) in written {
+        match rows {
+            Some(rows) => println!("wrote {} ({rows} rows)", path.display()),
+            None => println!("wrote {}", path.display()),
+        }
+    }
+    Ok(())
 }
 
 async fn crashtest(data_dir: Option<PathBuf>, mut plan: crate::tools::crashtest::Plan) -> anyhow::Result<()> {

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array, UInt16Array, UInt32Array,
+    ArrayRef, AsArray, BooleanArray, Date32Array, Int8Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array, UInt16Array,
+    UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use async_trait::async_trait;
@@ -114,7 +115,9 @@ fn registry_error(error: registry::RegistryError) -> DataFusionError {
     DataFusionError::Execution(crate::error_chain(&error))
 }
 
-/// `terminals`: the terminal directory (`terminals.json`), without secrets.
+/// `terminals`: the terminal directory (`terminals.json`), without secrets; with the purchase
+/// the bonus settlement reads (`supplier`, `order_kind` `ODA`/`RdO`, `order_number`, `bought`),
+/// NULL where not recorded.
 fn terminals(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
     let list = registry::list_terminals(data_dir).map_err(registry_error)?;
     let time = |values: Vec<Option<i64>>| -> ArrayRef { Arc::new(TimestampMillisecondArray::from(values).with_timezone(TIME_ZONE)) };
@@ -131,7 +134,16 @@ fn terminals(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
         ("active", Arc::new(list.iter().map(|t| Some(t.revoked_ms.is_none())).collect::<BooleanArray>()), false),
         ("label", strings(&list, |t| t.label.clone()), false),
         ("union_code", Arc::new(list.iter().map(|t| t.union_code.clone()).collect::<StringArray>()), true),
+        ("supplier", Arc::new(list.iter().map(|t| t.purchase.supplier.clone()).collect::<StringArray>()), true),
+        ("order_kind", Arc::new(list.iter().map(|t| t.purchase.order_kind.map(|k| k.code())).collect::<StringArray>()), true),
+        ("order_number", Arc::new(list.iter().map(|t| t.purchase.order_number.clone()).collect::<StringArray>()), true),
+        ("bought", Arc::new(list.iter().map(|t| t.purchase.bought.map(days_since_1970)).collect::<Date32Array>()), true),
     ])
+}
+
+/// A date as Arrow's Date32: days since 1970-01-01.
+fn days_since_1970(date: chrono::NaiveDate) -> i32 {
+    (date - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date")).num_days() as i32
 }
 
 /// `unions`: the unions of comuni (`unions.json`) with the 50 % rule and the bonus; a union's

@@ -1,4 +1,5 @@
-//! Query results as an Excel workbook (`--format xlsx`, `/query?format=xlsx`): one sheet whose
+//! Query results as an Excel workbook (`--format xlsx`, `/query?format=xlsx`; `faccia bulletin`
+//! writes a sheet per table with `workbook_of_sheets`): one sheet whose
 //! cells have the types Excel computes with, so an office can sum, sort and chart without a
 //! wizard. Only this module knows `rust_xlsxwriter`.
 //!
@@ -188,11 +189,31 @@ enum Cells {
     Display(ArrayRef),
 }
 
-/// The workbook of a result, as the bytes of an `.xlsx` file.
+/// The workbook of a result, as the bytes of an `.xlsx` file (one sheet, `faccia`).
 ///
 /// # Errors
 /// A result beyond Excel's limits (`XlsxError` names the limit); the writer's failures.
 pub fn workbook(schema: &Arc<Schema>, batches: &[RecordBatch]) -> Result<Vec<u8>, XlsxError> {
+    workbook_of_sheets(&[("faccia", schema, batches)])
+}
+
+/// A workbook with one sheet per result, named as given (`faccia bulletin`: a sheet per table),
+/// each as `workbook` writes its one sheet.
+///
+/// # Errors
+/// As `workbook`; a sheet name Excel refuses (over 31 characters, `[]:*?/\`, or twice).
+pub fn workbook_of_sheets(sheets: &[(&str, &Arc<Schema>, &[RecordBatch])]) -> Result<Vec<u8>, XlsxError> {
+    let mut workbook = Workbook::new();
+    for (name, schema, batches) in sheets {
+        let sheet = workbook.add_worksheet_with_low_memory()?;
+        sheet.set_name(*name)?;
+        write_sheet(sheet, schema, batches)?;
+    }
+    Ok(workbook.save_to_buffer()?)
+}
+
+/// One result into `sheet`: a bold header row and typed cells.
+fn write_sheet(sheet: &mut Worksheet, schema: &Arc<Schema>, batches: &[RecordBatch]) -> Result<(), XlsxError> {
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     if rows > ROWS_MAX {
         return Err(XlsxError::TooManyRows { rows });
@@ -204,9 +225,6 @@ pub fn workbook(schema: &Arc<Schema>, batches: &[RecordBatch]) -> Result<Vec<u8>
     let kinds: Vec<Kind> = schema.fields().iter().map(|f| Kind::of(f.data_type())).collect();
     let formats: Vec<Option<CellFormat>> =
         kinds.iter().map(|k| k.number_format().map(|code| CellFormat::new().set_num_format(code))).collect();
-    let mut workbook = Workbook::new();
-    let sheet = workbook.add_worksheet_with_low_memory()?;
-    sheet.set_name("faccia")?;
     let bold = CellFormat::new().set_bold();
     let mut widths: Vec<usize> = Vec::with_capacity(columns);
     for (col, field) in schema.fields().iter().enumerate() {
@@ -232,8 +250,7 @@ pub fn workbook(schema: &Arc<Schema>, batches: &[RecordBatch]) -> Result<Vec<u8>
             row += 1;
         }
     }
-    finish(sheet, &widths, row - 1)?;
-    Ok(workbook.save_to_buffer()?)
+    finish(sheet, &widths, row - 1)
 }
 
 /// Header frozen, autofilter over the data, widths, no "number stored as text" warnings.

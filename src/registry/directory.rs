@@ -79,6 +79,133 @@ pub(crate) struct TerminalRecord {
     /// `municipality`, one of its members; `None`: the comune's own terminal.
     #[serde(default, rename = "union", skip_serializing_if = "Option::is_none")]
     pub(crate) union_code: Option<String>,
+    /// How the terminal was bought (the bonus settlement); `None` in files written before
+    /// purchases were recorded, and until `faccia terminals set` records it.
+    #[serde(default, flatten)]
+    pub(crate) purchase: Purchase,
+}
+
+/// The kind of a public e-marketplace (MePA) order, as the 2009 programme names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum OrderKind {
+    /// Ordine Diretto di Acquisto: a direct order from a supplier's catalogue.
+    #[serde(rename = "ODA")]
+    DirectOrder,
+    /// Richiesta di Offerta: a request for quotation to several suppliers.
+    #[serde(rename = "RdO")]
+    RequestForQuotation,
+}
+
+impl OrderKind {
+    /// The forms `--order` accepts, for error messages.
+    pub(crate) const ACCEPTED: &'static str = "ODA:NUMBER (direct order) or RdO:NUMBER (request for quotation), e.g. ODA:1234";
+
+    /// The programme's abbreviation: `ODA` or `RdO`.
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            OrderKind::DirectOrder => "ODA",
+            OrderKind::RequestForQuotation => "RdO",
+        }
+    }
+}
+
+/// The purchase of a terminal on the public e-marketplace: who sold it, by which order, when.
+/// Each field is `None` until recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Purchase {
+    /// The supplier's name, as on its invoice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) supplier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) order_kind: Option<OrderKind>,
+    /// The order's number on the marketplace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) order_number: Option<String>,
+    /// The purchase date (the order's date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) bought: Option<chrono::NaiveDate>,
+}
+
+/// The longest supplier name kept (a company name with its legal form fits).
+pub(crate) const SUPPLIER_CHARS_MAX: usize = 120;
+/// The longest order number kept (MePA numbers are up to 10 digits).
+pub(crate) const ORDER_NUMBER_CHARS_MAX: usize = 32;
+
+impl Purchase {
+    /// Reads the three flags of `faccia terminals add/set`; a flag not given stays `None`.
+    ///
+    /// # Errors
+    /// `InvalidPurchase` naming the flag and its accepted form: an empty or too long supplier,
+    /// an order not `ODA:NUMBER` / `RdO:NUMBER`, a date not `YYYY-MM-DD` or after `today`.
+    pub(crate) fn parse(
+        supplier: Option<&str>,
+        order: Option<&str>,
+        bought: Option<&str>,
+        today: chrono::NaiveDate,
+    ) -> Result<Purchase, RegistryError> {
+        let invalid = |message: String| RegistryError::InvalidPurchase(message);
+        let supplier = match supplier.map(str::trim) {
+            None => None,
+            Some("") => return Err(invalid("--supplier is empty: give the supplier's name, as on its invoice".into())),
+            Some(s) if s.chars().count() > SUPPLIER_CHARS_MAX => {
+                return Err(invalid(format!("--supplier has {} characters; at most {SUPPLIER_CHARS_MAX}", s.chars().count())));
+            }
+            Some(s) => Some(s.to_string()),
+        };
+        let (order_kind, order_number) = match order {
+            None => (None, None),
+            Some(text) => {
+                let (kind, number) = parse_order(text).ok_or_else(|| {
+                    invalid(format!(
+                        "--order {text:?} is not an order: give {} (the number: 1 to {ORDER_NUMBER_CHARS_MAX} of A-Z, a-z, 0-9, /, -)",
+                        OrderKind::ACCEPTED
+                    ))
+                })?;
+                (Some(kind), Some(number))
+            }
+        };
+        let bought = match bought {
+            None => None,
+            Some(text) => {
+                let date = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+                    .map_err(|_| invalid(format!("--bought {text:?} is not a date: give YYYY-MM-DD, e.g. 2026-11-03")))?;
+                if date > today {
+                    return Err(invalid(format!("--bought {date} is in the future (today is {today}): give the order's date")));
+                }
+                Some(date)
+            }
+        };
+        Ok(Purchase { supplier, order_kind, order_number, bought })
+    }
+
+    /// This purchase with the fields `other` records replacing these.
+    fn merged(&self, other: &Purchase) -> Purchase {
+        Purchase {
+            supplier: other.supplier.clone().or_else(|| self.supplier.clone()),
+            order_kind: other.order_kind.or(self.order_kind),
+            order_number: other.order_number.clone().or_else(|| self.order_number.clone()),
+            bought: other.bought.or(self.bought),
+        }
+    }
+
+    /// The order as `--order` takes it (`ODA:1234`), if recorded.
+    pub(crate) fn order(&self) -> Option<String> {
+        Some(format!("{}:{}", self.order_kind?.code(), self.order_number.as_deref()?))
+    }
+}
+
+/// `ODA:1234` / `RdO:1234` (the kind in any case) as its kind and number.
+fn parse_order(text: &str) -> Option<(OrderKind, String)> {
+    let (kind, number) = text.trim().split_once(':')?;
+    let kind = match kind.trim().to_ascii_uppercase().as_str() {
+        "ODA" => OrderKind::DirectOrder,
+        "RDO" => OrderKind::RequestForQuotation,
+        _ => return None,
+    };
+    let number = number.trim();
+    let valid =
+        (1..=ORDER_NUMBER_CHARS_MAX).contains(&number.len()) && number.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'/' || b == b'-');
+    valid.then(|| (kind, number.to_string()))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -275,16 +402,53 @@ pub fn add_terminals(data_dir: &Path, municipality: IstatCode, count: u32, label
 /// # Errors
 /// Unknown municipality, or the directory file cannot be read or written.
 pub(crate) fn add_terminals_bulk(data_dir: &Path, municipalities: &[IstatCode], label: &str) -> Result<Vec<Credential>, RegistryError> {
-    add_terminals_of(data_dir, municipalities, label, None)
+    add_terminals_of(data_dir, municipalities, label, None, &Purchase::default())
 }
 
-/// Registers `count` terminals of the union of comuni `union`, standing in `municipality`, one
-/// of its member comuni: the union is the administration they belong to (its bonus, its
-/// coverage, `union_index`); their votes keep the comune where they stand.
+/// Registers `count` terminals of `municipality`, or with `union` of that union of comuni
+/// standing in `municipality`, one of its members (the union is the administration they belong
+/// to: its bonus, its coverage, `union_index`; their votes keep the comune where they stand),
+/// with their purchase recorded (`Purchase::default()`: none), in one rewrite.
 ///
 /// # Errors
 /// `InvalidUnion` for a union not registered or a comune not among its members; as
 /// `add_terminals`.
+pub(crate) fn add_bought_terminals(
+    data_dir: &Path,
+    municipality: IstatCode,
+    union: Option<&str>,
+    count: u32,
+    label: &str,
+    purchase: &Purchase,
+) -> Result<Vec<Credential>, RegistryError> {
+    if let Some(union) = union {
+        check_union_member(data_dir, union, municipality)?;
+    }
+    add_terminals_of(data_dir, &vec![municipality; count as usize], label, union, purchase)
+}
+
+/// Records (or changes) how terminal `id` was bought: the fields `purchase` holds replace the
+/// recorded ones, the others stay.
+///
+/// # Errors
+/// Unknown terminal, or the directory file cannot be read or written.
+pub(crate) fn set_purchase(data_dir: &Path, id: TerminalId, purchase: &Purchase) -> Result<TerminalRecord, RegistryError> {
+    update_terminals(data_dir, |file| {
+        let record = file.terminals.iter_mut().find(|t| t.id == id).ok_or(RegistryError::UnknownTerminal(id))?;
+        record.purchase = record.purchase.merged(purchase);
+        Ok(record.clone())
+    })?
+}
+
+/// Registers `count` terminals of the union of comuni `union`, standing in `municipality`, one
+/// of its member comuni: the union is the administration they belong to (its bonus, its
+/// coverage, `union_index`); their votes keep the comune where they stand. The tests'
+/// shorthand for `add_bought_terminals` without a purchase.
+///
+/// # Errors
+/// `InvalidUnion` for a union not registered or a comune not among its members; as
+/// `add_terminals`.
+#[cfg(test)]
 pub(crate) fn add_union_terminals(
     data_dir: &Path,
     union: &str,
@@ -292,6 +456,11 @@ pub(crate) fn add_union_terminals(
     count: u32,
     label: &str,
 ) -> Result<Vec<Credential>, RegistryError> {
+    add_bought_terminals(data_dir, municipality, Some(union), count, label, &Purchase::default())
+}
+
+/// `InvalidUnion` unless `union` is registered and `municipality` is one of its members.
+fn check_union_member(data_dir: &Path, union: &str, municipality: IstatCode) -> Result<(), RegistryError> {
     let Some(record) = super::unions::find_union(data_dir, union)? else {
         return Err(RegistryError::InvalidUnion(format!("union {union} is not registered (faccia unions add)")));
     };
@@ -302,7 +471,7 @@ pub(crate) fn add_union_terminals(
             record.members.join(", ")
         )));
     }
-    add_terminals_of(data_dir, &vec![municipality; count as usize], label, Some(union))
+    Ok(())
 }
 
 fn add_terminals_of(
@@ -310,6 +479,7 @@ fn add_terminals_of(
     municipalities: &[IstatCode],
     label: &str,
     union: Option<&str>,
+    purchase: &Purchase,
 ) -> Result<Vec<Credential>, RegistryError> {
     let catalog = Catalog::builtin();
     if let Some(unknown) = municipalities.iter().find(|m| catalog.municipality(**m).is_none()) {
@@ -331,6 +501,7 @@ fn add_terminals_of(
                     revoked_ms: None,
                     label: label.to_string(),
                     union_code: union.map(str::to_string),
+                    purchase: purchase.clone(),
                 });
                 Credential { id, municipality, secret }
             })
@@ -443,6 +614,41 @@ mod tests {
         assert_eq!(directory.check(2), Err(AuthError::UnknownTerminal));
         assert_eq!(directory.check(1), Ok(IstatCode(1003)));
         assert_eq!(directory.check(3), Err(AuthError::UnknownTerminal));
+    }
+
+    #[test]
+    fn a_purchase_is_recorded_at_add_or_later_and_bad_flags_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+        let purchase = Purchase::parse(Some("Emoticon Srl"), Some("oda:1234"), Some("2026-11-03"), today).unwrap();
+        assert_eq!(purchase.order().as_deref(), Some("ODA:1234"));
+        let added = add_bought_terminals(dir.path(), IstatCode(1003), None, 1, "", &purchase).unwrap();
+        assert_eq!(list_terminals(dir.path()).unwrap()[0].purchase, purchase);
+        // Set later: only the fields given change.
+        let change = Purchase::parse(None, Some("RdO:77/B"), None, today).unwrap();
+        let record = set_purchase(dir.path(), added[0].id, &change).unwrap();
+        assert_eq!(record.purchase.supplier.as_deref(), Some("Emoticon Srl"));
+        assert_eq!(record.purchase.order().as_deref(), Some("RdO:77/B"));
+        assert!(matches!(set_purchase(dir.path(), 99, &change), Err(RegistryError::UnknownTerminal(99))));
+        let refused = |s: Option<&str>, o: Option<&str>, b: Option<&str>| Purchase::parse(s, o, b, today).unwrap_err().to_string();
+        assert!(refused(Some(" "), None, None).contains("--supplier is empty"));
+        assert!(refused(None, Some("MEPA:1"), None).contains("--order \"MEPA:1\" is not an order: give ODA:NUMBER"));
+        assert!(refused(None, Some("ODA:"), None).contains("--order"));
+        assert!(refused(None, None, Some("3/11/2026")).contains("--bought \"3/11/2026\" is not a date: give YYYY-MM-DD"));
+        assert!(refused(None, None, Some("2026-12-01")).contains("--bought 2026-12-01 is in the future"));
+    }
+
+    #[test]
+    fn a_directory_written_before_purchases_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{"version": 1, "next_id": 2, "terminals": [{"id": 1, "municipality": "001003",
+            "secret_sha256": "00", "added_ms": 1, "label": "x"}]}"#;
+        std::fs::write(dir.path().join("terminals.json"), old).unwrap();
+        let list = list_terminals(dir.path()).unwrap();
+        assert_eq!(list[0].purchase, Purchase::default());
+        // Written back without the fields it does not have.
+        set_purchase(dir.path(), 1, &Purchase::default()).unwrap();
+        assert!(!std::fs::read_to_string(dir.path().join("terminals.json")).unwrap().contains("supplier"));
     }
 
     #[test]

@@ -26,7 +26,11 @@ mod unions;
 
 pub(crate) use administrations::{AdministrationRecord, bonus_eur, list_administrations, set_administration};
 pub(crate) use catalog::{Catalog, Municipality};
-pub(crate) use directory::{AuthError, add_terminals_bulk, add_union_terminals, list_terminals, write_credentials_csv};
+#[cfg(test)]
+pub(crate) use directory::add_union_terminals;
+pub(crate) use directory::{
+    AuthError, Purchase, add_bought_terminals, add_terminals_bulk, list_terminals, set_purchase, write_credentials_csv,
+};
 pub use directory::{Credential, Secret, TerminalDirectory, add_terminals, revoke_terminal};
 pub(crate) use unions::{UnionRecord, add_union, eligibility as union_eligibility, list_unions};
 
@@ -66,6 +70,10 @@ pub enum RegistryError {
     /// registered to a union: the message names the code, member or rule.
     #[error("{0}")]
     InvalidUnion(String),
+    /// A terminal's purchase (supplier, order, date) as given cannot be recorded: the message
+    /// names the flag and the accepted form.
+    #[error("{0}")]
+    InvalidPurchase(String),
     /// No registered terminal has this id.
     #[error("terminal {0} is not registered")]
     UnknownTerminal(TerminalId),

@@ -3,6 +3,7 @@
 
 mod architecture;
 mod bench;
+mod bulletin;
 mod clock;
 mod cluster;
 mod commands;
