@@ -5,11 +5,12 @@
 //! The folders follow the path of a vote: `terminal` → `transport` → `ingest` → `storage` →
 //! `query` → `analysts`, with the domain (`model` and `wire` from `faccia-core`, `registry`),
 //! the process assembly (`server`, `cli`), the operators' and load testers' `tools`, and small
-//! shared pieces (`config`, `metrics`, `clock`, `fsutil`).
+//! shared pieces (`config`, `metrics`, `clock`, `fsutil`, `charts`).
 
 pub use faccia_core::{limits, model, wire};
 
 pub mod analysts;
+pub mod charts;
 pub mod cli;
 pub mod clock;
 pub mod cluster;

@@ -281,6 +281,7 @@ fn forbidden() -> BTreeMap<&'static str, &'static [&'static str]> {
     const LEAF: &[&str] =
         &["registry", "ingest", "terminal", "transport", "storage", "query", "analysts", "tools", "server", "cli", "config", "metrics"];
     BTreeMap::from([
+        ("charts", LEAF),
         ("clock", LEAF),
         ("fsutil", LEAF),
         (
