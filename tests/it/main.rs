@@ -8,6 +8,7 @@ mod cluster;
 mod commands;
 mod common;
 mod crash;
+mod dashboard;
 mod excel;
 mod faults;
 mod hostile;
