@@ -90,7 +90,13 @@ def main():
         browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
         context = browser.new_context(viewport={"width": 1200, "height": 900})
         page = context.new_page()
-        page.on("console", lambda m: errors.append(f"{page.url}: {m.text}") if m.type == "error" else None)
+        # A failed load is checked by its response below (the browser's own /favicon.ico
+        # request is not the dashboard's); any other console error fails the check.
+        page.on("console", lambda m: errors.append(f"{page.url}: {m.text}")
+                if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+        bad = []
+        page.on("response", lambda r: bad.append(f"{r.url}: {r.status}")
+                if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
         page.on("pageerror", lambda e: errors.append(f"{page.url}: {e}"))
 
         def visit(path, name):
@@ -107,6 +113,7 @@ def main():
         if response.status != 401 or not page.query_selector("form[action='/login']"):
             fail(f"/ without a token answered {response.status}, not the login form")
         page.screenshot(path=f"{shots}/login-1200.png")
+        bad.clear()  # the 401 just checked
         page.fill("#token", token)
         page.click("button[type=submit]")
         page.wait_for_load_state()
@@ -152,6 +159,7 @@ def main():
         if "Programme coverage" not in page.content():
             fail("the language cookie was not kept")
         browser.close()
+    errors.extend(bad)
     if errors:
         fail("console errors: " + "; ".join(errors))
     print(f"dashboard: every page shows SQL's numbers, no console errors; screenshots in {shots}")
