@@ -334,6 +334,10 @@ pub enum Command {
         /// Number of simulated terminals.
         #[arg(long, default_value_t = 300)]
         terminals: usize,
+        /// After the run, serve the data again (HTTP on the same address: the dashboard) until
+        /// Ctrl-C, and print the analyst token to log in with.
+        #[arg(long)]
+        keep_serving: bool,
     },
 }
 
@@ -655,7 +659,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bulletin { data, month, region, municipality, lang, out } => {
             bulletin(&data.data_dir, &month, region.as_deref(), municipality.as_deref(), lang, out).await
         }
-        Command::Demo { data_dir, seconds, terminals } => crate::tools::demo::run(data_dir, seconds, terminals).await,
+        Command::Demo { data_dir, seconds, terminals, keep_serving } => {
+            crate::tools::demo::run(data_dir, seconds, terminals, keep_serving).await
+        }
         Command::Bench(args) => bench(args).await,
         Command::Crashtest { data_dir, rounds, terminals, min_ms, max_ms, seed, nodes, storage_url } => {
             let seed = seed.unwrap_or_else(rand::random);

@@ -3,7 +3,7 @@
 //! `mod.rs` says what it owns and what it must not know.
 //!
 //! The folders follow the path of a vote: `terminal` → `transport` → `ingest` → `storage` →
-//! `query` → `analysts`, with the domain (`model` and `wire` from `faccia-core`, `registry`),
+//! `query` → `analysts` (and the `dashboard`'s pages), with the domain (`model` and `wire` from `faccia-core`, `registry`),
 //! the process assembly (`server`, `cli`), the operators' and load testers' `tools`, and small
 //! shared pieces (`config`, `metrics`, `clock`, `fsutil`, `charts`).
 
@@ -15,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod fsutil;
 pub mod ingest;
 pub mod metrics;

@@ -7,6 +7,9 @@
 //!   `parquet`, `arrow`, `xlsx` (the last two for Excel are sent as an attachment, a file the
 //!   browser saves); `csv` takes `bom=true` and `delimiter=comma|semicolon|tab` (or `%3B`).
 //!
+//! - the dashboard's pages (`/`, `/municipality/…`, `/coverage`, `/terminals`, `/login`), from
+//!   `crate::dashboard`.
+//!
 //! Errors answer with a status and a one-line text naming what was wrong: 401 (token), 400
 //! (SQL), 413 (a limit, named), 500 (execution).
 
@@ -73,12 +76,14 @@ impl QueryParams {
 /// The routes.
 pub(crate) fn router(state: Arc<HttpState>) -> Router {
     let body_max = state.sql.limits.sql_bytes_max;
+    let dashboard = crate::dashboard::router(Arc::clone(&state.sql));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/query", get(query_get).post(query_post))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(state)
+        .merge(dashboard)
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true.

@@ -4,6 +4,10 @@
 //! terminals across real small municipalities, lets them vote for a few seconds, stops the
 //! server cleanly (everything flushed to Parquet), then answers the per-service satisfaction
 //! index with SQL from the Parquet files and checks the count against what was acknowledged.
+//! The server serves HTTP on a loopback port while it runs, so the dashboard can be looked at:
+//! the last line printed is its address (`dashboard: http://127.0.0.1:PORT/`); with
+//! `--keep-serving` the server is started again on the same data and address after the run and
+//! serves until Ctrl-C, and the analyst token to log in with is printed.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -42,7 +46,7 @@ fn pick_municipalities(terminals: usize, seed: u64) -> Vec<IstatCode> {
 /// # Errors
 /// Any failure of the server, the terminals or SQL; a count that does not match what was
 /// acknowledged is an error too.
-pub(crate) async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usize) -> anyhow::Result<()> {
+pub(crate) async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usize, keep_serving: bool) -> anyhow::Result<()> {
     let temporary = match &data_dir {
         Some(_) => None,
         None => Some(tempfile::Builder::new().prefix("faccia-demo-").tempdir().context("creating a temporary directory")?),
@@ -53,18 +57,19 @@ pub(crate) async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usiz
     let credentials = registry::add_terminals_bulk(&dir, &slots, "demo")?;
     let municipalities: std::collections::HashSet<_> = slots.iter().collect();
 
-    // The demo answers with SQL itself: no analysts' endpoints. Simulated terminals send a
+    // The demo answers with SQL itself; HTTP serves the dashboard (no Flight SQL). Simulated terminals send a
     // compressed day of votes in seconds (see `terminal::simulate`): lift the per-terminal vote budget,
     // which is sized for people pressing buttons.
     let limits = Limits { votes_per_terminal_per_minute_max: u32::MAX, ..Limits::default() };
     let config = Config {
         listen: "127.0.0.1:0".parse().expect("valid address"),
         flight_listen: None,
-        http_listen: None,
+        http_listen: Some("127.0.0.1:0".parse().expect("valid address")),
         limits,
         ..Config::default()
     };
-    let server = Server::start(dir.clone(), config).await?;
+    let server = Server::start(dir.clone(), config.clone()).await?;
+    let http = server.http_addr.context("the demo serves HTTP")?;
     let ca = server.ca_path.clone().expect("the demo uses the development certificate");
     println!(
         "faccia demo: {} terminals in {} small municipalities send votes for {seconds} s to quic://{}",
@@ -99,5 +104,17 @@ pub(crate) async fn run(data_dir: Option<PathBuf>, seconds: u64, terminals: usiz
     if fresh && in_parquet != acknowledged {
         bail!("the dataset holds {in_parquet} votes but {acknowledged} were acknowledged");
     }
-    Ok(())
+    if !keep_serving {
+        println!("dashboard: http://{http}/ (it stopped with the demo; `faccia demo --keep-serving` keeps it up)");
+        return Ok(());
+    }
+    // Signals are caught before the server starts again, so Ctrl-C always stops it cleanly.
+    let signals = crate::server::StopSignals::install()?;
+    let server = Server::start(dir.clone(), Config { http_listen: Some(http), ..config }).await?;
+    let token_file = dir.join(crate::analysts::tokens::TOKEN_FILE);
+    let token = std::fs::read_to_string(&token_file).with_context(|| format!("reading {}", token_file.display()))?;
+    println!("log in with the analyst token (from {}): {}", token_file.display(), token.trim());
+    println!("serving until Ctrl-C");
+    println!("dashboard: http://{http}/");
+    server.run_until_signal(signals).await
 }

@@ -295,6 +295,7 @@ fn forbidden() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("terminal", &["ingest", "storage", "query", "analysts", "tools", "server", "cli", "config", "metrics"][..]),
         ("query", &["ingest", "terminal", "transport", "analysts", "tools", "server", "cli", "cluster"][..]),
         ("cluster", &["ingest", "terminal", "transport", "analysts", "tools", "server", "cli", "registry", "metrics"][..]),
+        ("dashboard", &["ingest", "terminal", "transport", "storage", "tools", "server", "cli", "cluster"][..]),
         ("analysts", &["ingest", "terminal", "transport", "storage", "tools", "server", "cli"][..]),
         ("config", &["terminal", "transport", "storage", "query", "analysts", "tools", "server", "cli"][..]),
         ("server", &["tools", "cli"][..]),

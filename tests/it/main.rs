@@ -9,6 +9,7 @@ mod cluster;
 mod commands;
 mod common;
 mod crash;
+mod dashboard;
 mod excel;
 mod faults;
 mod hostile;
