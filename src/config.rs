@@ -26,6 +26,12 @@
 //! scheduler = "10.0.0.5:50050"       # omit to run them in the server
 //! partitions = 8                     # scan tasks and shuffle partitions per query
 //! query_timeout_s = 3600             # a query the cluster has not finished by then fails
+//!
+//! [alerts]                           # src/alerts: real-time alerts (schemas/alerts.md)
+//! evaluate_interval_s = 10
+//! webhook_url = "http://10.0.0.9:8080/faccia"   # signed JSON POSTs; omit to only record alerts
+//! [alerts.red_share]                 # also terminal_silent, misuse_burst, clock_fault
+//! share_pct_min = 50.0
 //! ```
 
 use std::net::SocketAddr;
@@ -77,6 +83,8 @@ pub struct Config {
     pub misuse: MisuseRules,
     /// Where analysts' queries run, the `[cluster]` table (`cluster::ClusterConfig`).
     pub cluster: crate::cluster::ClusterConfig,
+    /// Real-time alert rules and their webhook, the `[alerts]` table (`alerts::AlertsConfig`).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 impl Default for Config {
@@ -95,6 +103,7 @@ impl Default for Config {
             query: QueryLimits::default(),
             misuse: MisuseRules::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }
@@ -118,7 +127,8 @@ impl Config {
     pub(crate) fn check(&self) -> Result<(), LimitError> {
         self.limits.check()?;
         self.storage.check()?;
-        self.misuse.check()
+        self.misuse.check()?;
+        self.alerts.check()
     }
 }
 

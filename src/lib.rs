@@ -9,6 +9,7 @@
 
 pub use faccia_core::{limits, model, wire};
 
+pub mod alerts;
 pub mod analysts;
 pub mod charts;
 pub mod cli;

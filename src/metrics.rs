@@ -29,6 +29,13 @@ pub(crate) struct RuleLabel {
     pub(crate) rule: &'static str,
 }
 
+/// Label set naming the outcome of a webhook attempt: `ok`, `retry` (failed, will be tried
+/// again) or `failed` (given up).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabel {
+    pub(crate) outcome: &'static str,
+}
+
 /// Everything the server counts.
 #[derive(Debug)]
 pub struct Metrics {
@@ -76,6 +83,12 @@ pub struct Metrics {
     pub(crate) parquet_flush_rows: Counter,
     pub(crate) parquet_flush_bytes: Counter,
     pub(crate) parquet_flush_errors: Counter,
+    /// Alerts firing now, by rule (`alerts`).
+    pub(crate) alerts_firing: Family<RuleLabel, Gauge>,
+    /// Alerts raised (fired) since the server started, by rule.
+    pub(crate) alerts_raised: Family<RuleLabel, Counter>,
+    /// Webhook attempts, by outcome.
+    pub(crate) alert_deliveries: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -120,6 +133,9 @@ impl Metrics {
             parquet_flush_rows: Counter::default(),
             parquet_flush_bytes: Counter::default(),
             parquet_flush_errors: Counter::default(),
+            alerts_firing: Family::default(),
+            alerts_raised: Family::default(),
+            alert_deliveries: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -173,6 +189,9 @@ impl Metrics {
         r.register("parquet_flush_rows", "Rows written to Parquet", metrics.parquet_flush_rows.clone());
         r.register("parquet_flush_bytes", "Bytes of Parquet written", metrics.parquet_flush_bytes.clone());
         r.register("parquet_flush_errors", "Failed flushes (retried)", metrics.parquet_flush_errors.clone());
+        r.register("alerts_firing", "Alerts firing now, by rule", metrics.alerts_firing.clone());
+        r.register("alerts_raised", "Alerts raised (fired), by rule", metrics.alerts_raised.clone());
+        r.register("alert_deliveries", "Webhook delivery attempts, by outcome (ok, retry, failed)", metrics.alert_deliveries.clone());
         Metrics { registry, ..metrics }
     }
 
@@ -205,6 +224,21 @@ impl Metrics {
     pub(crate) fn buffered(&self, bytes: i64) {
         let now = self.buffered_request_bytes.inc_by(bytes) + bytes;
         self.buffered_request_bytes_peak.inner().fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets how many alerts of `rule` fire now.
+    pub(crate) fn set_alerts_firing(&self, rule: &'static str, firing: i64) {
+        self.alerts_firing.get_or_create(&RuleLabel { rule }).set(firing);
+    }
+
+    /// Counts one alert of `rule` raised.
+    pub(crate) fn alert_raised(&self, rule: &'static str) {
+        self.alerts_raised.get_or_create(&RuleLabel { rule }).inc();
+    }
+
+    /// Counts one webhook attempt's `outcome` (`ok`, `retry`, `failed`).
+    pub(crate) fn alert_delivery(&self, outcome: &'static str) {
+        self.alert_deliveries.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// Counts `bytes` no longer buffered.

@@ -102,12 +102,14 @@ impl Server {
         let listeners = Arc::new(listeners);
         let ingest_addr = listeners.local_addr();
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let alerts_clock = Arc::clone(&clock);
         let shared = Arc::new(Shared::new(Arc::clone(&engine), Arc::clone(&directory), &config, clock));
         let serving = Arc::clone(&listeners);
         let rx = shutdown_rx.clone();
         let accept_loop = tokio::spawn(async move { serving.serve(shared, rx).await });
         let mut background = vec![tokio::spawn(reload_directory(directory, shutdown_rx.clone()))];
         let (flight_addr, http_addr) = start_sql(&data_dir, &config, &engine, &shutdown_rx, &mut background).await?;
+        background.extend(start_alerts(&data_dir, &config, &engine, alerts_clock, &shutdown_rx).await?);
         let url = |scheme: &str, addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_string(), |a| format!("{scheme}://{a}"));
         tracing::info!(
             ingest = %format!("quic://{ingest_addr}"),
@@ -190,6 +192,25 @@ async fn start_sql(
         background.push(tokio::spawn(crate::analysts::http::serve(listener, state, shutdown.clone())));
     }
     Ok((flight_addr, http_addr))
+}
+
+/// Starts the alerts' evaluation (`alerts::spawn`) on a SQL context of its own over the engine,
+/// when `[alerts] enabled`.
+async fn start_alerts(
+    data_dir: &std::path::Path,
+    config: &Config,
+    engine: &Arc<Engine>,
+    clock: Arc<dyn Clock>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if !config.alerts.enabled {
+        return Ok(None);
+    }
+    let ctx = crate::query::server_context(data_dir, Arc::clone(engine), &config.query, crate::query::Runs::Here)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the alerts' SQL context: {e}"))?;
+    let metrics = Arc::clone(&engine.metrics);
+    crate::alerts::spawn(ctx, data_dir, config.alerts.clone(), clock, metrics, shutdown.clone()).context("starting the alerts")
 }
 
 fn engine_terminals(data_dir: &std::path::Path) -> usize {

@@ -1,6 +1,6 @@
 //! The registry as SQL tables: the catalogs compiled into the binary (`municipalities`,
 //! `services`, `faces`, `channels`, `reasons`), and the data directory's own registry state
-//! (`terminals`, `administrations`), read again at every scan so that a long-running server
+//! (`terminals`, `administrations`) and the alerts' files (`alerts`, `alert_deliveries`), read again at every scan so that a long-running server
 //! sees terminals added after it started; and `istat_code(municipality)`, the six-digit text
 //! form of a code held as a number (what a spreadsheet must keep as text: `001001`, not 1001).
 
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, BooleanArray, Date32Array, Int8Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array, UInt16Array,
+    ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int8Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array, UInt16Array,
     UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
@@ -107,7 +107,11 @@ pub(crate) fn register(ctx: &SessionContext, data_dir: PathBuf) -> DfResult<()> 
     ctx.register_table("unions", Arc::new(ScanTimeTable::new(move || unions(&dir))?))?;
     let dir = data_dir.clone();
     ctx.register_table("union_members", Arc::new(ScanTimeTable::new(move || union_members(&dir))?))?;
-    ctx.register_table("administrations", Arc::new(ScanTimeTable::new(move || administrations(&data_dir))?))?;
+    let dir = data_dir.clone();
+    ctx.register_table("administrations", Arc::new(ScanTimeTable::new(move || administrations(&dir))?))?;
+    let dir = data_dir.clone();
+    ctx.register_table("alerts", Arc::new(ScanTimeTable::new(move || alerts(&dir))?))?;
+    ctx.register_table("alert_deliveries", Arc::new(ScanTimeTable::new(move || alert_deliveries(&data_dir))?))?;
     Ok(())
 }
 
@@ -204,6 +208,50 @@ fn administrations(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
         ("digital_signature", Arc::new(BooleanArray::from(signature)), true),
         ("pec", Arc::new(BooleanArray::from(pec)), true),
         ("bonus_eur", Arc::new(bonus), true),
+    ])
+}
+
+fn alerts_error(error: crate::alerts::store::StoreError) -> DataFusionError {
+    DataFusionError::Execution(crate::error_chain(&error))
+}
+
+fn rome_time(values: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(values).with_timezone(TIME_ZONE))
+}
+
+/// `alerts`: one row per alert, from the alerts' event file (`DATA_DIR/alerts/events.jsonl`),
+/// in the order they fired.
+fn alerts(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
+    let list = crate::alerts::store::alerts(data_dir).map_err(alerts_error)?;
+    let state = |a: &crate::alerts::store::Alert| {
+        if a.last.resolved_at_ms.is_some() { "resolved".to_string() } else { "firing".to_string() }
+    };
+    batch(vec![
+        ("alert_id", strings(&list, |a| a.last.alert_id.clone()), false),
+        ("rule", strings(&list, |a| a.last.rule.name().to_string()), false),
+        ("state", strings(&list, state), false),
+        ("municipality", Arc::new(list.iter().map(|a| a.last.municipality).collect::<UInt32Array>()), true),
+        ("service", Arc::new(list.iter().map(|a| a.last.service).collect::<UInt16Array>()), true),
+        ("terminal", Arc::new(list.iter().map(|a| a.last.terminal).collect::<UInt32Array>()), true),
+        ("fired_at", rome_time(list.iter().map(|a| Some(a.last.fired_at_ms)).collect()), false),
+        ("resolved_at", rome_time(list.iter().map(|a| a.last.resolved_at_ms).collect()), true),
+        ("value", Arc::new(list.iter().map(|a| a.last.value).collect::<Float64Array>()), true),
+        ("threshold", Arc::new(list.iter().map(|a| Some(a.last.threshold)).collect::<Float64Array>()), true),
+        ("message", strings(&list, |a| a.last.message.clone()), false),
+        ("delivered", Arc::new(list.iter().map(|a| Some(a.delivered)).collect::<BooleanArray>()), false),
+    ])
+}
+
+/// `alert_deliveries`: one row per webhook attempt (`DATA_DIR/alerts/deliveries.jsonl`).
+fn alert_deliveries(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
+    let list = crate::alerts::store::read_deliveries(data_dir).map_err(alerts_error)?;
+    batch(vec![
+        ("alert_id", strings(&list, |d| d.alert_id.clone()), false),
+        ("event", strings(&list, |d| d.event.name().to_string()), false),
+        ("attempt", Arc::new(list.iter().map(|d| Some(d.attempt)).collect::<UInt32Array>()), false),
+        ("at", rome_time(list.iter().map(|d| Some(d.at_ms)).collect()), false),
+        ("status", Arc::new(list.iter().map(|d| d.status).collect::<UInt16Array>()), true),
+        ("error", Arc::new(list.iter().map(|d| d.error.clone()).collect::<StringArray>()), true),
     ])
 }
 

@@ -278,8 +278,21 @@ fn the_query_path_never_writes() {
 fn forbidden() -> BTreeMap<&'static str, &'static [&'static str]> {
     const ABOVE_STORAGE: &[&str] = &["ingest", "terminal", "transport", "query", "analysts", "tools", "server", "cli"];
     // The small shared pieces every folder uses reach none of them.
-    const LEAF: &[&str] =
-        &["registry", "ingest", "terminal", "transport", "storage", "query", "analysts", "tools", "server", "cli", "config", "metrics"];
+    const LEAF: &[&str] = &[
+        "registry",
+        "ingest",
+        "terminal",
+        "transport",
+        "storage",
+        "query",
+        "analysts",
+        "alerts",
+        "tools",
+        "server",
+        "cli",
+        "config",
+        "metrics",
+    ];
     BTreeMap::from([
         ("charts", LEAF),
         ("clock", LEAF),
@@ -297,6 +310,12 @@ fn forbidden() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("cluster", &["ingest", "terminal", "transport", "analysts", "tools", "server", "cli", "registry", "metrics"][..]),
         ("dashboard", &["ingest", "terminal", "transport", "storage", "tools", "server", "cli", "cluster"][..]),
         ("analysts", &["ingest", "terminal", "transport", "storage", "tools", "server", "cli"][..]),
+        // Alerts read like an analyst, through a SQL context handed to them, and write only their own files.
+        (
+            "alerts",
+            &["ingest", "terminal", "transport", "storage", "query", "analysts", "cluster", "registry", "tools", "server", "cli", "config"]
+                [..],
+        ),
         ("config", &["terminal", "transport", "storage", "query", "analysts", "tools", "server", "cli"][..]),
         ("server", &["tools", "cli"][..]),
         ("tools", &["cli"][..]),

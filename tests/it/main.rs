@@ -1,6 +1,7 @@
 //! Integration tests: real QUIC on loopback, real files in temporary directories, real Parquet
 //! read back, real SQL. One test binary (one link of DataFusion) with a module per concern.
 
+mod alerts;
 mod architecture;
 mod bench;
 mod bulletin;
