@@ -19,4 +19,5 @@ mod objectstore;
 mod properties;
 mod proxy;
 mod roundtrip;
+mod scopes;
 mod sql;
