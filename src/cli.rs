@@ -145,6 +145,15 @@ pub enum Command {
         #[command(subcommand)]
         action: TerminalsAction,
     },
+    /// Create, list and revoke SQL tokens scoped to a region, a municipality or a union.
+    Tokens {
+        /// The data directory.
+        #[command(flatten)]
+        data: DataDir,
+        /// What to do with the scoped tokens.
+        #[command(subcommand)]
+        action: TokensAction,
+    },
     /// Register unions of comuni (Unioni di Comuni): one administration of several comuni.
     Unions {
         /// The data directory.
@@ -462,6 +471,28 @@ pub enum AdministrationsAction {
     List,
 }
 
+/// `faccia tokens` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokensAction {
+    /// Create a token: printed once, only its SHA-256 digest is kept (DATA_DIR/tokens.json).
+    Add {
+        /// What the token sees: everything, region:NAME or region:CODE, municipality:CODE
+        /// (six-digit ISTAT code) or union:CODE (a registered union).
+        #[arg(long)]
+        scope: String,
+        /// Who or what the token is for.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List the tokens: id, scope, creation time, label (never the token).
+    List,
+    /// Revoke a token: a running server refuses it from its next request.
+    Revoke {
+        /// The token's id (`faccia tokens list`).
+        id: u64,
+    },
+}
+
 /// `faccia unions` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum UnionsAction {
@@ -620,6 +651,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Terminals { data, action } => terminals(&data.data_dir, action),
         Command::Administrations { data, action } => administrations(&data.data_dir, action),
         Command::Unions { data, action } => unions(&data.data_dir, action),
+        Command::Tokens { data, action } => tokens(&data.data_dir, action),
         Command::Terminal {
             server,
             server_name,
@@ -1016,6 +1048,32 @@ fn administrations(data_dir: &Path, action: AdministrationsAction) -> anyhow::Re
                 print(&a);
             }
         }
+    }
+    Ok(())
+}
+
+fn tokens(data_dir: &Path, action: TokensAction) -> anyhow::Result<()> {
+    use crate::analysts::tokens::{TokenRecord, add_token, list_tokens, revoke_token};
+    let print = |t: &TokenRecord| {
+        let created = chrono::DateTime::from_timestamp_millis(t.created_ms)
+            .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default();
+        println!("{:>4}  {:<32}  {created}  {}", t.id, t.scope, t.label);
+    };
+    match action {
+        TokensAction::Add { scope, label } => {
+            let scope = crate::query::scope::Scope::parse(&scope)?;
+            let (record, token) = add_token(data_dir, &scope, &label)?;
+            print(&record);
+            println!("{token}");
+            eprintln!("the token is shown this once (only its digest is kept): give it to the client as `authorization: Bearer TOKEN`");
+        }
+        TokensAction::List => {
+            for t in list_tokens(data_dir)? {
+                print(&t);
+            }
+        }
+        TokensAction::Revoke { id } => print(&revoke_token(data_dir, id)?),
     }
     Ok(())
 }

@@ -173,7 +173,16 @@ async fn start_sql(
     let ctx = crate::query::server_context(data_dir, Arc::clone(engine), &config.query, config.cluster.runs())
         .await
         .map_err(|e| anyhow::anyhow!("opening the SQL context: {e}"))?;
-    let sql = Arc::new(SqlService::new(ctx, tokens, config.query.clone(), crate::cluster::Cluster::from_config(&config.cluster)));
+    let open_scoped: crate::analysts::service::ScopedContexts = {
+        let (data_dir, engine, limits, runs) = (data_dir.to_path_buf(), Arc::clone(engine), config.query.clone(), config.cluster.runs());
+        Arc::new(move |scope| {
+            let (data_dir, engine, limits) = (data_dir.clone(), Arc::clone(&engine), limits.clone());
+            Box::pin(async move { crate::query::server_context_in(&data_dir, engine, &limits, runs, &scope).await })
+        })
+    };
+    let sql = Arc::new(
+        SqlService::new(ctx, tokens, config.query.clone(), crate::cluster::Cluster::from_config(&config.cluster)).with_scopes(open_scoped),
+    );
     let bind = |addr: SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the {what} address {addr}"))
     };

@@ -52,14 +52,17 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::analysts::metadata::{self, plain_batch, plain_schema};
 use crate::analysts::service::{SqlError, SqlService, plan_schema};
+use crate::query::scope::Scope;
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 type ActionStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::Result, Status>> + Send + 'static>>;
 
-/// A prepared statement: its SQL and the parameters bound last.
+/// A prepared statement: its SQL, the scope of the token that prepared it (only a token of the
+/// same scope may bind, run or close it) and the parameters bound last.
 #[derive(Debug, Clone)]
 struct Prepared {
     sql: String,
+    scope: Scope,
     parameters: Vec<ScalarValue>,
 }
 
@@ -91,22 +94,31 @@ impl FlightSql {
         FlightSql { sql, prepared: Mutex::new(PreparedStatements::default()), info, info_schema, types: metadata::xdbc_types() }
     }
 
-    fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
+    /// The scope of the request's bearer token.
+    fn check(&self, metadata: &MetadataMap) -> Result<Scope, Status> {
         let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
-        self.sql.tokens.check_bearer(header).map_err(Status::unauthenticated)
+        self.sql.authorize(header).map_err(Status::unauthenticated)
     }
 
-    fn prepared(&self, handle: &Bytes) -> Result<Prepared, Status> {
+    /// The prepared statement `handle`, when `scope` prepared it: a statement planned in one
+    /// scope's context is never run, bound or closed under a token of another scope.
+    fn prepared(&self, handle: &Bytes, scope: &Scope) -> Result<Prepared, Status> {
         let statements = self.prepared.lock().expect("prepared statements lock");
-        statements
+        let prepared = statements
             .by_handle
             .get(handle)
             .cloned()
-            .ok_or_else(|| Status::not_found("unknown prepared statement handle (closed, or evicted past prepared_statements_max)"))
+            .ok_or_else(|| Status::not_found("unknown prepared statement handle (closed, or evicted past prepared_statements_max)"))?;
+        if prepared.scope != *scope {
+            return Err(Status::permission_denied(
+                "this prepared statement was created under a token of another scope: prepare it again with this token",
+            ));
+        }
+        Ok(prepared)
     }
 
     async fn frame(&self, prepared: &Prepared) -> Result<DataFrame, Status> {
-        let frame = self.sql.plan(&prepared.sql).await.map_err(status)?;
+        let frame = self.sql.plan_in(&prepared.scope, &prepared.sql).await.map_err(status)?;
         if prepared.parameters.is_empty() {
             return Ok(frame);
         }
@@ -114,18 +126,19 @@ impl FlightSql {
     }
 
     /// Runs a planned statement and streams it as Flight data.
-    async fn run(&self, frame: DataFrame) -> Result<Response<DoGetStream>, Status> {
+    async fn run(&self, scope: &Scope, frame: DataFrame) -> Result<Response<DoGetStream>, Status> {
         let schema: SchemaRef = Arc::new(plain_schema(frame.schema().as_arrow()));
         let permit = self.sql.permit().await;
-        let stream = self.sql.stream(frame).await.map_err(status)?;
+        let stream = self.sql.stream_in(scope, frame).await.map_err(status)?;
         Ok(Response::new(encode(schema, stream, permit)))
     }
 
-    /// Every table and view of the context: (catalog, schema, table, type, Arrow schema).
-    async fn tables(&self) -> Result<Vec<(String, String, String, &'static str, SchemaRef)>, Status> {
+    /// Every table and view of `scope`'s context: (catalog, schema, table, type, Arrow schema).
+    async fn tables(&self, scope: &Scope) -> Result<Vec<(String, String, String, &'static str, SchemaRef)>, Status> {
+        let ctx = self.sql.context(scope).await.map_err(status)?;
         let mut tables = Vec::new();
-        for catalog_name in self.sql.ctx.catalog_names() {
-            let Some(catalog) = self.sql.ctx.catalog(&catalog_name) else { continue };
+        for catalog_name in ctx.catalog_names() {
+            let Some(catalog) = ctx.catalog(&catalog_name) else { continue };
             for schema_name in catalog.schema_names() {
                 let Some(schema) = catalog.schema(&schema_name) else { continue };
                 for table_name in schema.table_names() {
@@ -279,7 +292,7 @@ impl FlightSqlService for FlightSql {
             }
             None => header.strip_prefix("Bearer ").unwrap_or_default().to_string(),
         };
-        if !self.sql.tokens.accepts(&token) {
+        if self.sql.tokens.scope_of(&token).is_none() {
             return Err(Status::unauthenticated("unknown analyst token (give it as the password, any user name)"));
         }
         let reply = HandshakeResponse { protocol_version: 0, payload: Bytes::from(token.clone()) };
@@ -295,18 +308,18 @@ impl FlightSqlService for FlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.check(request.metadata())?;
-        let frame = self.sql.plan(&query.query).await.map_err(status)?;
+        let scope = self.check(request.metadata())?;
+        let frame = self.sql.plan_in(&scope, &query.query).await.map_err(status)?;
         let schema = plain_schema(frame.schema().as_arrow());
         let ticket = TicketStatementQuery { statement_handle: Bytes::from(query.query) };
         flight_info(&schema, ticket, request.into_inner())
     }
 
     async fn do_get_statement(&self, ticket: TicketStatementQuery, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
-        self.check(request.metadata())?;
+        let scope = self.check(request.metadata())?;
         let sql = String::from_utf8(ticket.statement_handle.to_vec()).map_err(|_| Status::invalid_argument("ticket is not UTF-8 SQL"))?;
-        let frame = self.sql.plan(&sql).await.map_err(status)?;
-        self.run(frame).await
+        let frame = self.sql.plan_in(&scope, &sql).await.map_err(status)?;
+        self.run(&scope, frame).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -314,15 +327,15 @@ impl FlightSqlService for FlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        self.check(request.metadata())?;
-        let frame = self.sql.plan(&query.query).await.map_err(status)?;
+        let scope = self.check(request.metadata())?;
+        let frame = self.sql.plan_in(&scope, &query.query).await.map_err(status)?;
         let dataset_schema = schema_bytes(&plain_schema(&plan_schema(frame.logical_plan())))?;
         let parameter_schema = schema_bytes(&parameter_schema(&frame)?)?;
         let mut statements = self.prepared.lock().expect("prepared statements lock");
         statements.next += 1;
         let handle = Bytes::from(format!("faccia-prepared-{}", statements.next));
         statements.order.push_back(handle.clone());
-        statements.by_handle.insert(handle.clone(), Prepared { sql: query.query, parameters: vec![] });
+        statements.by_handle.insert(handle.clone(), Prepared { sql: query.query, scope, parameters: vec![] });
         while statements.order.len() > self.sql.limits.prepared_statements_max.max(1) {
             if let Some(oldest) = statements.order.pop_front() {
                 statements.by_handle.remove(&oldest);
@@ -336,9 +349,9 @@ impl FlightSqlService for FlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        self.check(request.metadata())?;
+        let scope = self.check(request.metadata())?;
         let handle = query.prepared_statement_handle;
-        self.prepared(&handle)?;
+        self.prepared(&handle, &scope)?;
         let data = request.into_inner().map_err(|s| FlightError::Tonic(Box::new(s)));
         let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
             .try_collect()
@@ -369,8 +382,8 @@ impl FlightSqlService for FlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.check(request.metadata())?;
-        let frame = self.frame(&self.prepared(&query.prepared_statement_handle)?).await?;
+        let scope = self.check(request.metadata())?;
+        let frame = self.frame(&self.prepared(&query.prepared_statement_handle, &scope)?).await?;
         let schema = plain_schema(frame.schema().as_arrow());
         flight_info(&schema, query, request.into_inner())
     }
@@ -380,9 +393,9 @@ impl FlightSqlService for FlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.check(request.metadata())?;
-        let frame = self.frame(&self.prepared(&query.prepared_statement_handle)?).await?;
-        self.run(frame).await
+        let scope = self.check(request.metadata())?;
+        let frame = self.frame(&self.prepared(&query.prepared_statement_handle, &scope)?).await?;
+        self.run(&scope, frame).await
     }
 
     async fn do_action_close_prepared_statement(
@@ -390,7 +403,8 @@ impl FlightSqlService for FlightSql {
         query: ActionClosePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<(), Status> {
-        self.check(request.metadata())?;
+        let scope = self.check(request.metadata())?;
+        self.prepared(&query.prepared_statement_handle, &scope)?;
         let mut statements = self.prepared.lock().expect("prepared statements lock");
         statements.by_handle.remove(&query.prepared_statement_handle);
         statements.order.retain(|h| h != &query.prepared_statement_handle);
@@ -427,10 +441,10 @@ impl FlightSqlService for FlightSql {
     }
 
     async fn do_get_schemas(&self, query: CommandGetDbSchemas, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
-        self.check(request.metadata())?;
+        let ctx = self.sql.context(&self.check(request.metadata())?).await.map_err(status)?;
         let mut builder = query.into_builder();
-        for catalog_name in self.sql.ctx.catalog_names() {
-            let Some(catalog) = self.sql.ctx.catalog(&catalog_name) else { continue };
+        for catalog_name in ctx.catalog_names() {
+            let Some(catalog) = ctx.catalog(&catalog_name) else { continue };
             for schema_name in catalog.schema_names() {
                 builder.append(&catalog_name, schema_name);
             }
@@ -449,9 +463,9 @@ impl FlightSqlService for FlightSql {
     }
 
     async fn do_get_tables(&self, query: CommandGetTables, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
-        self.check(request.metadata())?;
+        let scope = self.check(request.metadata())?;
         let mut builder = query.into_builder();
-        for (catalog, schema, table, kind, table_schema) in self.tables().await? {
+        for (catalog, schema, table, kind, table_schema) in self.tables(&scope).await? {
             builder.append(catalog, schema, table, kind, &table_schema).map_err(|e| Status::internal(e.to_string()))?;
         }
         single(builder.build())

@@ -121,16 +121,19 @@ async fn query_post(State(state): State<Arc<HttpState>>, headers: HeaderMap, Que
 
 async fn answer(state: &HttpState, headers: &HeaderMap, sql: &str, params: &QueryParams) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if let Err(reason) = state.sql.tokens.check_bearer(authorization) {
-        let mut response = text(StatusCode::UNAUTHORIZED, reason);
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
-    }
+    let scope = match state.sql.authorize(authorization) {
+        Ok(scope) => scope,
+        Err(reason) => {
+            let mut response = text(StatusCode::UNAUTHORIZED, reason);
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    };
     let (format, csv) = match params.output() {
         Ok(output) => output,
         Err(reason) => return text(StatusCode::BAD_REQUEST, &reason),
     };
-    let (schema, batches) = match state.sql.collect(sql).await {
+    let (schema, batches) = match state.sql.collect_in(&scope, sql).await {
         Ok(result) => result,
         Err(error) => {
             let status = match error {

@@ -1,11 +1,18 @@
 //! The shared SQL service that Flight SQL (`flight`) and HTTP (`http`) both call: one
-//! DataFusion context, read-only statement options, the analysts' limits (statement size,
-//! concurrent queries, result rows) and the messages an analyst sees.
+//! DataFusion context per scope (the unscoped one, and scoped ones built on first use and
+//! cached), read-only statement options, the analysts' limits (statement size, concurrent
+//! queries, result rows) and the messages an analyst sees.
+//!
+//! The API for every endpoint (the dashboard's too): `authorize` (a bearer header → its
+//! `Scope`), then `collect_in` (or `plan_in` and `stream_in`) in that scope. A scoped context
+//! is built by `query::server_context_in`, whose tables are filtered before any SQL sees them.
 //!
 //! Architecture invariant: statements from the network are read-only — no DDL, no DML, no
 //! `SET`, no `COPY` — so an analyst can never write to the server's disk.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -14,11 +21,22 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionContext};
 use futures::TryStreamExt;
+use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::analysts::tokens::AnalystTokens;
 use crate::cluster::Cluster;
 use crate::limits::QueryLimits;
+use crate::query::scope::Scope;
+
+/// Scoped contexts kept at once (the least recently built goes first).
+pub(crate) const SCOPED_CONTEXTS_MAX: usize = 64;
+/// Age after which a scoped context is built again, so that a union's new members (or a
+/// removed union) are seen: seconds.
+pub(crate) const SCOPED_CONTEXT_TTL: Duration = Duration::from_secs(60);
+
+/// Builds a context restricted to a scope (the server: `query::server_context_in`).
+pub(crate) type ScopedContexts = Arc<dyn Fn(Scope) -> BoxFuture<'static, datafusion::error::Result<SessionContext>> + Send + Sync>;
 
 /// Why a statement from an analyst was not answered.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +74,10 @@ pub(crate) struct SqlService {
     /// The cluster statements run on (`[cluster] scheduler`); `None`: in this process.
     cluster: Option<Cluster>,
     permits: Arc<Semaphore>,
+    /// Builds a scoped context; `None`: scoped tokens are refused (no builder given).
+    open_scoped: Option<ScopedContexts>,
+    /// Scoped contexts built, oldest first, with when.
+    scoped: Mutex<VecDeque<(Scope, Instant, SessionContext)>>,
 }
 
 impl std::fmt::Debug for SqlService {
@@ -69,20 +91,65 @@ impl SqlService {
     /// statements on `cluster` when there is one (`ctx` then plans for it: `query::Runs`).
     pub(crate) fn new(ctx: SessionContext, tokens: AnalystTokens, limits: QueryLimits, cluster: Option<Cluster>) -> SqlService {
         let permits = Arc::new(Semaphore::new(limits.concurrent_queries_max.max(1)));
-        SqlService { ctx, tokens, limits, cluster, permits }
+        SqlService { ctx, tokens, limits, cluster, permits, open_scoped: None, scoped: Mutex::new(VecDeque::new()) }
     }
 
-    /// Plans a read-only statement.
+    /// The same service, answering scoped tokens in contexts `open` builds (at most
+    /// `SCOPED_CONTEXTS_MAX` kept, each for `SCOPED_CONTEXT_TTL`).
+    pub(crate) fn with_scopes(self, open: ScopedContexts) -> SqlService {
+        SqlService { open_scoped: Some(open), ..self }
+    }
+
+    /// The scope of a request's `authorization` header (`Bearer TOKEN`): everything for an
+    /// analyst token, the token's scope for one of `faccia tokens` (as `tokens.json` is now:
+    /// a revoked token is refused at once).
     ///
     /// # Errors
-    /// Too long, not read-only, or not valid SQL over these tables.
-    pub(crate) async fn plan(&self, sql: &str) -> Result<DataFrame, SqlError> {
+    /// The message for the client: header missing, not a bearer token, or unknown token.
+    pub(crate) fn authorize(&self, authorization_header: Option<&str>) -> Result<Scope, &'static str> {
+        self.tokens.authorize(authorization_header)
+    }
+
+    /// The context statements of `scope` run in: the unscoped one for everything, else a
+    /// scoped one (built now if it is not kept or too old).
+    ///
+    /// # Errors
+    /// `Execution` when the scoped context cannot be built.
+    pub(crate) async fn context(&self, scope: &Scope) -> Result<SessionContext, SqlError> {
+        if *scope == Scope::Everything {
+            return Ok(self.ctx.clone());
+        }
+        {
+            let kept = self.scoped.lock().expect("scoped contexts lock");
+            if let Some((_, _, ctx)) = kept.iter().find(|(s, at, _)| s == scope && at.elapsed() < SCOPED_CONTEXT_TTL) {
+                return Ok(ctx.clone());
+            }
+        }
+        let open =
+            self.open_scoped.as_ref().ok_or_else(|| SqlError::Execution(format!("this service answers no scoped token ({scope})")))?;
+        let ctx = open(scope.clone()).await.map_err(|e| SqlError::Execution(message(&e)))?;
+        let mut kept = self.scoped.lock().expect("scoped contexts lock");
+        kept.retain(|(s, _, _)| s != scope);
+        kept.push_back((scope.clone(), Instant::now(), ctx.clone()));
+        while kept.len() > SCOPED_CONTEXTS_MAX {
+            kept.pop_front();
+        }
+        Ok(ctx)
+    }
+
+    /// Plans a read-only statement in `scope`'s context (its tables are already filtered).
+    ///
+    /// # Errors
+    /// Too long, not read-only, not valid SQL over the scope's tables, or the scoped context
+    /// cannot be built.
+    pub(crate) async fn plan_in(&self, scope: &Scope, sql: &str) -> Result<DataFrame, SqlError> {
         if sql.len() > self.limits.sql_bytes_max {
             return Err(SqlError::TooLong { found: sql.len(), max: self.limits.sql_bytes_max });
         }
+        let ctx = self.context(scope).await?;
         let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let sql = number_placeholders(sql);
-        self.ctx.sql_with_options(&sql, read_only).await.map_err(|e| SqlError::Plan(message(&e)))
+        ctx.sql_with_options(&sql, read_only).await.map_err(|e| SqlError::Plan(message(&e)))
     }
 
     /// Waits for a turn among `concurrent_queries_max`; hold the permit while the query runs.
@@ -90,26 +157,31 @@ impl SqlService {
         Arc::clone(&self.permits).acquire_owned().await.expect("the semaphore is never closed")
     }
 
-    /// Runs a planned statement as a stream of batches.
+    /// Runs a statement planned by `plan_in(scope, …)` as a stream of batches (on the
+    /// cluster, with that scope's context's settings).
     ///
     /// # Errors
     /// When it cannot start.
-    pub(crate) async fn stream(&self, frame: DataFrame) -> Result<SendableRecordBatchStream, SqlError> {
+    pub(crate) async fn stream_in(&self, scope: &Scope, frame: DataFrame) -> Result<SendableRecordBatchStream, SqlError> {
         match &self.cluster {
-            Some(cluster) => cluster.stream(&self.ctx, frame).await.map_err(|e| SqlError::Execution(e.to_string())),
+            Some(cluster) => {
+                let ctx = self.context(scope).await?;
+                cluster.stream(&ctx, frame).await.map_err(|e| SqlError::Execution(e.to_string()))
+            }
             None => frame.execute_stream().await.map_err(|e| SqlError::Execution(message(&e))),
         }
     }
 
-    /// Runs a statement and collects at most `http_result_rows_max` rows.
+    /// Runs a statement in `scope`'s context (what a token of that scope may see, and nothing
+    /// else) and collects at most `http_result_rows_max` rows, with the result's schema.
     ///
     /// # Errors
-    /// As `plan`, execution errors, or a result past the row limit.
-    pub(crate) async fn collect(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
-        let frame = self.plan(sql).await?;
+    /// As `plan_in`, execution errors, or a result past the row limit.
+    pub(crate) async fn collect_in(&self, scope: &Scope, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
+        let frame = self.plan_in(scope, sql).await?;
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let _permit = self.permit().await;
-        let mut stream = self.stream(frame).await?;
+        let mut stream = self.stream_in(scope, frame).await?;
         let (mut batches, mut rows) = (Vec::new(), 0);
         while let Some(batch) = stream.try_next().await.map_err(|e| SqlError::Execution(message(&e)))? {
             rows += batch.num_rows();

@@ -20,6 +20,7 @@ pub(crate) mod calendar;
 pub mod formats;
 pub(crate) mod history;
 pub mod indices;
+pub mod scope;
 pub mod tables;
 pub mod views;
 pub mod votes;
@@ -42,6 +43,7 @@ use crate::storage::dataset;
 use crate::storage::engine::Engine;
 use crate::storage::location::Location;
 use crate::storage::table::{self, Table};
+use scope::Scope;
 use votes::{EngineRows, Fresh, LogTail, VotesTable};
 
 /// Opens a SQL context over the data directory as a separate process sees it: each table's
@@ -88,7 +90,43 @@ pub(crate) async fn server_context(data_dir: &Path, engine: Arc<Engine>, limits:
     build(data_dir, Arc::new(EngineRows(engine)), limits, runs).await
 }
 
+/// As `server_context`, restricted to `scope` (`scope::restrict`: a scoped session's tables
+/// are filtered before any SQL sees them).
+///
+/// # Errors
+/// As `context`, or when `unions.json` cannot be read for a union scope.
+pub(crate) async fn server_context_in(
+    data_dir: &Path,
+    engine: Arc<Engine>,
+    limits: &QueryLimits,
+    runs: Runs,
+    scope: &Scope,
+) -> DfResult<SessionContext> {
+    build_in(data_dir, Arc::new(EngineRows(engine)), limits, runs, scope).await
+}
+
+/// As `context`, restricted to `scope` (`faccia sql --scope`, to see what a token sees).
+///
+/// # Errors
+/// As `server_context_in`.
+pub async fn context_in(data_dir: &Path, scope: &Scope) -> DfResult<SessionContext> {
+    let node = std::fs::read_to_string(data_dir.join("node-id")).ok().map(|t| t.trim().to_string()).filter(|n| !n.is_empty());
+    let fresh = Arc::new(LogTail { data_dir: data_dir.to_path_buf(), node });
+    build_in(data_dir, fresh, &QueryLimits::default(), Runs::Here, scope).await
+}
+
 pub(crate) async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &QueryLimits, runs: Runs) -> DfResult<SessionContext> {
+    build_in(data_dir, fresh, limits, runs, &Scope::Everything).await
+}
+
+/// Builds a context whose tables (and so views) are restricted to `scope`.
+pub(crate) async fn build_in(
+    data_dir: &Path,
+    fresh: Arc<dyn Fresh>,
+    limits: &QueryLimits,
+    runs: Runs,
+    scope: &Scope,
+) -> DfResult<SessionContext> {
     // DATAFUSION_* environment variables tune the engine (e.g. DATAFUSION_EXECUTION_BATCH_SIZE);
     // the settings below are what faccia's correctness relies on and win over them.
     let config = match runs {
@@ -136,6 +174,8 @@ pub(crate) async fn build(data_dir: &Path, fresh: Arc<dyn Fresh>, limits: &Query
     for udaf in aggregates {
         ctx.register_udaf(udaf);
     }
+    // Before the views: they are then defined over the filtered tables.
+    scope::restrict(&ctx, scope, data_dir).await?;
     views::create(&ctx).await?;
     Ok(ctx)
 }

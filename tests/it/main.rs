@@ -23,4 +23,5 @@ mod objectstore;
 mod properties;
 mod proxy;
 mod roundtrip;
+mod scopes;
 mod sql;
