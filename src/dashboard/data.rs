@@ -2,15 +2,16 @@
 //! (`analysts::service::SqlService`) for one authenticated visitor, and hands rows back as JSON
 //! objects keyed by column name.
 //!
-//! Today a session is the analyst token's (`AnalystTokens::check_bearer`, `SqlService::collect`):
-//! it sees everything. Scoped tokens swap in here, in `Session::open` and `Session::rows`
-//! (`SqlService::authorize` and `collect_in`): pages never assume they see every comune, they
-//! build their links from the rows they get.
+//! A session holds its token's scope (`SqlService::authorize`) and runs every statement in that
+//! scope's context (`SqlService::collect_in`), whose tables are already filtered: a comune's
+//! token sees its comune on every page. Pages never assume they see every comune, they build
+//! their links from the rows they get.
 
 use arrow::array::RecordBatch;
 use serde_json::{Map, Value};
 
 use crate::analysts::service::{SqlError, SqlService};
+use crate::query::scope::Scope;
 
 /// One row of a result: column name → value (numbers as JSON numbers, dates as text, NULL as null).
 pub(crate) type Row = Map<String, Value>;
@@ -18,6 +19,7 @@ pub(crate) type Row = Map<String, Value>;
 /// A visitor's authenticated access to SQL.
 pub(crate) struct Session<'a> {
     sql: &'a SqlService,
+    scope: Scope,
 }
 
 impl<'a> Session<'a> {
@@ -26,16 +28,16 @@ impl<'a> Session<'a> {
     /// # Errors
     /// The message for the visitor when the token is missing or unknown.
     pub(crate) fn open(sql: &'a SqlService, authorization: Option<&str>) -> Result<Session<'a>, &'static str> {
-        sql.tokens.check_bearer(authorization)?;
-        Ok(Session { sql })
+        let scope = sql.authorize(authorization)?;
+        Ok(Session { sql, scope })
     }
 
     /// Runs a read-only statement and returns its rows.
     ///
     /// # Errors
-    /// As `SqlService::collect`, and a result that cannot be turned into JSON (execution).
+    /// As `SqlService::collect_in`, and a result that cannot be turned into JSON (execution).
     pub(crate) async fn rows(&self, sql: &str) -> Result<Vec<Row>, SqlError> {
-        let (_, batches) = self.sql.collect(sql).await?;
+        let (_, batches) = self.sql.collect_in(&self.scope, sql).await?;
         to_rows(&batches).map_err(|e| SqlError::Execution(format!("reading the result: {e}")))
     }
 }

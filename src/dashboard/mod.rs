@@ -165,7 +165,7 @@ async fn login(State(sql): State<Arc<SqlService>>, headers: HeaderMap, body: Byt
     if token.is_empty() {
         return html(StatusCode::BAD_REQUEST, pages::login(lang, Some("the form field token is empty")));
     }
-    if let Err(reason) = sql.tokens.check_bearer(Some(&format!("Bearer {token}"))) {
+    if let Err(reason) = sql.authorize(Some(&format!("Bearer {token}"))) {
         return html(StatusCode::UNAUTHORIZED, pages::login(lang, Some(reason)));
     }
     let encoded: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
