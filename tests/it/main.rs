@@ -18,5 +18,6 @@ mod misuse;
 mod objectstore;
 mod properties;
 mod proxy;
+mod registry;
 mod roundtrip;
 mod sql;
