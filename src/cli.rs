@@ -163,6 +163,16 @@ pub enum Command {
         #[command(subcommand)]
         action: UnionsAction,
     },
+    /// The list of comuni: import a newer ISTAT edition into the data directory, list the
+    /// editions it went through.
+    Registry {
+        /// The data directory.
+        #[command(flatten)]
+        data: DataDir,
+        /// What to do with the list of comuni.
+        #[command(subcommand)]
+        action: RegistryAction,
+    },
     /// Record what the programme's bonus rule needs about administrations.
     Administrations {
         /// The data directory.
@@ -491,6 +501,29 @@ pub enum TokensAction {
         /// The token's id (`faccia tokens list`).
         id: u64,
     },
+
+/// `faccia registry` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RegistryAction {
+    /// Import a newer ISTAT list of comuni ("Elenco dei codici e delle denominazioni delle unità
+    /// territoriali": Latin-1, ';'-separated, ISTAT's header). A comune missing from it maps
+    /// to its successor: a suppression (ES) in --variations, or a new code with its name in its
+    /// region (a renumbering). Nothing changes when a check fails.
+    Import {
+        /// ISTAT's list of comuni (CSV as ISTAT publishes it).
+        file: PathBuf,
+        /// The edition's date, YYYY-MM-DD (default: from the file name, e.g. istat20260101.csv).
+        #[arg(long)]
+        edition: Option<String>,
+        /// ISTAT's "Variazioni amministrative e territoriali dei comuni" (CSV as ISTAT publishes
+        /// it): its suppressions (ES) name the comune each suppressed one merged into.
+        #[arg(long)]
+        variations: Option<PathBuf>,
+    },
+    /// List the editions of the list of comuni the data directory went through.
+    List,
+    /// List the codes no longer current and their successors.
+    Successors,
 }
 
 /// `faccia unions` subcommands.
@@ -652,6 +685,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Administrations { data, action } => administrations(&data.data_dir, action),
         Command::Unions { data, action } => unions(&data.data_dir, action),
         Command::Tokens { data, action } => tokens(&data.data_dir, action),
+        Command::Registry { data, action } => registry_command(&data.data_dir, action),
         Command::Terminal {
             server,
             server_name,
@@ -1027,7 +1061,7 @@ async fn repl(
 }
 
 fn administrations(data_dir: &Path, action: AdministrationsAction) -> anyhow::Result<()> {
-    let catalog = registry::Catalog::builtin();
+    let catalog = registry::Catalog::for_data_dir(data_dir)?;
     let yes_no = |v: Option<bool>| v.map_or("?", |v| if v { "yes" } else { "no" });
     let print = |a: &registry::AdministrationRecord| {
         let m = IstatCode::parse(&a.municipality).and_then(|c| catalog.municipality(c));
@@ -1074,15 +1108,70 @@ fn tokens(data_dir: &Path, action: TokensAction) -> anyhow::Result<()> {
             }
         }
         TokensAction::Revoke { id } => print(&revoke_token(data_dir, id)?),
+
+fn registry_command(data_dir: &Path, action: RegistryAction) -> anyhow::Result<()> {
+    match action {
+        RegistryAction::Import { file, edition, variations } => {
+            let request = registry::ImportRequest {
+                list: &file,
+                edition: edition.as_deref(),
+                variations: variations.as_deref(),
+                now_ms: crate::clock::now_ms(),
+            };
+            let report = registry::import(data_dir, &request, &mut |step| eprintln!("{step}"))?;
+            let e = &report.edition;
+            eprintln!(
+                "edition {} replaces {}: {} comuni; {} suppressed by a merger, {} renumbered, {} renamed, {} new codes",
+                e.edition, report.previous, e.municipalities, e.suppressed, e.renumbered, e.renamed, e.new
+            );
+            for s in &report.successions {
+                eprintln!("  {} {:<28} → {} ({}, {})", s.municipality, s.name, s.successor, s.kind.name(), s.date);
+            }
+            eprintln!("written to {}", registry::state_path(data_dir).display());
+        }
+        RegistryAction::List => {
+            let catalog = registry::Catalog::for_data_dir(data_dir)?;
+            println!(
+                "{:<10}  {:<16}  {:>6}  {:>10}  {:>10}  {:>7}  {:>5}  source",
+                "edition", "imported", "comuni", "suppressed", "renumbered", "renamed", "new"
+            );
+            for e in &catalog.editions {
+                let imported = e.imported_ms.and_then(chrono::DateTime::from_timestamp_millis).map_or_else(
+                    || "built in".to_string(),
+                    |t| t.with_timezone(&chrono_tz::Europe::Rome).format("%Y-%m-%d %H:%M").to_string(),
+                );
+                println!(
+                    "{:<10}  {:<16}  {:>6}  {:>10}  {:>10}  {:>7}  {:>5}  {}",
+                    e.edition, imported, e.municipalities, e.suppressed, e.renumbered, e.renamed, e.new, e.source
+                );
+            }
+        }
+        RegistryAction::Successors => {
+            let catalog = registry::Catalog::for_data_dir(data_dir)?;
+            println!("{:<6}  {:<28}  {:<9}  {:<6}  {:<11}  {:<10}  edition", "istat", "name", "successor", "now", "kind", "date");
+            for s in &catalog.successors {
+                let now = catalog.current(s.municipality).map_or_else(|| "?".to_string(), |c| c.to_string());
+                println!(
+                    "{:<6}  {:<28}  {:<9}  {:<6}  {:<11}  {:<10}  {}",
+                    s.municipality,
+                    s.name,
+                    s.successor,
+                    now,
+                    s.kind.name(),
+                    s.date,
+                    s.edition
+                );
+            }
+        }
     }
     Ok(())
 }
 
 fn unions(data_dir: &Path, action: UnionsAction) -> anyhow::Result<()> {
-    let catalog = registry::Catalog::builtin();
+    let catalog = registry::Catalog::for_data_dir(data_dir)?;
     let yes_no = |v: Option<bool>| v.map_or("?", |v| if v { "yes" } else { "no" });
     let print = |u: &registry::UnionRecord| {
-        let rule = registry::union_eligibility(catalog, &u.members);
+        let rule = registry::union_eligibility(&catalog, &u.members);
         let bonus =
             registry::bonus_eur(rule.eligible, u.digital_signature, u.pec).map_or_else(|| "not eligible".to_string(), |b| format!("{b} €"));
         println!(
@@ -1121,7 +1210,8 @@ fn terminals(data_dir: &Path, action: TerminalsAction) -> anyhow::Result<()> {
                 .with_context(|| format!("--municipality {municipality:?} is not an ISTAT code (six digits, e.g. 001003)"))?;
             let purchase = purchase.purchase()?;
             let credentials = registry::add_bought_terminals(data_dir, code, union.as_deref(), count, &label, &purchase)?;
-            let name = registry::Catalog::builtin().municipality(code).map(|m| m.name.as_str()).unwrap_or("?");
+            let catalog = registry::Catalog::for_data_dir(data_dir)?;
+            let name = catalog.municipality(code).map(|m| m.name.as_str()).unwrap_or("?");
             let of = union.map(|u| format!(" of union {u}")).unwrap_or_default();
             eprintln!("added {} terminal(s){of} for {code} {name}; the secrets are shown only now", credentials.len());
             registry::write_credentials_csv(std::io::stdout().lock(), &credentials)?;
@@ -1132,7 +1222,7 @@ fn terminals(data_dir: &Path, action: TerminalsAction) -> anyhow::Result<()> {
             Ok(())
         }
         TerminalsAction::List => {
-            let catalog = registry::Catalog::builtin();
+            let catalog = registry::Catalog::for_data_dir(data_dir)?;
             println!(
                 "{:>8}  {:<6}  {:<28}  {:<8}  {:<24}  {:<14}  {:<10}  label",
                 "terminal", "istat", "municipality", "status", "supplier", "order", "bought"

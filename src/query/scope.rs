@@ -137,8 +137,8 @@ impl Scope {
     /// # Errors
     /// When `unions.json` cannot be read (union scopes only).
     pub fn municipalities(&self, data_dir: &Path) -> DfResult<Option<BTreeSet<u32>>> {
-        let catalog = Catalog::builtin();
-        Ok(Some(match self {
+        let catalog = Catalog::for_data_dir(data_dir).map_err(|e| DataFusionError::Execution(crate::error_chain(&e)))?;
+        let mut codes: BTreeSet<u32> = match self {
             Scope::Everything => return Ok(None),
             Scope::Region { code, .. } => catalog.municipalities.iter().filter(|m| m.region_code == *code).map(|m| m.code.0).collect(),
             Scope::Municipality(code) => BTreeSet::from([code.0]),
@@ -149,7 +149,15 @@ impl Scope {
                 .flat_map(|u| u.members)
                 .filter_map(|m| IstatCode::parse(&m).map(|c| c.0))
                 .collect(),
-        }))
+        };
+        // A code no longer current (a merger, a renumbering) belongs with the comune it leads to:
+        // its terminals' votes keep it (`registry::Catalog::current`).
+        for old in &catalog.successors {
+            if catalog.current(old.municipality).is_some_and(|now| codes.contains(&now.0)) {
+                codes.insert(old.municipality.0);
+            }
+        }
+        Ok(Some(codes))
     }
 }
 

@@ -1,7 +1,8 @@
-//! The registry as SQL tables: the catalogs compiled into the binary (`municipalities`,
-//! `services`, `faces`, `channels`, `reasons`), and the data directory's own registry state
-//! (`terminals`, `administrations`) and the alerts' files (`alerts`, `alert_deliveries`), read again at every scan so that a long-running server
-//! sees terminals added after it started; and `istat_code(municipality)`, the six-digit text
+//! The registry as SQL tables: the catalogs compiled into the binary (`services`, `faces`,
+//! `channels`, `reasons`), and the data directory's own registry state (`municipalities` of its
+//! current edition, `registry_editions`, `municipality_successors`, `terminals`,
+//! `administrations`, `unions`) and the alerts' files (`alerts`, `alert_deliveries`), read again at every scan so that a long-running server sees
+//! terminals added and editions imported after it started; and `istat_code(municipality)`, the six-digit text
 //! form of a code held as a number (what a spreadsheet must keep as text: `001001`, not 1001).
 
 use std::fmt;
@@ -50,22 +51,12 @@ fn strings<T>(items: &[T], f: impl Fn(&T) -> String) -> ArrayRef {
 /// When a table cannot be built (never expected for the built-in catalogs).
 pub(crate) fn register(ctx: &SessionContext, data_dir: PathBuf) -> DfResult<()> {
     let catalog = Catalog::builtin();
-    let m = &catalog.municipalities;
-    mem_table(
-        ctx,
-        "municipalities",
-        vec![
-            ("municipality", Arc::new(m.iter().map(|x| x.code.0).collect::<UInt32Array>()), false),
-            ("istat_code", strings(m, |x| x.code.to_string()), false),
-            ("name", strings(m, |x| x.name.clone()), false),
-            ("province", strings(m, |x| x.province.clone()), false),
-            ("region_code", Arc::new(m.iter().map(|x| x.region_code).collect::<UInt8Array>()), false),
-            ("region", strings(m, |x| x.region.clone()), false),
-            ("area", strings(m, |x| x.area.clone()), false),
-            ("population", Arc::new(m.iter().map(|x| x.population).collect::<UInt32Array>()), false),
-            ("eligible", Arc::new(m.iter().map(|x| Some(x.eligible())).collect::<BooleanArray>()), false),
-        ],
-    )?;
+    let dir = data_dir.clone();
+    ctx.register_table("municipalities", Arc::new(ScanTimeTable::new(move || municipalities(&dir))?))?;
+    let dir = data_dir.clone();
+    ctx.register_table("registry_editions", Arc::new(ScanTimeTable::new(move || editions(&dir))?))?;
+    let dir = data_dir.clone();
+    ctx.register_table("municipality_successors", Arc::new(ScanTimeTable::new(move || successors(&dir))?))?;
     let s = &catalog.services;
     mem_table(
         ctx,
@@ -119,6 +110,72 @@ fn registry_error(error: registry::RegistryError) -> DataFusionError {
     DataFusionError::Execution(crate::error_chain(&error))
 }
 
+fn catalog(data_dir: &std::path::Path) -> DfResult<Arc<Catalog>> {
+    Catalog::for_data_dir(data_dir).map_err(registry_error)
+}
+
+/// `municipalities`: the comuni of the data directory's current edition.
+fn municipalities(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
+    let catalog = catalog(data_dir)?;
+    let m = &catalog.municipalities;
+    batch(vec![
+        ("municipality", Arc::new(m.iter().map(|x| x.code.0).collect::<UInt32Array>()), false),
+        ("istat_code", strings(m, |x| x.code.to_string()), false),
+        ("name", strings(m, |x| x.name.clone()), false),
+        ("province", strings(m, |x| x.province.clone()), false),
+        ("region_code", Arc::new(m.iter().map(|x| x.region_code).collect::<UInt8Array>()), false),
+        ("region", strings(m, |x| x.region.clone()), false),
+        ("area", strings(m, |x| x.area.clone()), false),
+        ("population", Arc::new(m.iter().map(|x| x.population).collect::<UInt32Array>()), false),
+        ("eligible", Arc::new(m.iter().map(|x| Some(x.eligible())).collect::<BooleanArray>()), false),
+        ("edition", Arc::new(m.iter().map(|x| date(&x.edition)).collect::<Date32Array>()), true),
+    ])
+}
+
+/// Days since the Unix epoch of a YYYY-MM-DD date (the form the registry stores).
+fn date(text: &str) -> Option<i32> {
+    let day = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    Some((day - chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days() as i32)
+}
+
+/// `registry_editions`: the editions of the municipality list the data directory went through.
+fn editions(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
+    let catalog = catalog(data_dir)?;
+    let e = &catalog.editions;
+    let time = |values: Vec<Option<i64>>| -> ArrayRef { Arc::new(TimestampMillisecondArray::from(values).with_timezone(TIME_ZONE)) };
+    let count = |f: fn(&registry::Edition) -> u32| -> ArrayRef { Arc::new(e.iter().map(|x| Some(f(x))).collect::<UInt32Array>()) };
+    batch(vec![
+        ("edition", Arc::new(e.iter().map(|x| date(&x.edition)).collect::<Date32Array>()), true),
+        ("imported_at", time(e.iter().map(|x| x.imported_ms).collect()), true),
+        ("source", strings(e, |x| x.source.clone()), false),
+        ("municipalities", count(|x| x.municipalities), false),
+        ("suppressed", count(|x| x.suppressed), false),
+        ("renumbered", count(|x| x.renumbered), false),
+        ("renamed", count(|x| x.renamed), false),
+        ("new", count(|x| x.new), false),
+        ("current", Arc::new((0..e.len()).map(|i| Some(i + 1 == e.len())).collect::<BooleanArray>()), false),
+    ])
+}
+
+/// `municipality_successors`: every code no longer current, with its direct successor and the
+/// current code it leads to (the one the views group its votes under).
+fn successors(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
+    let catalog = catalog(data_dir)?;
+    let s = &catalog.successors;
+    let current: Vec<Option<u32>> = s.iter().map(|x| catalog.current(x.municipality).map(|c| c.0)).collect();
+    batch(vec![
+        ("municipality", Arc::new(s.iter().map(|x| x.municipality.0).collect::<UInt32Array>()), false),
+        ("istat_code", strings(s, |x| x.municipality.to_string()), false),
+        ("name", strings(s, |x| x.name.clone()), false),
+        ("successor", Arc::new(s.iter().map(|x| x.successor.0).collect::<UInt32Array>()), false),
+        ("current", Arc::new(UInt32Array::from(current.clone())), true),
+        ("current_istat_code", Arc::new(current.iter().map(|c| c.map(|c| IstatCode(c).to_string())).collect::<StringArray>()), true),
+        ("kind", strings(s, |x| x.kind.name().to_string()), false),
+        ("date", Arc::new(s.iter().map(|x| date(&x.date)).collect::<Date32Array>()), true),
+        ("edition", Arc::new(s.iter().map(|x| date(&x.edition)).collect::<Date32Array>()), true),
+    ])
+}
+
 /// `terminals`: the terminal directory (`terminals.json`), without secrets; with the purchase
 /// the bonus settlement reads (`supplier`, `order_kind` `ODA`/`RdO`, `order_number`, `bought`),
 /// NULL where not recorded.
@@ -154,9 +211,11 @@ fn days_since_1970(date: chrono::NaiveDate) -> i32 {
 /// region is its first member's (unions do not cross regions).
 fn unions(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
     let list = registry::list_unions(data_dir).map_err(registry_error)?;
-    let catalog = Catalog::builtin();
-    let rules: Vec<_> = list.iter().map(|u| registry::union_eligibility(catalog, &u.members)).collect();
-    let first = |u: &registry::UnionRecord| u.members.first().and_then(|c| IstatCode::parse(c)).and_then(|c| catalog.municipality(c));
+    let catalog = catalog(data_dir)?;
+    let rules: Vec<_> = list.iter().map(|u| registry::union_eligibility(&catalog, &u.members)).collect();
+    let first = |u: &registry::UnionRecord| {
+        u.members.first().and_then(|c| IstatCode::parse(c)).and_then(|c| catalog.current(c)).and_then(|c| catalog.municipality(c))
+    };
     batch(vec![
         ("union_code", strings(&list, |u| u.code.clone()), false),
         ("name", strings(&list, |u| u.name.clone()), false),
@@ -193,7 +252,8 @@ fn administrations(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
     let recorded = registry::list_administrations(data_dir).map_err(registry_error)?;
     let by_code: std::collections::HashMap<&str, &registry::AdministrationRecord> =
         recorded.iter().map(|a| (a.municipality.as_str(), a)).collect();
-    let m: &[Municipality] = &Catalog::builtin().municipalities;
+    let catalog = catalog(data_dir)?;
+    let m: &[Municipality] = &catalog.municipalities;
     let codes: Vec<String> = m.iter().map(|x| x.code.to_string()).collect();
     let attribute = |f: fn(&registry::AdministrationRecord) -> Option<bool>| -> Vec<Option<bool>> {
         codes.iter().map(|c| by_code.get(c.as_str()).and_then(|a| f(a))).collect()

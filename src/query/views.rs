@@ -1,5 +1,10 @@
 //! The index library as SQL views (`schemas/sql.md` documents each, with its formula).
 //!
+//! Every view that groups by municipality groups a vote under the comune that exists now: the
+//! code its terminal was registered with, or that code's current successor when an imported
+//! edition suppressed or renumbered it (`municipality_successors`); `votes`, `counted_votes`
+//! and `municipality_index_as_voted` keep the code as voted.
+//!
 //! Every index view counts only votes not flagged as misuse (`misuse = 0`, which also leaves
 //! out clock faults, `misuse = 4`); `misuse_summary` counts the flagged ones, `clock_summary`
 //! the clock faults per terminal. Views carry no order: rank with `ORDER BY`.
@@ -58,14 +63,25 @@ fn rolled(keys: &[(&str, &str)]) -> String {
     )
 }
 
-/// The same counts from the `municipality_service_counts` rollup, grouped by `keys`: what the
-/// views by municipality, province and municipality × service use.
+/// The `municipality_service_counts` rollup with `municipality` the current code (a suppressed
+/// or renumbered code's successor) and `municipality_as_voted` the code the votes carry.
+const CURRENT_PAIRS: &str = "(SELECT coalesce(s.current, p.municipality) AS municipality, p.municipality AS municipality_as_voted, \
+     p.service, p.misuse, p.votes, p.positive, p.neutral, p.negative, p.date \
+     FROM municipality_service_counts p LEFT JOIN municipality_successors s ON s.municipality = p.municipality) pairs";
+
+/// The same counts from the `municipality_service_counts` rollup (by current municipality),
+/// grouped by `keys`: what the views by municipality, province and municipality × service use.
 fn paired(keys: &[(&str, &str)]) -> String {
+    paired_from(CURRENT_PAIRS, keys)
+}
+
+/// `paired` over `source` (the rollup as it is, or `CURRENT_PAIRS`).
+fn paired_from(source: &str, keys: &[(&str, &str)]) -> String {
     let select = keys.iter().map(|(e, n)| format!("{e} AS {n}")).collect::<Vec<_>>().join(", ");
     let positions = (1..=keys.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
     let sum = |c: &str| format!("CAST(sum({c}) AS BIGINT) AS {c}");
     format!(
-        "SELECT {select}, {}, {}, {}, {} FROM municipality_service_counts WHERE misuse = 0 GROUP BY {positions}",
+        "SELECT {select}, {}, {}, {}, {} FROM {source} WHERE misuse = 0 GROUP BY {positions}",
         sum("votes"),
         sum("positive"),
         sum("neutral"),
@@ -136,6 +152,16 @@ pub(crate) fn definitions() -> Vec<String> {
             "municipality_index",
             "c.municipality, m.istat_code, m.name, m.province, m.region",
             &format!("({}) c JOIN municipalities m ON m.municipality = c.municipality", paired(&[("municipality", "municipality")])),
+        ),
+        index_view(
+            "municipality_index_as_voted",
+            "c.municipality, istat_code(c.municipality) AS istat_code, coalesce(m.name, s.name) AS name, \
+             coalesce(s.current, c.municipality) AS current_municipality, s.kind AS succession",
+            &format!(
+                "({}) c LEFT JOIN municipalities m ON m.municipality = c.municipality \
+                 LEFT JOIN municipality_successors s ON s.municipality = c.municipality",
+                paired_from("municipality_service_counts", &[("municipality", "municipality")])
+            ),
         ),
         index_view("province_index", "province, region", &by_registry("m.province, m.region")),
         index_view(
@@ -220,16 +246,19 @@ pub(crate) fn definitions() -> Vec<String> {
 
 fn coverage_views() -> Vec<String> {
     vec![
-        "CREATE VIEW administration_coverage AS
+        format!(
+            "CREATE VIEW administration_coverage AS
          SELECT m.municipality, m.istat_code, m.name, m.province, m.region_code, m.region, m.population, a.eligible,
                 a.digital_signature, a.pec, a.bonus_eur,
                 coalesce(t.active, 0) AS terminals_active, coalesce(v.votes, 0) AS votes, v.first_day, v.last_day
          FROM municipalities m JOIN administrations a ON a.municipality = m.municipality
-         LEFT JOIN (SELECT municipality, count(*) FILTER (WHERE active) AS active FROM terminals WHERE union_code IS NULL GROUP BY municipality) t
+         LEFT JOIN (SELECT coalesce(s.current, t.municipality) AS municipality, count(*) FILTER (WHERE t.active) AS active
+                    FROM terminals t LEFT JOIN municipality_successors s ON s.municipality = t.municipality
+                    WHERE t.union_code IS NULL GROUP BY 1) t
                 ON t.municipality = m.municipality
          LEFT JOIN (SELECT municipality, CAST(sum(votes) AS BIGINT) AS votes, min(date) AS first_day, max(date) AS last_day
-                    FROM municipality_service_counts WHERE misuse = 0 GROUP BY municipality) v ON v.municipality = m.municipality"
-            .to_string(),
+                    FROM {CURRENT_PAIRS} WHERE misuse = 0 GROUP BY municipality) v ON v.municipality = m.municipality"
+        ),
         // A union is one administration: its own terminals (registered to it, standing in a
         // member comune), its own bonus; the member comuni keep theirs.
         "CREATE VIEW union_coverage AS
@@ -267,15 +296,16 @@ fn coverage_views() -> Vec<String> {
                    JOIN terminals t ON t.terminal = c.terminal JOIN unions u ON u.union_code = t.union_code
                    GROUP BY t.union_code, u.name, c.service)"
         ),
-        "CREATE VIEW coverage_by_region_month AS
+        format!(
+            "CREATE VIEW coverage_by_region_month AS
          SELECT e.region_code, e.region, v.month, e.eligible, count(v.municipality) AS with_votes,
                 round(share_pct(count(v.municipality), e.eligible), 1) AS coverage_pct
          FROM (SELECT region_code, region, count(*) AS eligible FROM municipalities WHERE eligible GROUP BY region_code, region) e
          JOIN (SELECT DISTINCT m.region_code, CAST(date_trunc('month', c.date) AS DATE) AS month, c.municipality
-               FROM (SELECT DISTINCT municipality, date FROM municipality_service_counts WHERE misuse = 0) c
+               FROM (SELECT DISTINCT municipality, date FROM {CURRENT_PAIRS} WHERE misuse = 0) c
                JOIN municipalities m ON m.municipality = c.municipality WHERE m.eligible) v ON v.region_code = e.region_code
          GROUP BY e.region_code, e.region, v.month, e.eligible"
-            .to_string(),
+        ),
     ]
 }
 

@@ -76,8 +76,9 @@ pub(crate) fn set_administration(
     digital_signature: Option<bool>,
     pec: Option<bool>,
 ) -> Result<AdministrationRecord, RegistryError> {
-    if Catalog::builtin().municipality(municipality).is_none() {
-        return Err(RegistryError::UnknownMunicipality(municipality.to_string()));
+    let catalog = Catalog::for_data_dir(data_dir)?;
+    if catalog.municipality(municipality).is_none() {
+        return Err(catalog.not_current(municipality));
     }
     let mut administrations = list_administrations(data_dir)?;
     let code = municipality.to_string();

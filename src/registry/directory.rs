@@ -284,7 +284,7 @@ impl TerminalDirectory {
             return Ok(false);
         }
         let file = read_terminals(&self.path)?;
-        let catalog = Catalog::builtin();
+        let catalog = Catalog::for_data_dir(self.path.parent().unwrap_or(Path::new(".")))?;
         let index = file
             .terminals
             .iter()
@@ -292,7 +292,9 @@ impl TerminalDirectory {
                 let mut digest = [0u8; 32];
                 // A record with a damaged digest matches no secret.
                 let _ = hex::decode_to_slice(&t.secret_sha256, &mut digest);
-                let municipality = IstatCode::parse(&t.municipality).filter(|code| catalog.municipality(*code).is_some());
+                // A code an import suppressed or renumbered stays admitted (its votes keep it and
+                // join the successor in the views).
+                let municipality = IstatCode::parse(&t.municipality).filter(|code| catalog.current(*code).is_some());
                 if municipality.is_none() {
                     tracing::warn!(terminal = t.id, municipality = %t.municipality, "terminal record names no municipality of the registry; it cannot connect");
                 }
@@ -481,9 +483,9 @@ fn add_terminals_of(
     union: Option<&str>,
     purchase: &Purchase,
 ) -> Result<Vec<Credential>, RegistryError> {
-    let catalog = Catalog::builtin();
+    let catalog = Catalog::for_data_dir(data_dir)?;
     if let Some(unknown) = municipalities.iter().find(|m| catalog.municipality(**m).is_none()) {
-        return Err(RegistryError::UnknownMunicipality(unknown.to_string()));
+        return Err(catalog.not_current(*unknown));
     }
     update_terminals(data_dir, |file| {
         let now = now_ms();

@@ -7,7 +7,10 @@
 //! server when it changes) and `DATA_DIR/administrations.json` (written by `faccia
 //! administrations`) are the registry state that changes at run time.
 //!
-//! One file per job: `catalog` (municipalities and services, compiled in), `directory`
+//! One file per job: `catalog` (municipalities and services, compiled in), `istat` (ISTAT's
+//! list and variations files), `editions` (an imported edition: `DATA_DIR/registry/catalog.json`,
+//! the data directory's catalog from then on, with the successors of suppressed and renumbered
+//! comuni), `directory`
 //! (terminals, secrets, credentials, `terminals.json`), `administrations` (what the
 //! programme's bonus rule needs, `administrations.json`), `unions` (unions of comuni, one
 //! administration each, `unions.json`). The names are re-exported here.
@@ -22,16 +25,19 @@ use crate::model::TerminalId;
 mod administrations;
 mod catalog;
 mod directory;
+mod editions;
+mod istat;
 mod unions;
 
 pub(crate) use administrations::{AdministrationRecord, bonus_eur, list_administrations, set_administration};
-pub(crate) use catalog::{Catalog, Municipality};
+pub(crate) use catalog::{Catalog, Edition, Municipality};
 #[cfg(test)]
 pub(crate) use directory::add_union_terminals;
 pub(crate) use directory::{
     AuthError, Purchase, add_bought_terminals, add_terminals_bulk, list_terminals, set_purchase, write_credentials_csv,
 };
 pub use directory::{Credential, Secret, TerminalDirectory, add_terminals, revoke_terminal};
+pub(crate) use editions::{ImportRequest, import, region_code, state_path};
 pub(crate) use unions::{UnionRecord, add_union, eligibility as union_eligibility, list_unions};
 
 /// What can go wrong reading or changing the registry's files (`terminals.json`, `administrations.json`) or parsing a secret.
@@ -63,9 +69,25 @@ pub enum RegistryError {
         /// The format version this build reads for that file.
         expected: u32,
     },
-    /// An ISTAT code that names no municipality of the built-in registry (`data/comuni.csv`).
-    #[error("municipality {0} is not in the registry (data/comuni.csv)")]
+    /// An ISTAT code that names no municipality of the data directory's current edition
+    /// (`data/comuni.csv`, or the imported list: `faccia registry list`).
+    #[error("municipality {0} is not in the registry (its current edition: faccia registry list)")]
     UnknownMunicipality(String),
+    /// A code that an imported edition suppressed or renumbered: new registrations use its
+    /// successor (terminals already registered there keep delivering).
+    #[error("municipality {municipality} is no longer current ({kind}); its successor is {successor}")]
+    Superseded {
+        /// The code given.
+        municipality: String,
+        /// The current code that took its place.
+        successor: String,
+        /// `merger` or `renumbering`.
+        kind: &'static str,
+    },
+    /// An ISTAT file that cannot be imported: the message names the file, line and field, or
+    /// the comune and the rule.
+    #[error("{0}")]
+    Import(String),
     /// A union of comuni that cannot be registered as given, or a terminal that cannot be
     /// registered to a union: the message names the code, member or rule.
     #[error("{0}")]

@@ -49,10 +49,15 @@ pub(crate) struct UnionEligibility {
     pub(crate) eligible: bool,
 }
 
-/// The 50 % rule over `members` (unknown codes count as not small).
+/// The 50 % rule over `members` (a suppressed or renumbered member counts as its successor;
+/// unknown codes count as not small).
 pub(crate) fn eligibility(catalog: &Catalog, members: &[String]) -> UnionEligibility {
-    let small =
-        members.iter().filter(|code| IstatCode::parse(code).and_then(|c| catalog.municipality(c)).is_some_and(|m| m.eligible())).count();
+    let small = members
+        .iter()
+        .filter(|code| {
+            IstatCode::parse(code).and_then(|c| catalog.current(c)).and_then(|c| catalog.municipality(c)).is_some_and(|m| m.eligible())
+        })
+        .count();
     UnionEligibility { members: members.len(), small_members: small, eligible: !members.is_empty() && 2 * small >= members.len() }
 }
 
@@ -108,9 +113,9 @@ pub(crate) fn add_union(
     if name.trim().is_empty() {
         return Err(invalid(format!("union {code}: the name is empty")));
     }
-    let catalog = Catalog::builtin();
+    let catalog = Catalog::for_data_dir(data_dir)?;
     if let Some(unknown) = members.iter().find(|m| catalog.municipality(**m).is_none()) {
-        return Err(RegistryError::UnknownMunicipality(unknown.to_string()));
+        return Err(catalog.not_current(*unknown));
     }
     let mut codes: Vec<String> = members.iter().map(IstatCode::to_string).collect();
     codes.sort();

@@ -91,14 +91,13 @@ pub(crate) fn count_votes(rows: &RecordBatch) -> Result<Vec<(i32, RecordBatch)>,
     let channel = rows.column(col::CHANNEL).as_primitive::<UInt8Type>();
     let reason = rows.column(col::REASON).as_primitive::<UInt8Type>();
     let misuse = rows.column(col::MISUSE).as_primitive::<UInt8Type>();
-    let catalog = crate::registry::Catalog::builtin();
     let mut clock = LocalClock::default();
     let mut region = (u32::MAX, 0u8);
     let mut counts: BTreeMap<i32, BTreeMap<Key, u64>> = BTreeMap::new();
     for row in 0..rows.num_rows() {
         let m = municipality.value(row);
         if region.0 != m {
-            region = (m, catalog.municipality(IstatCode(m)).map_or(0, |x| x.region_code));
+            region = (m, crate::registry::region_code(IstatCode(m)).unwrap_or(0));
         }
         let local = clock.local_ms(ts.value(row));
         let hour = (local.rem_euclid(86_400_000) / 3_600_000) as u8;

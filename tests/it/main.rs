@@ -22,6 +22,7 @@ mod nat;
 mod objectstore;
 mod properties;
 mod proxy;
+mod registry;
 mod roundtrip;
 mod scopes;
 mod sql;
