@@ -501,6 +501,7 @@ pub enum TokensAction {
         /// The token's id (`faccia tokens list`).
         id: u64,
     },
+}
 
 /// `faccia registry` subcommands.
 #[derive(Debug, Subcommand)]
@@ -1108,6 +1109,9 @@ fn tokens(data_dir: &Path, action: TokensAction) -> anyhow::Result<()> {
             }
         }
         TokensAction::Revoke { id } => print(&revoke_token(data_dir, id)?),
+    }
+    Ok(())
+}
 
 fn registry_command(data_dir: &Path, action: RegistryAction) -> anyhow::Result<()> {
     match action {
