@@ -62,8 +62,7 @@ pub struct AlertsConfig {
     pub clock_fault: ClockFault,
 }
 
-/// The most a retry waits, in milliseconds (a minute): beyond it backoff stops growing.
-pub const WEBHOOK_BACKOFF_MAX_MS: u64 = 60_000;
+pub use webhook::WEBHOOK_BACKOFF_MAX_MS;
 
 impl Default for AlertsConfig {
     fn default() -> Self {
@@ -95,10 +94,10 @@ impl AlertsConfig {
         if !(1..=3_600).contains(&self.evaluate_interval_s) {
             return fail("alerts", "evaluate_interval_s", self.evaluate_interval_s.to_string(), "1..=3600 (a second to an hour)");
         }
-        if let Some(url) = &self.webhook_url {
-            if let Err(why) = webhook::parse_url(url) {
-                return fail("alerts", "webhook_url", url.clone(), &why);
-            }
+        if let Some(url) = &self.webhook_url
+            && let Err(why) = webhook::parse_url(url)
+        {
+            return fail("alerts", "webhook_url", url.clone(), &why);
         }
         if self.webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return fail("alerts", "webhook_secret", "(hidden)".into(), "at least 16 bytes");

@@ -266,9 +266,9 @@ fn floats(batch: &RecordBatch, column: usize) -> Vec<Option<f64>> {
 pub async fn red_share(ctx: &SessionContext, rule: &RedShare, now_ms: i64) -> DfResult<Vec<Condition>> {
     let red = "sum(CASE WHEN face = -1 THEN 1 ELSE 0 END)";
     let sql = format!(
-        "SELECT CAST(municipality AS BIGINT), CAST(service AS BIGINT), count(*), CAST(100.0 * {red} / count(*) AS DOUBLE) \
+        "SELECT CAST(municipality AS BIGINT) AS m, CAST(service AS BIGINT) AS s, count(*) AS n, CAST(100.0 * {red} / count(*) AS DOUBLE) AS share \
          FROM votes WHERE misuse = 0 AND {} GROUP BY municipality, service \
-         HAVING count(*) >= {} AND 100.0 * {red} / count(*) >= {} ORDER BY 1, 2",
+         HAVING count(*) >= {} AND 100.0 * {red} / count(*) >= {} ORDER BY m, s",
         window(now_ms, rule.window_minutes),
         rule.votes_min,
         rule.share_pct_min
@@ -314,8 +314,8 @@ async fn flagged(ctx: &SessionContext, kind: Flagged, window_minutes: u32, votes
         Flagged::ClockFault => (Rule::ClockFault, "misuse = 4", "votes stored as clock faults (the terminal's clock is wrong)"),
     };
     let sql = format!(
-        "SELECT CAST(terminal AS BIGINT), CAST(max(municipality) AS BIGINT), count(*) FROM votes \
-         WHERE {filter} AND {} GROUP BY terminal HAVING count(*) >= {votes_min} ORDER BY 1",
+        "SELECT CAST(terminal AS BIGINT) AS t, CAST(max(municipality) AS BIGINT) AS m, count(*) AS n FROM votes \
+         WHERE {filter} AND {} GROUP BY terminal HAVING count(*) >= {votes_min} ORDER BY t",
         window(now_ms, window_minutes)
     );
     let mut found = Vec::new();

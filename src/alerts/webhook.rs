@@ -25,6 +25,9 @@ use crate::alerts::store::{self, Delivery, Event, Log, StoreError};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 
+/// The most a retry waits, in milliseconds (a minute): beyond it backoff stops growing.
+pub const WEBHOOK_BACKOFF_MAX_MS: u64 = 60_000;
+
 /// The signature header: `sha256=` and the HMAC-SHA256 of the body, lowercase hex.
 pub const SIGNATURE_HEADER: &str = "X-Faccia-Signature";
 /// The attempt's time header: seconds since the Unix epoch (receivers may refuse old ones).
@@ -105,7 +108,7 @@ impl Target {
     /// The wait after failed attempt `attempt` (from 1): `backoff_ms · 2^(attempt − 1)`, capped.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u64 << attempt.saturating_sub(1).min(20);
-        Duration::from_millis(self.backoff_ms.saturating_mul(factor).min(super::WEBHOOK_BACKOFF_MAX_MS))
+        Duration::from_millis(self.backoff_ms.saturating_mul(factor).min(WEBHOOK_BACKOFF_MAX_MS))
     }
 }
 

@@ -76,8 +76,11 @@ pub(crate) struct AnalystTokens {
 #[derive(Debug)]
 struct ScopedTokens {
     path: PathBuf,
-    state: Mutex<(Option<FileStamp>, Vec<([u8; 32], Scope)>)>,
+    state: Mutex<(Option<FileStamp>, Vec<ScopedDigest>)>,
 }
+
+/// A scoped token's SHA-256 digest and its scope.
+type ScopedDigest = ([u8; 32], Scope);
 
 /// What changes when `tokens.json` is replaced: (modification time, length, inode).
 type FileStamp = (std::time::SystemTime, u64, u64);

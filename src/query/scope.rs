@@ -190,6 +190,7 @@ pub(crate) async fn restrict(ctx: &SessionContext, scope: &Scope, data_dir: &Pat
         .catalog(&options.default_catalog)
         .and_then(|c| c.schema(&options.default_schema))
         .ok_or_else(|| DataFusionError::Internal("the default schema is missing".into()))?;
+    let mut recount_vote_counts = false;
     for name in schema.table_names() {
         let Some(table) = schema.table(&name).await? else { continue };
         let columns = table.schema();
@@ -210,9 +211,15 @@ pub(crate) async fn restrict(ctx: &SessionContext, scope: &Scope, data_dir: &Pat
         if let Some(kept) = kept {
             ctx.register_table(name.as_str(), kept)?;
         } else if name == "vote_counts" {
-            // Narrower than a region: the regional rollup, counted again from the scope's votes.
-            ctx.sql(VOTE_COUNTS_FROM_VOTES).await?;
+            recount_vote_counts = true;
         }
+    }
+    if recount_vote_counts {
+        // Narrower than a region: the regional rollup, counted again from the scope's votes.
+        // Only now: a view binds the tables it reads when it is created, and every table must
+        // be the filtered one by then (created inside the loop, it could bind the unfiltered
+        // `votes`, depending on the order the schema lists its tables).
+        ctx.sql(VOTE_COUNTS_FROM_VOTES).await?;
     }
     Ok(())
 }

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int8Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array, UInt16Array,
-    UInt32Array,
+    ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int8Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array,
+    UInt16Array, UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use async_trait::async_trait;
