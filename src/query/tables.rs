@@ -291,6 +291,7 @@ fn alerts(data_dir: &std::path::Path) -> DfResult<RecordBatch> {
         ("rule", strings(&list, |a| a.last.rule.name().to_string()), false),
         ("state", strings(&list, state), false),
         ("municipality", Arc::new(list.iter().map(|a| a.last.municipality).collect::<UInt32Array>()), true),
+        ("istat_code", Arc::new(list.iter().map(|a| a.last.municipality.map(|m| IstatCode(m).to_string())).collect::<StringArray>()), true),
         ("service", Arc::new(list.iter().map(|a| a.last.service).collect::<UInt16Array>()), true),
         ("terminal", Arc::new(list.iter().map(|a| a.last.terminal).collect::<UInt32Array>()), true),
         ("fired_at", rome_time(list.iter().map(|a| Some(a.last.fired_at_ms)).collect()), false),
