@@ -77,6 +77,8 @@ pub(crate) enum Page {
 const LIST_ROWS_MAX: usize = 20;
 /// The most terminals the terminals page lists (the silent first).
 const TERMINAL_ROWS_MAX: usize = 50;
+/// The most alerts the terminals page lists (those firing first).
+const ALERT_ROWS_MAX: usize = 50;
 /// Days behind the heat map and the reasons of a municipality.
 const RECENT_DAYS: i64 = 30;
 
@@ -240,6 +242,12 @@ c AS (SELECT * FROM w ORDER BY week DESC LIMIT 1) \
 SELECT c.votes, round(csat(c.positive, c.votes), 1) AS csat_pct, p.votes AS previous_votes, \
 round(csat(p.positive, p.votes), 1) AS previous_csat_pct, change_z(c.positive, c.votes, p.positive, p.votes) AS z \
 FROM c LEFT JOIN w p ON p.week = c.week - INTERVAL '7 days'";
+
+/// `alerts_sql` without its limit.
+const ALERTS_SQL: &str = "SELECT a.alert_id, a.rule, a.state, a.istat_code, m.name AS municipality_name, a.service, s.name_it, s.name, \
+a.terminal, a.fired_at, a.resolved_at, a.value, a.threshold, a.message FROM alerts a \
+LEFT JOIN municipalities m ON m.istat_code = a.istat_code LEFT JOIN services s ON s.service = a.service \
+ORDER BY a.state = 'firing' DESC, a.fired_at DESC";
 
 const REASONS_SQL: &str = "SELECT reason, count(*) AS negative_votes, round(share_pct(count(*), sum(count(*)) OVER ()), 1) AS share_pct \
 FROM counted_votes WHERE face = -1 GROUP BY reason ORDER BY negative_votes DESC, reason";
@@ -768,11 +776,85 @@ GROUP BY t.terminal, t.istat_code, m.name, t.label, t.active ORDER BY last_seen 
         r#"<p class="note">{} {TERMINAL_ROWS_MAX}.</p>"#,
         lang.t("I più silenziosi per primi; al massimo", "The most silent first; at most")
     );
-    // Alerts: the lead adds this section from the `alerts` table (issue 16, part 3).
-    let _ = write!(out, r#"<section class="alerts" id="alerts"><h2>{}</h2></section>"#, lang.t("Allarmi", "Alerts"));
+    alerts(session, lang, out).await?;
+    let _ = write!(out, "<h2>{}</h2>", lang.t("Ultimo contatto", "Last seen"));
     terminal_table(lang, &rows, true, out);
     show_sql(out, &sql);
     Ok(())
+}
+
+/// The alerts firing now, then the latest resolved ones: what a rule saw, where, since when.
+/// The state is written as a word with a sign (●, ✓), never told by colour alone.
+async fn alerts(session: &Session<'_>, lang: Lang, out: &mut String) -> Result<(), PageError> {
+    let sql = format!("{ALERTS_SQL} LIMIT {ALERT_ROWS_MAX}");
+    let rows = session.rows(&sql).await?;
+    let firing = rows.iter().filter(|r| text(r, "state") == "firing").count();
+    let _ = write!(out, r#"<section class="alerts" id="alerts" data-firing="{firing}"><h2>{}</h2>"#, lang.t("Allarmi", "Alerts"));
+    if rows.is_empty() {
+        let _ = write!(out, r#"<p class="note">{}</p>"#, lang.t("Nessun allarme.", "No alerts."));
+    } else {
+        let _ = write!(
+            out,
+            r#"<p class="note">{} {firing}. {} {ALERT_ROWS_MAX}.</p><table class="alerts"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th class="n">{}</th><th>{}</th><th>{}</th></tr>"#,
+            lang.t("In corso:", "Firing:"),
+            lang.t("Prima quelli in corso, poi i più recenti; al massimo", "Firing first, then the latest; at most"),
+            lang.t("Stato", "State"),
+            lang.t("Regola", "Rule"),
+            lang.t("Comune", "Comune"),
+            lang.t("Servizio o terminale", "Service or terminal"),
+            lang.t("valore / soglia", "value / threshold"),
+            lang.t("dal", "since"),
+            lang.t("risolto il", "resolved"),
+        );
+        for r in &rows {
+            let state = text(r, "state");
+            let (sign, word) = match state.as_str() {
+                "firing" => ("●", lang.t("in corso", "firing")),
+                _ => ("✓", lang.t("risolto", "resolved")),
+            };
+            let subject = match (text(r, "terminal").as_str(), service_name(lang, r)) {
+                ("", service) => service,
+                (terminal, _) => format!("{} {terminal}", lang.t("terminale", "terminal")),
+            };
+            let measured = match (number(r, "value"), number(r, "threshold")) {
+                (Some(value), Some(threshold)) => {
+                    format!("{} / {}", lang.numbers().one_decimal(value), lang.numbers().one_decimal(threshold))
+                }
+                (Some(value), None) => lang.numbers().one_decimal(value),
+                _ => "—".to_string(),
+            };
+            let _ = write!(
+                out,
+                r#"<tr data-alert="{id}" data-rule="{rule}" data-state="{state}" data-municipality="{code}"><td class="state {state}">{sign} {word}</td><td title="{message}">{}</td><td>{}</td><td>{}</td><td class="n">{measured}</td><td>{}</td><td>{}</td></tr>"#,
+                rule_name(lang, &text(r, "rule")),
+                escape(&text(r, "municipality_name")),
+                escape(&subject),
+                moment(lang, &text(r, "fired_at")),
+                moment(lang, &text(r, "resolved_at")),
+                id = escape(&text(r, "alert_id")),
+                rule = escape(&text(r, "rule")),
+                state = escape(&state),
+                code = escape(&text(r, "istat_code")),
+                message = escape(&text(r, "message")),
+            );
+        }
+        out.push_str("</table>");
+    }
+    show_sql(out, &sql);
+    out.push_str("</section>");
+    Ok(())
+}
+
+/// A rule's name for a person (the `alerts.rule` values of `schemas/sql.md`).
+fn rule_name(lang: Lang, rule: &str) -> String {
+    match rule {
+        "red_share" => lang.t("Molte facce rosse", "Many red faces"),
+        "terminal_silent" => lang.t("Terminale silenzioso", "Terminal silent"),
+        "misuse_burst" => lang.t("Raffica di voti sospetti", "Misuse burst"),
+        "clock_fault" => lang.t("Orologio del terminale errato", "Terminal clock wrong"),
+        other => other,
+    }
+    .to_string()
 }
 
 #[cfg(test)]
