@@ -16,6 +16,7 @@ use crate::alerts::store::{self, Event, EventKind, Lifecycle, Log, StoreError};
 use crate::alerts::webhook::{self, Target, Webhook};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::transport::tls::{self, TlsError};
 
 /// How long the terminals' usual slots are kept before they are learned again, in ms (an hour:
 /// weeks of history do not change by the minute, and reading them is the costly query).
@@ -32,6 +33,15 @@ pub struct Evaluator {
     usual: Option<(i64, BTreeMap<u32, BTreeSet<Slot>>)>,
 }
 
+/// The webhook's TLS: the system's roots and `ca`; an https URL needs at least one root.
+fn webhook_tls(url: &str, ca: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = tls::https_roots(ca)?;
+    if url.starts_with("https:") && roots.is_empty() {
+        return Err(TlsError::NoRoots);
+    }
+    tls::https_client_config(roots)
+}
+
 impl std::fmt::Debug for Evaluator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Evaluator").field("config", &self.config).field("lifecycle", &self.lifecycle).finish_non_exhaustive()
@@ -43,7 +53,8 @@ impl Evaluator {
     /// `faccia_alerts_firing`) and, with a `webhook_url`, starts delivery (it needs a tokio runtime).
     ///
     /// # Errors
-    /// When the event file, the delivery log or the generated secret cannot be read or created.
+    /// When the event file, the delivery log or the generated secret cannot be read or created,
+    /// or `webhook_ca` cannot be read (`StoreError::WebhookTls`).
     pub fn open(
         ctx: SessionContext,
         data_dir: &Path,
@@ -61,6 +72,7 @@ impl Evaluator {
                     attempts_max: config.webhook_attempts_max,
                     backoff_ms: config.webhook_backoff_ms,
                     timeout_ms: config.webhook_timeout_ms,
+                    tls: webhook_tls(url, config.webhook_ca.as_deref()).map_err(StoreError::WebhookTls)?,
                 };
                 let log = Log::open(data_dir, store::DELIVERIES_FILE)?;
                 Some(Webhook::start(target, log, Arc::clone(&metrics), Arc::clone(&clock)))

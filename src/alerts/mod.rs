@@ -38,8 +38,11 @@ pub struct AlertsConfig {
     /// Seconds between two evaluations: how far, at most, an alert lags the votes; 10 by default
     /// (each evaluation scans at most the last `window_minutes` of votes, so it is cheap).
     pub evaluate_interval_s: u64,
-    /// Where events are POSTed (`http://host:port/path`); none: events are only recorded.
+    /// Where events are POSTed (`http://` or `https://host:port/path`); none: events are only recorded.
     pub webhook_url: Option<String>,
+    /// A PEM file of CA certificates an `https` receiver may chain to, besides the system's roots
+    /// (a private CA of the administration's network).
+    pub webhook_ca: Option<std::path::PathBuf>,
     /// The HMAC-SHA256 key signing each POST; none: one generated into
     /// `DATA_DIR/alerts/webhook-secret` at the first start with a `webhook_url`.
     pub webhook_secret: Option<String>,
@@ -70,6 +73,7 @@ impl Default for AlertsConfig {
             enabled: true,
             evaluate_interval_s: 10,
             webhook_url: None,
+            webhook_ca: None,
             webhook_secret: None,
             webhook_attempts_max: 8,
             webhook_backoff_ms: 1_000,

@@ -54,6 +54,9 @@ pub enum StoreError {
         /// serde_json's message.
         reason: String,
     },
+    /// The webhook's TLS could not be set up (`alerts.webhook_ca`).
+    #[error("alerts.webhook_ca")]
+    WebhookTls(#[source] crate::transport::tls::TlsError),
 }
 
 /// What happened to an alert.

@@ -1,4 +1,5 @@
-//! Webhook delivery: each event is POSTed as JSON to `[alerts] webhook_url`, signed with
+//! Webhook delivery: each event is POSTed as JSON to `[alerts] webhook_url` (http or https;
+//! https trusts the system's roots and `webhook_ca`), signed with
 //! HMAC-SHA256 (RFC 2104, SHA-256 per FIPS 180-4; test vectors from RFC 4231) over the exact
 //! body bytes, retried with exponential backoff up to `webhook_attempts_max` attempts, every
 //! attempt recorded in `deliveries.jsonl`. Deliveries run in their own tasks fed by a bounded
@@ -17,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Uri;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::{Semaphore, mpsc};
@@ -48,14 +50,14 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(ring::hmac::sign(&key, body).as_ref()))
 }
 
-/// Checks a webhook URL: `http://host[:port]/path`.
+/// Checks a webhook URL: `http://host[:port]/path` or `https://host[:port]/path`.
 ///
 /// # Errors
 /// What is wrong with it, in words (the configuration check names the field).
 pub fn parse_url(url: &str) -> Result<Uri, String> {
     let uri: Uri = url.parse().map_err(|e| format!("a URL ({e})"))?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none() {
-        return Err("an http://host[:port]/path URL (https is not supported: terminate TLS in a proxy beside faccia)".into());
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err("an http:// or https://host[:port]/path URL".into());
     }
     Ok(uri)
 }
@@ -102,6 +104,8 @@ pub struct Target {
     pub backoff_ms: u64,
     /// Time allowed for one attempt, in ms.
     pub timeout_ms: u64,
+    /// TLS for an `https` URL (`transport::tls::https_client_config`); unused over http.
+    pub tls: rustls::ClientConfig,
 }
 
 impl Target {
@@ -125,13 +129,15 @@ struct Shared {
     log: Mutex<Log>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Webhook {
     /// Starts the dispatcher task; attempts are appended to `deliveries` (`DATA_DIR/alerts/deliveries.jsonl`).
     pub fn start(target: Target, deliveries: Log, metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Webhook {
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(target.tls.clone()).https_or_http().enable_http1().build();
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
         let shared = Arc::new(Shared { target, log: Mutex::new(deliveries), metrics, clock, client });
         let (queue, events) = mpsc::channel(QUEUE_EVENTS_MAX);
         tokio::spawn(dispatch(events, Arc::clone(&shared)));
@@ -237,10 +243,12 @@ mod tests {
             attempts_max: 8,
             backoff_ms: 1_000,
             timeout_ms: 1_000,
+            tls: crate::transport::tls::https_client_config(rustls::RootCertStore::empty()).unwrap(),
         };
         let waits: Vec<u64> = (1..=8).map(|a| target.backoff(a).as_millis() as u64).collect();
         assert_eq!(waits, [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]);
-        assert!(parse_url("https://example.org/hook").unwrap_err().contains("https is not supported"));
+        assert!(parse_url("https://example.org/hook").is_ok());
+        assert!(parse_url("ftp://example.org/hook").unwrap_err().contains("https://"));
     }
 
     #[test]

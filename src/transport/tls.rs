@@ -40,6 +40,9 @@ pub enum TlsError {
     /// rustls refused the configuration, e.g. a key that does not match the certificate.
     #[error("TLS configuration")]
     Rustls(#[from] rustls::Error),
+    /// An HTTPS client would trust nobody: the system has no root certificates and no CA file was given.
+    #[error("no root certificate to trust: the system has none (install ca-certificates) and no CA file was given")]
+    NoRoots,
 }
 
 /// A certificate chain and its private key.
@@ -278,6 +281,39 @@ pub fn client_config_with_alpn(ca_path: &Path, alpn: &[u8]) -> Result<rustls::Cl
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
+}
+
+/// The roots outgoing HTTPS (the alerts' webhook) trusts: the system's (`rustls-native-certs`:
+/// `/etc/ssl/certs`, `SSL_CERT_FILE`) and, with `extra_ca`, the certificates of that PEM file (a
+/// town hall's private CA). Empty on a system without roots and without `extra_ca`; an https
+/// client then refuses to start ([`TlsError::NoRoots`]).
+///
+/// # Errors
+/// An unreadable `extra_ca`, or one without a certificate.
+pub fn https_roots(extra_ca: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!(%error, "a system root certificate was not loaded");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra_ca {
+        for cert in load_certs(path)? {
+            roots.add(cert)?;
+        }
+    }
+    Ok(roots)
+}
+
+/// The client configuration of outgoing HTTPS: TLS 1.2 or 1.3 (ring), trusting `roots`.
+///
+/// # Errors
+/// When rustls refuses the protocol versions (it does not with ring).
+pub fn https_client_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 #[cfg(test)]

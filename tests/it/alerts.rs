@@ -17,7 +17,7 @@ use faccia::terminal::simulate::CLOCK_RESET_MS;
 use faccia::wire::Status;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::common::*;
 
@@ -47,53 +47,88 @@ type Log = Arc<Mutex<Vec<Received>>>;
 
 /// A minimal HTTP/1.1 receiver: records each request, answers 500 to the first and 200 after.
 async fn receiver() -> (SocketAddr, Log) {
+    receiver_over(None).await
+}
+
+/// As `receiver`, over TLS with `tls` when given (an https receiver).
+async fn receiver_over(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Log) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let log: Log = Arc::default();
     let seen = Arc::clone(&log);
     tokio::spawn(async move {
         loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
             let seen = Arc::clone(&seen);
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let mut data = Vec::new();
-                let mut buf = [0u8; 4096];
-                let head_end = loop {
-                    let n = stream.read(&mut buf).await.unwrap();
-                    assert!(n > 0, "connection closed before the headers ended");
-                    data.extend_from_slice(&buf[..n]);
-                    if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
+                match tls {
+                    None => answer(stream, seen).await,
+                    // A client that refuses the certificate ends the handshake: nothing to record.
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            answer(stream, seen).await;
+                        }
                     }
-                };
-                let head = String::from_utf8_lossy(&data[..head_end]).to_string();
-                let headers: HashMap<String, String> = head
-                    .lines()
-                    .skip(1)
-                    .filter_map(|l| l.split_once(':'))
-                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                    .collect();
-                let length: usize = headers.get("content-length").map_or(0, |v| v.parse().unwrap());
-                while data.len() < head_end + length {
-                    let n = stream.read(&mut buf).await.unwrap();
-                    assert!(n > 0, "connection closed before the body ended");
-                    data.extend_from_slice(&buf[..n]);
                 }
-                let body = data[head_end..head_end + length].to_vec();
-                let answered = {
-                    let mut seen = seen.lock().unwrap();
-                    let answered = if seen.is_empty() { 500 } else { 200 };
-                    seen.push(Received { headers, body, answered });
-                    answered
-                };
-                let reason = if answered == 200 { "OK" } else { "Internal Server Error" };
-                let reply = format!("HTTP/1.1 {answered} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                stream.write_all(reply.as_bytes()).await.unwrap();
-                let _ = stream.shutdown().await;
             });
         }
     });
     (addr, log)
+}
+
+/// Reads one request from `stream`, records it and answers it (500 to the very first, 200 after).
+async fn answer(mut stream: impl AsyncRead + AsyncWrite + Unpin, seen: Log) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before the headers ended");
+        data.extend_from_slice(&buf[..n]);
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+    let headers: HashMap<String, String> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers.get("content-length").map_or(0, |v| v.parse().unwrap());
+    while data.len() < head_end + length {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before the body ended");
+        data.extend_from_slice(&buf[..n]);
+    }
+    let body = data[head_end..head_end + length].to_vec();
+    let answered = {
+        let mut seen = seen.lock().unwrap();
+        let answered = if seen.is_empty() { 500 } else { 200 };
+        seen.push(Received { headers, body, answered });
+        answered
+    };
+    let reason = if answered == 200 { "OK" } else { "Internal Server Error" };
+    let reply = format!("HTTP/1.1 {answered} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    stream.write_all(reply.as_bytes()).await.unwrap();
+    let _ = stream.shutdown().await;
+}
+
+/// A TLS acceptor with a certificate for 127.0.0.1 issued by a new CA; returns it and the CA's PEM file.
+fn tls_receiver_identity(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, std::path::PathBuf) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (_, ca) = faccia::transport::tls::dev_identity(dir).unwrap();
+    let chain = CertificateDer::pem_file_iter(dir.join("tls/server.pem")).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("tls/server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca)
 }
 
 fn config(webhook: SocketAddr) -> Config {
@@ -153,6 +188,18 @@ async fn metrics(server: &Server, token: &str) -> String {
     http(server.http_addr.unwrap(), Method::GET, "/metrics", token, "").await.1
 }
 
+/// The dashboard's `/terminals` page in English, as `token` sees it.
+async fn terminals_page(server: &Server, token: &str) -> String {
+    let (status, body) = http(server.http_addr.unwrap(), Method::GET, "/terminals?lang=en", token, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// The start of an alert's row on the terminals page (`dashboard::pages::alerts`).
+fn alert_row(rule: &str, state: &str, istat_code: &str) -> String {
+    format!(r#"data-rule="{rule}" data-state="{state}" data-municipality="{istat_code}""#)
+}
+
 fn has_line(metrics: &str, line: &str) {
     assert!(
         metrics.lines().any(|l| l == line),
@@ -208,6 +255,16 @@ async fn red_votes_fire_one_signed_post_green_votes_resolve_it_and_a_restart_sen
             assert_eq!(request.headers.get("x-faccia-event").map(String::as_str), request.json()["event"].as_str());
         }
     }
+    // The terminals page shows both, firing; Agliè's own token sees its alert and not Ala di Stura's.
+    let aglie = faccia::query::scope::Scope::parse("municipality:001001").unwrap();
+    let (_, aglie_token) = faccia::analysts::tokens::add_token(dir.path(), &aglie, "Agliè").unwrap();
+    let page = terminals_page(&server, &token).await;
+    assert!(page.contains(&alert_row("red_share", "firing", "001001")), "{page}");
+    assert!(page.contains(&alert_row("clock_fault", "firing", "001003")), "{page}");
+    assert!(page.contains(r#"data-firing="2""#), "{page}");
+    let own = terminals_page(&server, &aglie_token).await;
+    assert!(own.contains(&alert_row("red_share", "firing", "001001")), "{own}");
+    assert!(!own.contains("clock_fault") && own.contains(r#"data-firing="1""#), "another comune's alert on a scoped page: {own}");
     let text = metrics(&server, &token).await;
     has_line(&text, "faccia_alerts_raised_total{rule=\"red_share\"} 1");
     has_line(&text, "faccia_alerts_firing{rule=\"red_share\"} 1");
@@ -250,6 +307,9 @@ async fn red_votes_fire_one_signed_post_green_votes_resolve_it_and_a_restart_sen
     let retried = query(&server, &token, "SELECT count(*) AS n FROM alert_deliveries WHERE attempt = 2 AND status = 200").await;
     assert_eq!(retried[0]["n"].as_i64(), Some(1), "the event answered 500 was taken at its second attempt");
 
+    let page = terminals_page(&server, &token).await;
+    assert!(page.contains(&alert_row("red_share", "resolved", "001001")), "{page}");
+    assert!(page.contains(r#"data-firing="1""#), "{page}");
     let text = metrics(&server, &token).await;
     has_line(&text, "faccia_alerts_firing{rule=\"red_share\"} 0");
     has_line(&text, "faccia_alerts_firing{rule=\"clock_fault\"} 1");
@@ -262,9 +322,13 @@ async fn a_bad_alerts_setting_is_refused_naming_the_field() {
     // Proves: the server does not start with an `[alerts]` value it cannot work with, and says which.
     let dir = tempfile::tempdir().unwrap();
     let config =
-        Config { alerts: AlertsConfig { webhook_url: Some("https://example.org/x".into()), ..Default::default() }, ..loopback_config() };
+        Config { alerts: AlertsConfig { webhook_url: Some("ftp://example.org/x".into()), ..Default::default() }, ..loopback_config() };
     let error = format!("{:#}", Server::start(dir.path().to_path_buf(), config).await.err().expect("refused"));
-    assert!(error.contains("[alerts] webhook_url") && error.contains("https is not supported"), "{error}");
+    assert!(error.contains("[alerts] webhook_url") && error.contains("https://"), "{error}");
+    let missing = dir.path().join("no-such-ca.pem");
+    let alerts = AlertsConfig { webhook_url: Some("https://127.0.0.1:9/x".into()), webhook_ca: Some(missing), ..Default::default() };
+    let error = format!("{:#}", Server::start(dir.path().to_path_buf(), Config { alerts, ..loopback_config() }).await.err().unwrap());
+    assert!(error.contains("alerts.webhook_ca") && error.contains("no-such-ca.pem"), "{error}");
     let text = "[alerts.red_share]\nshare_pct_min = 0\n";
     let config: Config = toml::from_str(text).unwrap();
     let error = format!(
@@ -272,4 +336,56 @@ async fn a_bad_alerts_setting_is_refused_naming_the_field() {
         Server::start(dir.path().to_path_buf(), Config { alerts: config.alerts, ..loopback_config() }).await.err().unwrap()
     );
     assert!(error.contains("[alerts.red_share] share_pct_min = 0"), "{error}");
+}
+
+#[tokio::test]
+async fn an_https_receiver_gets_the_signed_post_when_its_ca_is_trusted_and_nothing_otherwise() {
+    // Proves: `webhook_url = "https://…"` delivers over TLS to a receiver whose certificate chains
+    // to `webhook_ca`; a server trusting another CA refuses the handshake and logs the attempt
+    // as failed, naming the certificate.
+    let receivers = tempfile::tempdir().unwrap();
+    let (acceptor, ca) = tls_receiver_identity(&receivers.path().join("trusted"));
+    let (_, other_ca) = tls_receiver_identity(&receivers.path().join("other"));
+    let (webhook, log) = receiver_over(Some(acceptor)).await;
+    let https = |ca: std::path::PathBuf| {
+        let mut config = config(webhook);
+        config.alerts.webhook_url = Some(format!("https://{webhook}/faccia"));
+        config.alerts.webhook_ca = Some(ca);
+        config.alerts.webhook_attempts_max = 2;
+        config
+    };
+    let (trusting, distrusting) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut servers = Vec::new();
+    for (dir, ca) in [(&trusting, ca), (&distrusting, other_ca)] {
+        let terminal = add(dir.path(), AGLIE, 1).remove(0);
+        let server = Server::start(dir.path().to_path_buf(), https(ca)).await.unwrap();
+        let red = faces(Face::Negative, faccia::clock::now_ms() - 60_000, 4);
+        let reply = session(&server, &terminal).await.send_frame(&batch_frame(1, AGLIE, &red)).await.unwrap();
+        assert_eq!(reply.status, Status::Stored as u8, "{}", reply.message_text());
+        servers.push(server);
+    }
+    wait_for(&log, "red_share fired over https", |r| r.is("red_share", "fired")).await;
+    let token = std::fs::read_to_string(distrusting.path().join(faccia::analysts::tokens::TOKEN_FILE)).unwrap().trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let failed = loop {
+        let rows = query(&servers[1], &token, "SELECT attempt, status, error FROM alert_deliveries ORDER BY attempt").await;
+        if rows.as_array().unwrap().len() == 2 {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "the distrusting server did not try twice: {rows}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for attempt in failed.as_array().unwrap() {
+        assert!(attempt["status"].is_null(), "{failed}");
+        assert!(attempt["error"].as_str().unwrap().to_lowercase().contains("certificate"), "{failed}");
+    }
+    let seen = log.lock().unwrap().clone();
+    // The receiver's first answer is a 500, so the trusting server's event is taken at its second attempt.
+    assert_eq!(seen.len(), 2, "only the trusting server's POSTs reached the receiver: {seen:?}");
+    for request in &seen {
+        assert_eq!(request.headers.get("x-faccia-signature"), Some(&faccia::alerts::webhook::sign(SECRET.as_bytes(), &request.body)));
+    }
+    for server in servers {
+        server.stop().await;
+    }
 }
