@@ -91,9 +91,36 @@ const REASON_SKIPPED: f64 = 0.10;
 /// Time between two citizens at one terminal: stepping up, choosing a service, then a face.
 /// Longer than the misuse rules' windows (`ingest::misuse::MisuseRules` defaults: 1 s and 5 s).
 const CITIZEN_GAP_MS: std::ops::RangeInclusive<i64> = 6_000..=30_000;
-/// How far back a simulated terminal's clock starts (and goes back to when it would pass the
-/// real clock): well inside `past_age_ms`.
-const COMPRESSED_SPAN_MS: i64 = 2 * 24 * 3_600_000;
+/// How far back a simulated terminal's clock may start (and goes back to when it would pass the
+/// real clock): a week, so that the dashboard's weekday × hour map and "this week" fill, well
+/// inside `past_age_ms`.
+const COMPRESSED_SPAN_MS: i64 = 7 * 24 * 3_600_000;
+/// Opening hours of the simulated offices, Italian time: Monday to Saturday, 08:00 to 18:00.
+/// Simulated citizens vote only then, as at a real counter.
+const OPENING_HOURS: std::ops::Range<u32> = 8..18;
+
+/// The opening hours (Italian time, `OPENING_HOURS`, Monday to Saturday) between `from_ms` and
+/// `until_ms`, as [start, end) intervals in ms, oldest first.
+fn opening_intervals(from_ms: i64, until_ms: i64) -> Vec<(i64, i64)> {
+    use chrono::{Datelike, TimeZone};
+    let rome = chrono_tz::Europe::Rome;
+    let Some(first) = chrono::DateTime::from_timestamp_millis(from_ms) else { return Vec::new() };
+    let mut day = first.with_timezone(&rome).date_naive();
+    let mut intervals = Vec::new();
+    loop {
+        let at =
+            |hour: u32| day.and_hms_opt(hour, 0, 0).and_then(|t| rome.from_local_datetime(&t).earliest()).map(|t| t.timestamp_millis());
+        let (Some(open), Some(close)) = (at(OPENING_HOURS.start), at(OPENING_HOURS.end)) else { break };
+        if open >= until_ms {
+            break;
+        }
+        if day.weekday() != chrono::Weekday::Sun && close > from_ms {
+            intervals.push((open.max(from_ms), close.min(until_ms)));
+        }
+        day = day.succ_opt().expect("a next day");
+    }
+    intervals
+}
 
 fn pick(rng: &mut SmallRng, shares: &[f64]) -> usize {
     let mut x = rng.random::<f64>() * shares.iter().sum::<f64>();
@@ -179,16 +206,32 @@ impl VoteSimulator {
     }
 
     /// The next `count` votes of one terminal, each a citizen's: 6 to 30 s apart on the
-    /// simulated clock, which starts `COMPRESSED_SPAN_MS` before `now_ms` and goes back there
-    /// when it would pass `now_ms`.
+    /// simulated clock, inside the offices' opening hours (`OPENING_HOURS`) of the
+    /// `COMPRESSED_SPAN_MS` before `now_ms`. The clock starts at a random moment of those hours
+    /// (so that a fleet covers the whole span, today included), skips to the next opening when
+    /// an office closes, and goes back to the span's first opening when it would pass `now_ms`.
     pub fn next_votes(&mut self, now_ms: i64, count: usize) -> Vec<TerminalVote> {
-        let start_ms = now_ms - COMPRESSED_SPAN_MS;
-        let mut cursor_ms = self.cursor_ms.unwrap_or(start_ms);
+        let open = opening_intervals(now_ms - COMPRESSED_SPAN_MS, now_ms);
+        let total: i64 = open.iter().map(|(a, b)| b - a).sum();
+        if total <= 0 {
+            return self.votes(now_ms, COMPRESSED_SPAN_MS, count);
+        }
+        let mut cursor_ms = self.cursor_ms.unwrap_or_else(|| {
+            let mut offset = self.rng.random_range(0..total);
+            for &(a, b) in &open {
+                if offset < b - a {
+                    return a + offset;
+                }
+                offset -= b - a;
+            }
+            open[0].0
+        });
         let votes = (0..count)
             .map(|_| {
                 cursor_ms += self.rng.random_range(CITIZEN_GAP_MS);
-                if cursor_ms > now_ms {
-                    cursor_ms = start_ms;
+                // Closed: the next opening, or back to the first one past the real clock.
+                if !open.iter().any(|&(a, b)| (a..b).contains(&cursor_ms)) {
+                    cursor_ms = open.iter().map(|&(a, _)| a).find(|&a| a > cursor_ms).unwrap_or(open[0].0);
                 }
                 self.vote(cursor_ms)
             })
@@ -360,4 +403,43 @@ fn record(report: &FleetReport, event: Event) -> bool {
         Event::Connected { .. } | Event::Idle => {}
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Datelike, TimeZone, Timelike};
+
+    use super::*;
+
+    #[test]
+    fn a_fleets_votes_fall_in_opening_hours_over_the_week_up_to_now() {
+        // A Tuesday 10:30, Italian time: the span runs back to the Tuesday before.
+        let rome = chrono_tz::Europe::Rome;
+        let now_ms = rome.with_ymd_and_hms(2026, 12, 1, 10, 30, 0).unwrap().timestamp_millis();
+        let mut days = std::collections::BTreeSet::new();
+        for terminal in 0..200u64 {
+            let mut citizens = VoteSimulator::new(terminal, IstatCode(1001));
+            let votes = citizens.next_votes(now_ms, 50);
+            for pair in votes.windows(2).filter(|p| p[1].at_ms > p[0].at_ms && p[1].at_ms - p[0].at_ms < 3_600_000) {
+                assert!(CITIZEN_GAP_MS.contains(&(pair[1].at_ms - pair[0].at_ms)), "citizens 6 to 30 s apart");
+            }
+            for vote in votes {
+                let local = rome.timestamp_millis_opt(vote.at_ms).unwrap();
+                assert!(vote.at_ms <= now_ms && vote.at_ms >= now_ms - COMPRESSED_SPAN_MS, "{local}");
+                assert!(OPENING_HOURS.contains(&local.hour()) && local.weekday() != chrono::Weekday::Sun, "{local}");
+                days.insert(local.date_naive());
+            }
+        }
+        // Seven opening days back to last Tuesday 10:30 (no Sunday), this morning among them.
+        assert_eq!(days.len(), 7, "{days:?}");
+        assert!(days.contains(&chrono::NaiveDate::from_ymd_opt(2026, 12, 1).unwrap()));
+    }
+
+    #[test]
+    fn opening_intervals_skip_nights_and_sundays_and_clip_to_the_span() {
+        let rome = chrono_tz::Europe::Rome;
+        let at = |d, h, m| rome.with_ymd_and_hms(2026, 11, d, h, m, 0).unwrap().timestamp_millis();
+        // Saturday 12:00 to Monday 09:15: Saturday's afternoon, no Sunday, Monday's first 75 minutes.
+        assert_eq!(opening_intervals(at(28, 12, 0), at(30, 9, 15)), vec![(at(28, 12, 0), at(28, 18, 0)), (at(30, 8, 0), at(30, 9, 15))]);
+    }
 }
