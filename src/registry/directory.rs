@@ -245,7 +245,10 @@ impl Entry {
 }
 
 /// The directory as last read: the file's modification time and the entries by terminal id.
-type DirectoryState = (Option<SystemTime>, Arc<HashMap<TerminalId, Entry>>);
+/// The file's version as loaded — modification time, inode and length: each change is written
+/// to a new file renamed over the old one (a new inode), so two changes within the clock tick
+/// that stamps modification times are still told apart — and the index.
+type DirectoryState = (Option<(SystemTime, u64, u64)>, Arc<HashMap<TerminalId, Entry>>);
 
 /// The terminal directory as the server reads it: an in-memory index of `terminals.json`,
 /// re-read when the file changes so that `faccia terminals add` and `revoke` take effect on a
@@ -274,12 +277,12 @@ impl TerminalDirectory {
         Ok(directory)
     }
 
-    /// Re-reads the file if its modification time changed. Returns whether it did.
+    /// Re-reads the file if it changed (`DirectoryState`). Returns whether it did.
     ///
     /// # Errors
     /// When the file cannot be read or parsed; the previous directory stays in force.
     pub(crate) fn reload(&self) -> Result<bool, RegistryError> {
-        let modified = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let modified = fs::metadata(&self.path).and_then(|m| Ok((m.modified()?, std::os::unix::fs::MetadataExt::ino(&m), m.len()))).ok();
         if modified.is_some() && self.state.read().expect("lock").0 == modified {
             return Ok(false);
         }
@@ -324,11 +327,25 @@ impl TerminalDirectory {
         Arc::clone(&self.state.read().expect("lock").1)
     }
 
-    /// Checks a terminal's credential and returns its registered municipality.
+    /// Checks a terminal's credential and returns its registered municipality. An id not in the
+    /// directory makes it look at the file first (`reload`: a stat, a read only if it changed),
+    /// so that a terminal registered a moment ago is let in at its first hello rather than
+    /// refused for good until the next periodic reload.
     ///
     /// # Errors
     /// Unknown id, wrong secret (compared in constant time) or revoked terminal.
     pub(crate) fn authenticate(&self, id: TerminalId, secret: &Secret) -> Result<IstatCode, AuthError> {
+        match self.authenticate_loaded(id, secret) {
+            Err(AuthError::UnknownTerminal) if matches!(self.reload(), Ok(true)) => {
+                tracing::info!(terminals = self.len(), terminal = id, "terminal directory reloaded for a terminal it did not know");
+                self.authenticate_loaded(id, secret)
+            }
+            other => other,
+        }
+    }
+
+    /// `authenticate` against the directory as loaded.
+    fn authenticate_loaded(&self, id: TerminalId, secret: &Secret) -> Result<IstatCode, AuthError> {
         let index = self.index();
         let entry = index.get(&id).ok_or(AuthError::UnknownTerminal)?;
         let digest = secret.digest();

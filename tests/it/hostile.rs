@@ -148,6 +148,23 @@ async fn a_revoked_terminal_is_refused() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_terminal_registered_while_the_server_runs_is_let_in_at_its_first_hello() {
+    // Proves: an id the server does not know makes it look at the terminal directory before
+    // refusing, so a terminal added a moment ago is not refused for good (`unknown_terminal` is
+    // final for the terminal library) while the periodic reload has not come yet. Before, a
+    // terminal added and started at once was refused.
+    let dir = tempfile::tempdir().unwrap();
+    let first = add(dir.path(), AGLIE, 1).remove(0);
+    let server = start(dir.path()).await;
+    session(&server, &first).await;
+    for _ in 0..5 {
+        let added = add(dir.path(), AGLIE, 1).remove(0);
+        session(&server, &added).await;
+    }
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The hostile-client suite: each test runs honest terminals beside the attack and checks that
 // every honest vote is stored, every hostile input is refused with its code, and the server's
