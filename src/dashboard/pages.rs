@@ -201,6 +201,15 @@ fn layout(lang: Lang, title: &str, body: &str, signed_in: bool) -> String {
     )
 }
 
+/// Opens `<table class="{class}">` with its header row: (title, numeric: right-aligned).
+fn table_head(out: &mut String, class: &str, head: &[(&str, bool)]) {
+    let _ = write!(out, r#"<table class="{class}"><tr>"#);
+    for (title, numeric) in head {
+        let _ = write!(out, "<th{}>{title}</th>", if *numeric { r#" class="n""# } else { "" });
+    }
+    out.push_str("</tr>");
+}
+
 /// A section's SQL, one click away.
 fn show_sql(out: &mut String, sql: &str) {
     let _ = write!(out, "<details><summary>SQL</summary><pre>{}</pre></details>", escape(sql));
@@ -617,16 +626,17 @@ WHERE {} GROUP BY t.terminal, t.label, t.active ORDER BY t.terminal LIMIT {TERMI
 
 fn terminal_table(lang: Lang, rows: &[Row], with_place: bool, out: &mut String) {
     let numbers = lang.numbers();
-    let place = if with_place { format!("<th>{}</th>", lang.t("Comune", "Municipality")) } else { String::new() };
-    let _ = write!(
-        out,
-        r#"<table class="terminals"><tr><th>{}</th>{place}<th>{}</th><th>{}</th><th class="n">{}</th><th class="n">{}</th></tr>"#,
-        lang.t("Terminale", "Terminal"),
-        lang.t("Etichetta", "Label"),
-        lang.t("Ultimo voto", "Last seen"),
-        lang.t("voti oggi", "votes today"),
-        lang.t("voti segnalati (abuso)", "flagged votes (misuse)"),
-    );
+    let mut head = vec![(lang.t("Terminale", "Terminal"), false)];
+    if with_place {
+        head.push((lang.t("Comune", "Municipality"), false));
+    }
+    head.extend([
+        (lang.t("Etichetta", "Label"), false),
+        (lang.t("Ultimo voto", "Last seen"), false),
+        (lang.t("voti oggi", "votes today"), true),
+        (lang.t("voti segnalati (abuso)", "flagged votes (misuse)"), true),
+    ]);
+    table_head(out, "terminals", &head);
     for r in rows {
         let last = text(r, "last_seen");
         let last = if last.is_empty() { lang.t("mai", "never").to_string() } else { moment(lang, &last) };
@@ -795,17 +805,20 @@ async fn alerts(session: &Session<'_>, lang: Lang, out: &mut String) -> Result<(
     } else {
         let _ = write!(
             out,
-            r#"<p class="note">{} {firing}. {} {ALERT_ROWS_MAX}.</p><table class="alerts"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th class="n">{}</th><th>{}</th><th>{}</th></tr>"#,
+            r#"<p class="note">{} {firing}. {} {ALERT_ROWS_MAX}.</p>"#,
             lang.t("In corso:", "Firing:"),
             lang.t("Prima quelli in corso, poi i più recenti; al massimo", "Firing first, then the latest; at most"),
-            lang.t("Stato", "State"),
-            lang.t("Regola", "Rule"),
-            lang.t("Comune", "Comune"),
-            lang.t("Servizio o terminale", "Service or terminal"),
-            lang.t("valore / soglia", "value / threshold"),
-            lang.t("dal", "since"),
-            lang.t("risolto il", "resolved"),
         );
+        let head = [
+            (lang.t("Stato", "State"), false),
+            (lang.t("Regola", "Rule"), false),
+            (lang.t("Comune", "Municipality"), false),
+            (lang.t("Servizio o terminale", "Service or terminal"), false),
+            (lang.t("valore / soglia", "value / threshold"), true),
+            (lang.t("dal", "since"), false),
+            (lang.t("risolto il", "resolved"), false),
+        ];
+        table_head(out, "alerts", &head);
         for r in &rows {
             let state = text(r, "state");
             let (sign, word) = match state.as_str() {
