@@ -57,6 +57,8 @@ pub struct Metrics {
     pub connections_not_admitted: Family<LimitLabel, Counter>,
     /// Connection attempts asked to prove their address (QUIC Retry) under handshake pressure.
     pub connections_retried: Counter,
+    /// Validated connection attempts that waited for the handshake budget instead of being refused.
+    pub handshakes_queued: Counter,
     /// TLS session tickets accepted: handshakes that resumed a session instead of a full one.
     pub tls_sessions_resumed: Counter,
     /// Open connections closed because their terminal was revoked or removed.
@@ -115,6 +117,7 @@ impl Metrics {
             connections_refused: Family::default(),
             connections_not_admitted: Family::default(),
             connections_retried: Counter::default(),
+            handshakes_queued: Counter::default(),
             tls_sessions_resumed: Counter::default(),
             connections_revoked: Counter::default(),
             votes_flagged: Family::default(),
@@ -158,6 +161,11 @@ impl Metrics {
             "connections_retried",
             "Connection attempts sent a QUIC Retry under handshake pressure",
             metrics.connections_retried.clone(),
+        );
+        r.register(
+            "handshakes_queued",
+            "Validated connection attempts that waited for the handshake budget instead of being refused",
+            metrics.handshakes_queued.clone(),
         );
         r.register("tls_sessions_resumed", "Handshakes that resumed a TLS session from a ticket", metrics.tls_sessions_resumed.clone());
         r.register(

@@ -60,6 +60,17 @@ impl TokenBucket {
         self.units as f64 / UNITS as f64
     }
 
+    /// Milliseconds until `n` tokens are there (0: now); takes nothing.
+    pub(crate) fn wait_ms(&mut self, n: u32, now_ms: u64) -> u64 {
+        self.refill(now_ms);
+        let needed = u64::from(n) * UNITS;
+        match needed.checked_sub(self.units) {
+            None | Some(0) => 0,
+            Some(_) if self.per_ms == 0 => u64::MAX,
+            Some(missing) => missing.div_ceil(self.per_ms),
+        }
+    }
+
     /// Takes `n` tokens, or says in how many milliseconds they will be there.
     ///
     /// # Errors
@@ -116,6 +127,8 @@ pub enum Admit {
     /// flood with forged source addresses never comes back.
     Retry,
     /// Refuse without a handshake (QUIC CONNECTION_REFUSED): the client backs off and retries.
+    /// For `Handshakes`, the endpoint first queues the attempt for the next token
+    /// (`ingest::endpoint::HandshakeQueue`): only a full queue or a long wait refuses it.
     Refuse(ConnectionLimit),
     /// Over a limit, but the handshake budget is ample: complete the handshake and close the
     /// connection with a reason that names the limit, so that the operator can see why.
@@ -180,6 +193,11 @@ impl Admission {
         }
         *self.addresses.lock().expect("address table lock").entry(key).or_insert(0) += 1;
         Admit::Accept(AddressTicket { addresses: Arc::clone(&self.addresses), key })
+    }
+
+    /// Milliseconds until the handshake budget has a token again (0: it has one now).
+    pub fn handshake_wait_ms(&self, now_ms: u64) -> u64 {
+        self.handshakes.lock().expect("handshake bucket lock").wait_ms(1, now_ms)
     }
 
     #[cfg(test)]
@@ -339,6 +357,18 @@ mod tests {
         assert!(matches!(admission.admit(unvalidated, 0), Admit::Retry), "under pressure, prove the address first");
         assert!(matches!(admission.admit(attempt("198.51.100.9:1", 4), 100), Admit::Accept(_)), "10/s: a token after 100 ms");
         assert!(matches!(admission.admit(attempt("198.51.100.9:1", 10), 10_000), Admit::Refuse(ConnectionLimit::Server)));
+    }
+
+    #[test]
+    fn the_wait_for_the_next_handshake_token_follows_the_rate() {
+        let admission = Admission::new(&limits(), 0);
+        assert_eq!(admission.handshake_wait_ms(0), 0, "a full bucket");
+        for i in 0..4 {
+            assert!(matches!(admission.admit(attempt(&format!("198.51.100.{i}:1"), i), 0), Admit::Accept(_)));
+        }
+        assert_eq!(admission.handshake_wait_ms(0), 100, "10 a second: the next token in 100 ms");
+        assert_eq!(admission.handshake_wait_ms(60), 40);
+        assert_eq!(admission.handshake_wait_ms(100), 0);
     }
 
     #[test]

@@ -128,56 +128,159 @@ pub(crate) fn server_config(tls: rustls::ServerConfig, limits: &Limits) -> anyho
     Ok(config)
 }
 
+/// How long a validated connection attempt may wait for the handshake budget before it is
+/// refused: under the terminals' `HANDSHAKE_TIMEOUT` (5 s), so that a queued terminal is still
+/// waiting when its turn comes.
+pub(crate) const HANDSHAKE_QUEUE_WAIT_MAX: Duration = Duration::from_secs(3);
+
+/// Validated connection attempts waiting for the handshake budget, first come first served.
+///
+/// A reconnect storm (a restarted server, thousands of terminals at once) asks for more
+/// handshakes than `handshakes_per_second` allows. Refused attempts come back after a random
+/// backoff, each a padded 1,200-byte Initial, and the unlucky ones are refused again and wait
+/// longer and longer: the last terminal of a storm came back many seconds after the budget
+/// could have served it. Queued, an attempt is accepted at the budget's next token, in order;
+/// its terminal just waits inside its handshake (QUIC retransmits its Initial, which quinn keeps
+/// with the pending attempt). Only validated addresses are queued (an unvalidated one under
+/// pressure gets a Retry first), so forged sources cannot fill it; it holds at most
+/// `HANDSHAKE_QUEUE_WAIT_MAX` of the budget, and an attempt waiting longer is refused.
+struct HandshakeQueue {
+    waiting: std::collections::VecDeque<(quinn::Incoming, tokio::time::Instant)>,
+    capacity: usize,
+}
+
+impl HandshakeQueue {
+    fn new(limits: &Limits) -> HandshakeQueue {
+        let capacity = (u64::from(limits.handshakes_per_second) * HANDSHAKE_QUEUE_WAIT_MAX.as_secs()) as usize;
+        HandshakeQueue { waiting: std::collections::VecDeque::new(), capacity: capacity.max(1) }
+    }
+
+    /// Queues `incoming`, or refuses it when the queue is full.
+    fn push(&mut self, incoming: quinn::Incoming, shared: &Shared) {
+        if self.waiting.len() >= self.capacity {
+            shared.metrics.not_admitted(ConnectionLimit::Handshakes.name());
+            tracing::debug!(remote = %incoming.remote_address(), "connection refused before its handshake: the handshake queue is full");
+            incoming.refuse();
+            return;
+        }
+        shared.metrics.handshakes_queued.inc();
+        self.waiting.push_back((incoming, tokio::time::Instant::now()));
+    }
+
+    /// When the first waiting attempt may have its turn: the budget's next token.
+    fn next_turn(&self, shared: &Shared) -> Option<tokio::time::Instant> {
+        let wait_ms = shared.admission.handshake_wait_ms(shared.monotonic_ms());
+        (!self.waiting.is_empty()).then(|| tokio::time::Instant::now() + Duration::from_millis(wait_ms.clamp(1, 1_000)))
+    }
+
+    /// Takes the first waiting attempt and when it came; refuses those that waited longer than
+    /// `HANDSHAKE_QUEUE_WAIT_MAX`.
+    fn pop(&mut self, shared: &Shared) -> Option<(quinn::Incoming, tokio::time::Instant)> {
+        while let Some((incoming, since)) = self.waiting.pop_front() {
+            if since.elapsed() <= HANDSHAKE_QUEUE_WAIT_MAX {
+                return Some((incoming, since));
+            }
+            shared.metrics.not_admitted(ConnectionLimit::Handshakes.name());
+            incoming.refuse();
+        }
+        None
+    }
+
+    /// Puts back an attempt whose turn has not come after all, first in line.
+    fn put_back(&mut self, incoming: quinn::Incoming, since: tokio::time::Instant) {
+        self.waiting.push_front((incoming, since));
+    }
+
+    fn refuse_all(&mut self) {
+        for (incoming, _) in self.waiting.drain(..) {
+            incoming.refuse();
+        }
+    }
+}
+
 /// Accepts connections on `endpoint` until `shutdown` turns true, then waits for the
 /// connections to finish their in-flight batches and close. The server runs one per socket.
 pub(crate) async fn run(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
+    let mut queue = HandshakeQueue::new(&shared.limits);
     loop {
+        let turn = queue.next_turn(&shared);
         let incoming = tokio::select! {
-            incoming = endpoint.accept() => incoming,
+            incoming = endpoint.accept() => Some(incoming),
+            () = tokio::time::sleep_until(turn.unwrap_or_else(tokio::time::Instant::now)), if turn.is_some() => None,
             _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let Some(incoming) = incoming else {
+            // The queue's turns: accept in order while the budget has tokens.
+            while let Some((incoming, since)) = queue.pop(&shared) {
+                if let Some(incoming) = admit(incoming, &shared, &mut connections, &shutdown, None) {
+                    queue.put_back(incoming, since);
+                    break;
+                }
+            }
+            continue;
         };
         let Some(incoming) = incoming else { break };
         while connections.try_join_next().is_some() {}
-        let remote = incoming.remote_address();
-        let attempt = Attempt {
-            remote,
-            can_retry: incoming.may_retry() && !incoming.remote_address_validated(),
-            open: shared.connections.load(std::sync::atomic::Ordering::Relaxed),
-        };
-        let span = tracing::info_span!("connection", %remote);
-        let shared = Arc::clone(&shared);
-        match shared.admission.admit(attempt, shared.monotonic_ms()) {
-            Admit::Accept(ticket) => {
-                let counted = ConnectionSlot::take(Arc::clone(&shared));
-                let shutdown = shutdown.clone();
-                connections.spawn(
-                    async move {
-                        if let Err(error) = handle_connection(incoming, ticket, shared, shutdown).await {
-                            tracing::debug!(%error, "connection ended");
-                        }
-                        drop(counted);
-                    }
-                    .instrument(span),
-                );
-            }
-            Admit::Retry => {
-                shared.metrics.connections_retried.inc();
-                if let Err(error) = incoming.retry() {
-                    error.into_incoming().refuse();
-                }
-            }
-            Admit::Refuse(limit) => {
-                shared.metrics.not_admitted(limit.name());
-                span.in_scope(|| tracing::debug!(limit = limit.name(), "connection refused before its handshake"));
-                incoming.refuse();
-            }
-            Admit::Explain(limit) => {
-                connections.spawn(explain_refusal(incoming, limit, shared).instrument(span));
-            }
+        if let Some(incoming) = admit(incoming, &shared, &mut connections, &shutdown, Some(&mut queue)) {
+            incoming.refuse();
         }
     }
+    queue.refuse_all();
     while connections.join_next().await.is_some() {}
+}
+
+/// Admits, retries, refuses or queues one attempt. Hands it back when the handshake budget is
+/// out and it could not be queued (`queue` full, or none: it came from the queue).
+fn admit(
+    incoming: quinn::Incoming,
+    shared: &Arc<Shared>,
+    connections: &mut JoinSet<()>,
+    shutdown: &watch::Receiver<bool>,
+    queue: Option<&mut HandshakeQueue>,
+) -> Option<quinn::Incoming> {
+    let remote = incoming.remote_address();
+    let attempt = Attempt {
+        remote,
+        can_retry: incoming.may_retry() && !incoming.remote_address_validated(),
+        open: shared.connections.load(std::sync::atomic::Ordering::Relaxed),
+    };
+    let span = tracing::info_span!("connection", %remote);
+    let shared = Arc::clone(shared);
+    match shared.admission.admit(attempt, shared.monotonic_ms()) {
+        Admit::Accept(ticket) => {
+            let counted = ConnectionSlot::take(Arc::clone(&shared));
+            let shutdown = shutdown.clone();
+            connections.spawn(
+                async move {
+                    if let Err(error) = handle_connection(incoming, ticket, shared, shutdown).await {
+                        tracing::debug!(%error, "connection ended");
+                    }
+                    drop(counted);
+                }
+                .instrument(span),
+            );
+        }
+        Admit::Retry => {
+            shared.metrics.connections_retried.inc();
+            if let Err(error) = incoming.retry() {
+                error.into_incoming().refuse();
+            }
+        }
+        Admit::Refuse(ConnectionLimit::Handshakes) => {
+            let Some(queue) = queue else { return Some(incoming) };
+            queue.push(incoming, &shared);
+        }
+        Admit::Refuse(limit) => {
+            shared.metrics.not_admitted(limit.name());
+            span.in_scope(|| tracing::debug!(limit = limit.name(), "connection refused before its handshake"));
+            incoming.refuse();
+        }
+        Admit::Explain(limit) => {
+            connections.spawn(explain_refusal(incoming, limit, shared).instrument(span));
+        }
+    }
+    None
 }
 
 /// Holds one of the `connections_max` slots while a connection is handled.

@@ -81,9 +81,10 @@ async fn connections_max_refuses_before_the_handshake_and_frees_slots_on_close()
 
 #[tokio::test]
 async fn handshakes_past_the_budget_are_refused_and_terminals_back_off_until_served() {
-    // Proves: past handshake_burst (refilled at handshakes_per_second) new connections are
-    // refused before their handshake or asked for a QUIC Retry, and a terminal that backs off
-    // gets in and delivers its votes.
+    // Proves: past handshake_burst (refilled at handshakes_per_second) and a full handshake
+    // queue (HANDSHAKE_QUEUE_WAIT_MAX of the budget), new connections are refused before their
+    // handshake or asked for a QUIC Retry, and a terminal that backs off gets in and delivers
+    // its votes.
     let limits = Limits { handshakes_per_second: 1, handshake_burst: 2, ..Limits::default() };
     let dir = tempfile::tempdir().unwrap();
     let credentials = add(dir.path(), AGLIE, 2);
@@ -104,6 +105,27 @@ async fn handshakes_past_the_budget_are_refused_and_terminals_back_off_until_ser
     let mut terminal = Terminal::new(credentials[1].clone(), endpoint, target(&server), 2);
     terminal.enqueue(&human_votes(faccia::clock::now_ms() - 600_000, 5)).unwrap();
     assert_eq!(deliver(&mut terminal).await.0, 5, "the terminal backed off and got in");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_storm_past_the_handshake_budget_waits_its_turn_instead_of_being_refused() {
+    // Proves: validated attempts past the handshake budget wait in the server's queue and are
+    // accepted at its pace, in one attempt each (no refusal, no backoff), within
+    // HANDSHAKE_QUEUE_WAIT_MAX. Before the queue, 25 of these 30 attempts were refused.
+    let limits = Limits { handshakes_per_second: 20, handshake_burst: 5, ..Limits::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = add(dir.path(), AGLIE, 30);
+    let server = start_with_limits(dir.path(), limits).await;
+    let started = tokio::time::Instant::now();
+    let results = futures::future::join_all(credentials.iter().map(|c| connect(&server, c))).await;
+    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).map(ToString::to_string).collect();
+    assert!(refused.is_empty(), "every attempt waited its turn: {refused:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1_000), "at 20 a second past a burst of 5: {:?}", started.elapsed());
+    let metrics = &server.engine.metrics;
+    assert!(metrics.handshakes_queued.get() >= 20, "queued: {}", metrics.handshakes_queued.get());
+    let label = faccia::metrics::LimitLabel { limit: "handshakes_per_second" };
+    assert_eq!(metrics.connections_not_admitted.get_or_create(&label).get(), 0);
     server.stop().await;
 }
 
