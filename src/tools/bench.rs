@@ -146,6 +146,39 @@ pub struct Storm {
     pub(crate) reconnected_ms: [u64; 4],
     /// The same to each terminal caught up (everything it held acknowledged).
     pub(crate) caught_up_ms: [u64; 4],
+    /// Milliseconds from the kill to each terminal learning that its connection was gone (its
+    /// first `Disconnected`): p50, p90, p99 and the last.
+    pub(crate) lost_ms: [u64; 4],
+    /// Milliseconds from that moment to the terminal's new connection (backoff, refused and
+    /// timed-out attempts, the handshake itself): p50, p90, p99 and the last.
+    pub(crate) reconnecting_ms: [u64; 4],
+    /// Failed connection attempts per terminal between the loss and the new connection: p50,
+    /// p90, p99 and the most.
+    pub(crate) failed_attempts: [u64; 4],
+    /// Every failure after the kill, by kind (`failure_kind`): the loss itself and failed attempts.
+    pub(crate) failures: BTreeMap<String, u64>,
+    /// The slowest terminal's timeline: (ms since the kill, what happened).
+    pub(crate) slowest: Vec<(u64, String)>,
+}
+
+/// A terminal's failure in a few words, from the client's error text: how it learnt that its
+/// connection was gone, or why an attempt failed.
+fn failure_kind(error: &str) -> &'static str {
+    if error.contains("reset by peer") {
+        "stateless reset"
+    } else if error.contains("refused to accept") {
+        "handshake refused (CONNECTION_REFUSED)"
+    } else if error.contains("no QUIC handshake") {
+        "handshake timeout"
+    } else if error.contains("timed out") {
+        "idle timeout"
+    } else if error.contains("no reply within") {
+        "reply timeout"
+    } else if error.contains("SILENCE_MAX") {
+        "silence (no packet back for SILENCE_MAX)"
+    } else {
+        "other"
+    }
 }
 
 /// p50, p90, p99 and the maximum of `values` (zeros when there are none).
@@ -227,6 +260,8 @@ struct Shared {
     /// after a restart (ms since the run started).
     reconnected_at_ms: Mutex<Vec<u64>>,
     caught_up_at_ms: Mutex<Vec<u64>>,
+    /// Each reconnected terminal's timeline after the kill.
+    timelines: Mutex<Vec<Timeline>>,
     /// The run's clock, set when the fleet is connected and the run starts.
     clock: std::sync::OnceLock<Arc<Clock>>,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -259,6 +294,8 @@ struct Clock {
     measure_until: Instant,
     /// Set when a restarted server is ready: terminals note when they have caught up after it.
     restarted: Mutex<Option<Instant>>,
+    /// Set just before the server is killed: terminals time their timelines from it.
+    killed: Mutex<Option<Instant>>,
 }
 
 impl Clock {
@@ -268,11 +305,17 @@ impl Clock {
             measure_from: started + plan.warmup,
             measure_until: started + plan.warmup + plan.duration,
             restarted: Mutex::new(None),
+            killed: Mutex::new(None),
         }
     }
 
     fn restarted(&self) -> Option<Instant> {
         *self.restarted.lock().expect("clock lock")
+    }
+
+    /// Milliseconds since the kill, if the server was killed.
+    fn since_kill_ms(&self) -> Option<u64> {
+        self.killed.lock().expect("clock lock").map(|at| at.elapsed().as_millis() as u64)
     }
 }
 
@@ -348,6 +391,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     if let Some(at) = plan.restart_at {
         let process = server.take().context("--restart-at needs a spawned server")?;
         tokio::time::sleep_until((started + at).into()).await;
+        *clock.killed.lock().expect("clock lock") = Some(Instant::now());
         let (restarted, server_restart_ms) = restart(process, plan, &data_dir)?;
         let ready = Instant::now();
         *clock.restarted.lock().expect("clock lock") = Some(ready);
@@ -396,12 +440,23 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
             quantiles(at.iter().map(|t| t.saturating_sub(ready_ms)).collect())
         };
         let caught_up_ms = since_ready(&shared.caught_up_at_ms);
+        let timelines = std::mem::take(&mut *shared.timelines.lock().expect("storm times lock"));
+        let mut failures = BTreeMap::new();
+        for event in timelines.iter().flat_map(|t| &t.events) {
+            *failures.entry(event.1.to_string()).or_default() += 1;
+        }
+        let lost = |t: &Timeline| t.events.first().map_or(t.reconnected_ms, |e| e.0);
         report.storm = Some(Storm {
             all_caught_up_ms: caught_up_ms[3],
             terminals_caught_up: shared.caught_up_at_ms.lock().expect("storm times lock").len(),
             server_restart_ms,
             reconnected_ms: since_ready(&shared.reconnected_at_ms),
             caught_up_ms,
+            lost_ms: quantiles(timelines.iter().map(lost).collect()),
+            reconnecting_ms: quantiles(timelines.iter().map(|t| t.reconnected_ms.saturating_sub(lost(t))).collect()),
+            failed_attempts: quantiles(timelines.iter().map(|t| t.events.len().saturating_sub(1) as u64).collect()),
+            failures,
+            slowest: timelines.iter().max_by_key(|t| t.reconnected_ms).map(Timeline::described).unwrap_or_default(),
         });
     }
     cross_check(&mut report, server, plan.restart_at.is_some(), data_dir.as_deref()).await?;
@@ -595,15 +650,19 @@ impl TerminalTask {
                     self.shared.error(format!("rejected: {}", rejection.code));
                 }
                 Event::RetryLater { rejection, .. } => self.shared.error(format!("retry later: {}", rejection.code)),
-                Event::Disconnected { .. } => self.shared.error("connection lost (reconnected)".into()),
+                Event::Disconnected { error } => {
+                    self.shared.error("connection lost (reconnected)".into());
+                    storm.failed(&clock, &error);
+                }
                 Event::Fatal(error) => {
                     self.shared.error(format!("refused: {error}"));
                     return;
                 }
                 Event::Connected { .. } => {
-                    if storm.reconnected(&clock) {
+                    if let Some(timeline) = storm.reconnected(&clock) {
                         let at_ms = clock.started.elapsed().as_millis() as u64;
                         self.shared.reconnected_at_ms.lock().expect("storm times lock").push(at_ms);
+                        self.shared.timelines.lock().expect("storm times lock").push(timeline);
                     }
                 }
             }
@@ -658,19 +717,51 @@ impl TerminalTask {
     }
 }
 
-/// One terminal's view of a server restart: reconnected to the new server, then caught up.
+/// One terminal's view of a server restart: how it learnt of it, its failed attempts, its new
+/// connection, then caught up.
 #[derive(Default)]
 struct StormWatch {
+    /// Failures since the kill: (ms since the kill, `failure_kind`), at most `TIMELINE_EVENTS_MAX`.
+    events: Vec<(u64, &'static str)>,
     reconnected: bool,
     counted: bool,
 }
 
+/// Failures a terminal's timeline keeps (the first ones: the tail's story is in them).
+const TIMELINE_EVENTS_MAX: usize = 64;
+
+/// A reconnected terminal's timeline, in ms since the kill.
+struct Timeline {
+    /// Its failures: the loss first, then each failed attempt.
+    events: Vec<(u64, &'static str)>,
+    reconnected_ms: u64,
+}
+
+impl Timeline {
+    fn described(&self) -> Vec<(u64, String)> {
+        let mut lines: Vec<(u64, String)> = self.events.iter().map(|&(at, kind)| (at, kind.to_string())).collect();
+        lines.push((self.reconnected_ms, "connected".into()));
+        lines
+    }
+}
+
 impl StormWatch {
-    /// Notes a new connection; true if it is the terminal's first after the restart.
-    fn reconnected(&mut self, clock: &Clock) -> bool {
+    /// Notes a failure (a lost connection or a failed attempt) after the kill.
+    fn failed(&mut self, clock: &Clock, error: &str) {
+        if let Some(at) = clock.since_kill_ms()
+            && !self.reconnected
+            && self.events.len() < TIMELINE_EVENTS_MAX
+        {
+            self.events.push((at, failure_kind(error)));
+        }
+    }
+
+    /// Notes a new connection; its timeline if it is the terminal's first after the restart.
+    fn reconnected(&mut self, clock: &Clock) -> Option<Timeline> {
         let first = !self.reconnected && clock.restarted().is_some_and(|ready| Instant::now() >= ready);
         self.reconnected |= first;
-        first
+        let reconnected_ms = clock.since_kill_ms().filter(|_| first)?;
+        Some(Timeline { events: std::mem::take(&mut self.events), reconnected_ms })
     }
 
     /// True once, when the terminal has reconnected after the restart and holds nothing
@@ -805,6 +896,15 @@ pub fn render(report: &Report) -> String {
         let ms = |q: [u64; 4]| format!("p50 {} ms, p90 {} ms, p99 {} ms, last {} ms", q[0], q[1], q[2], q[3]);
         rows.push(("  reconnected after ready".into(), ms(storm.reconnected_ms)));
         rows.push(("  caught up after ready".into(), ms(storm.caught_up_ms)));
+        rows.push(("  connection lost after the kill".into(), ms(storm.lost_ms)));
+        rows.push(("  then reconnecting took".into(), ms(storm.reconnecting_ms)));
+        let q = storm.failed_attempts;
+        rows.push(("  failed attempts per terminal".into(), format!("p50 {}, p90 {}, p99 {}, most {}", q[0], q[1], q[2], q[3])));
+        for (kind, count) in &storm.failures {
+            rows.push((format!("  after the kill: {kind}"), count.to_string()));
+        }
+        let slowest: Vec<String> = storm.slowest.iter().map(|(at, what)| format!("{at} ms {what}")).collect();
+        rows.push(("  slowest terminal".into(), slowest.join(" → ")));
     }
     for (kind, count) in &report.errors {
         rows.push((format!("errors: {kind}"), count.to_string()));
