@@ -51,17 +51,6 @@ pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 /// once, so a whole fleet is back within seconds rather than when each next has a vote to send.
 /// A ping and its acknowledgement are about 100 bytes: 12 a minute, about 2 MB a day.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(5);
-/// How long a connected terminal may go on sending packets the server must acknowledge (a
-/// batch, a keep-alive, QUIC's probes) without one packet back before it takes the connection
-/// for dead and reconnects. A server that was killed and restarted answers a stale packet with
-/// a stateless reset, but while it is down and then swamped by the returning fleet those packets
-/// are lost, and QUIC's probe timeout doubles with every loss (30 ms, 60 ms, … 15 s): terminals
-/// learnt of a restart up to 22 s late (BENCHMARKS.md, the reconnect storm). A live server
-/// acknowledges within its `max_ack_delay` (25 ms) even when it stops reading streams under
-/// load (flow control, not silence), so 3 s of silence is a dead link, not a busy one.
-pub(crate) const SILENCE_MAX: Duration = Duration::from_secs(3);
-/// How often a connected terminal looks at its connection's counters for `SILENCE_MAX`.
-const LIVENESS_CHECK: Duration = Duration::from_millis(250);
 /// The smallest gap between the device's clock and the server's that the terminal corrects: far
 /// above a hello's round trip on any working link (which bounds the error of the server's time
 /// as the terminal reads it), far below the server's `future_skew_ms` (5 min).
@@ -120,35 +109,6 @@ impl ClientError {
             }
             _ => false,
         }
-    }
-}
-
-/// Whether the server still answers a connection: its QUIC counters, looked at every
-/// `LIVENESS_CHECK`. Silent means: packets that call for an acknowledgement went out
-/// (`frame_tx.stream`, `frame_tx.ping`: batches, keep-alives, probes) and no datagram came back
-/// for `SILENCE_MAX`. Acknowledgement-only packets are not counted: nobody answers them.
-#[derive(Debug, Default)]
-struct Liveness {
-    received: u64,
-    eliciting: u64,
-    unanswered_since: Option<tokio::time::Instant>,
-}
-
-impl Liveness {
-    /// Looks at `connection` at `now`; true when it has been silent for `SILENCE_MAX`.
-    fn silent(&mut self, connection: &quinn::Connection, now: tokio::time::Instant) -> bool {
-        let stats = connection.stats();
-        let received = stats.udp_rx.datagrams;
-        let eliciting = stats.frame_tx.stream + stats.frame_tx.ping;
-        if received != self.received {
-            *self = Liveness { received, eliciting, unanswered_since: None };
-            return false;
-        }
-        if eliciting != self.eliciting && self.unanswered_since.is_none() {
-            self.unanswered_since = Some(now);
-        }
-        self.eliciting = eliciting;
-        self.unanswered_since.is_some_and(|since| now.duration_since(since) >= SILENCE_MAX)
     }
 }
 
@@ -671,10 +631,6 @@ pub struct Terminal {
     /// Whether votes are corrected by the server's clock (on by default; simulators turn it off
     /// to show what an uncorrected terminal's faults look like on the server).
     clock_correction: bool,
-    /// The connection's liveness (`SILENCE_MAX`) and when it is next looked at (a deadline kept
-    /// here, so that `next_event` stays cancel-safe).
-    liveness: Liveness,
-    liveness_check_at: tokio::time::Instant,
 }
 
 impl Terminal {
@@ -699,8 +655,6 @@ impl Terminal {
             device_clock: Arc::new(crate::clock::now_ms),
             server_clock: None,
             clock_correction: true,
-            liveness: Liveness::default(),
-            liveness_check_at: tokio::time::Instant::now(),
         }
     }
 
@@ -868,54 +822,17 @@ impl Terminal {
                     }
                     (None, Some(session)) => {
                         let connection = session.connection.clone();
-                        tokio::select! {
-                            reason = connection.closed() => {
-                                self.drop_session();
-                                self.reconnect_elsewhere();
-                                return Event::Disconnected { error: reason.to_string() };
-                            }
-                            () = tokio::time::sleep_until(self.liveness_check_at) => {}
-                        }
-                        match self.check_liveness() {
-                            Some(event) => return event,
-                            None => continue,
-                        }
+                        let reason = connection.closed().await;
+                        self.drop_session();
+                        self.reconnect_elsewhere();
+                        return Event::Disconnected { error: reason.to_string() };
                     }
                     (None, None) => return Event::Idle,
                 }
             }
-            let settled = tokio::select! {
-                next = self.in_flight.next() => next,
-                () = tokio::time::sleep_until(self.liveness_check_at) => None,
-            };
-            if let Some((id, result)) = settled {
-                return self.settle(id, result);
-            }
-            if let Some(event) = self.check_liveness() {
-                return event;
-            }
+            let (id, result) = self.in_flight.next().await.expect("in_flight is not empty");
+            return self.settle(id, result);
         }
-    }
-
-    /// Looks at the connection's liveness when its check is due (`SILENCE_MAX`): a silent
-    /// connection is dropped, its batches resent on the next one.
-    fn check_liveness(&mut self) -> Option<Event> {
-        let now = tokio::time::Instant::now();
-        if now < self.liveness_check_at {
-            return None;
-        }
-        self.liveness_check_at = now + LIVENESS_CHECK;
-        let session = self.session.as_ref()?;
-        if !self.liveness.silent(&session.connection, now) {
-            return None;
-        }
-        self.drop_session();
-        self.reconnect_elsewhere();
-        let error = format!(
-            "no packet from the server for {} s while sending (SILENCE_MAX): the connection is taken for dead",
-            SILENCE_MAX.as_secs()
-        );
-        Some(Event::Disconnected { error })
     }
 
     /// Opens a connection (waiting out the backoff first). `None`: keep going.
@@ -945,9 +862,6 @@ impl Terminal {
                 if let Err(error) = self.learn_numbering(last_seq) {
                     return Some(Event::Fatal(error));
                 }
-                self.liveness = Liveness::default();
-                self.liveness.silent(&session.connection, tokio::time::Instant::now());
-                self.liveness_check_at = tokio::time::Instant::now() + LIVENESS_CHECK;
                 self.session = Some(session);
                 Some(Event::Connected { last_seq })
             }

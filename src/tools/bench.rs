@@ -174,8 +174,6 @@ fn failure_kind(error: &str) -> &'static str {
         "idle timeout"
     } else if error.contains("no reply within") {
         "reply timeout"
-    } else if error.contains("SILENCE_MAX") {
-        "silence (no packet back for SILENCE_MAX)"
     } else {
         "other"
     }
