@@ -29,8 +29,9 @@ pub struct Limits {
     pub connections_per_address_max: u32,
     /// New connections (TLS handshakes) per second, server-wide, sustained. A handshake is the
     /// costliest thing a stranger can make the server do. 2,000/s (with the burst) lets 10,000
-    /// terminals reconnect within 5 s after a restart; past it new connections are refused
-    /// before their handshake and terminals back off (see `ingest::admission` in faccia).
+    /// terminals reconnect within 5 s after a restart; past it a validated attempt waits for
+    /// the next token (at most 3 s, then it is refused before its handshake and the terminal
+    /// backs off; see `ingest::admission` and `ingest::endpoint::HandshakeQueue` in faccia).
     pub handshakes_per_second: u32,
     /// Handshakes that may happen at once above the sustained rate (the bucket's depth).
     pub handshake_burst: u32,
